@@ -1,0 +1,94 @@
+"""The ``mmst`` application: registers the commands and maps errors to one-line messages.
+
+This module and the command modules import no ML library at module level, so ``mmst --help``,
+``mmst --version`` and ``mmst COMMAND --help`` start instantly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from typing import Annotated
+
+import typer
+
+from mmst_cli import __version__
+from mmst_cli.cli.detect import detect
+from mmst_cli.core.errors import EXIT_FAILURE, MmstError
+
+app = typer.Typer(
+    name="mmst",
+    help="Train, evaluate and use multimodal (text, image, audio) embedding models and rerankers.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+app.command("detect", rich_help_panel="Inspect")(detect)
+
+_QUIET_LIBRARIES = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_VERBOSITY": "error",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mmst {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="Show library logs, and a full traceback on errors. Accepted anywhere on the command line.",
+        ),
+    ] = False,
+) -> None:
+    """Train, evaluate and use multimodal (text, image, audio) embedding models and rerankers."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr)
+    if not debug:
+        # Weight-loading bars and Hub retry warnings would bury mmst's own output; the user's
+        # own settings of these variables win.
+        for name, value in _QUIET_LIBRARIES.items():
+            os.environ.setdefault(name, value)
+
+
+def _hoist_debug(argv: list[str]) -> tuple[list[str], bool]:
+    """Move ``--debug`` to the front so it works after a command name too (``mmst detect X --debug``)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    if not debug:
+        return argv, False
+    return ["--debug"] + [arg for arg in argv[:end] if arg != "--debug"] + argv[end:], True
+
+
+def main() -> None:
+    """Console-script entry point: run the app and turn every failure into one line on stderr."""
+    argv, debug = _hoist_debug(sys.argv[1:])
+    try:
+        app(args=argv, prog_name="mmst")
+    except MmstError as error:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"Error: {error.message}\n")
+        sys.exit(error.exit_code)
+    except Exception as error:  # noqa: BLE001 - the one place that turns bugs into a readable line
+        if debug:
+            traceback.print_exc()
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        sys.stderr.write(
+            f"Error: unexpected {type(error).__name__}: {detail} (rerun with --debug for the traceback)\n"
+        )
+        sys.exit(EXIT_FAILURE)

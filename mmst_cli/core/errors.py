@@ -1,0 +1,28 @@
+"""The one error type of mmst.
+
+Every expected failure (bad input, a model that cannot be found, an unusable combination of
+options) is raised as :class:`MmstError`. The CLI maps it, in one place, to a one-line message on
+stderr and an exit status; anything else is a bug and is reported as such.
+"""
+
+from __future__ import annotations
+
+#: Bad usage or bad input: the user has to change the command or the data.
+EXIT_USAGE = 2
+#: The command was fine but the work failed while running.
+EXIT_FAILURE = 1
+
+
+class MmstError(Exception):
+    """An expected failure with a message meant for the user.
+
+    Args:
+        message: One line that names the input (file, row, column or flag) and says how to fix it.
+        exit_code: Process exit status; :data:`EXIT_USAGE` (2, the default) for bad usage or
+            input, :data:`EXIT_FAILURE` (1) for failures at run time.
+    """
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code

@@ -1,0 +1,152 @@
+"""Decide which modality an input reference is, and check that media files really exist and decode.
+
+Sentence Transformers treats a string as a media file only when the file exists; a missing path
+silently becomes *text*. mmst never lets that happen: a string that names a media file by its
+extension is a media reference, and a missing or undecodable file is reported as a problem.
+
+This module imports no ML library at module level.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+# The same extension lists Sentence Transformers uses to recognise media paths and URLs.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tiff", ".webp")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".wmv", ".flv", ".mkv")
+AUDIO_EXTENSIONS = (".mp3", ".wav", ".ogg", ".flac", ".aac")
+MEDIA_EXTENSIONS = {"image": IMAGE_EXTENSIONS, "audio": AUDIO_EXTENSIONS, "video": VIDEO_EXTENSIONS}
+
+#: Keys of a multimodal dict input such as ``{"text": "a cat", "image": "cat.png"}``.
+MULTIMODAL_KEYS = ("text", "image", "audio", "video")
+
+
+@dataclass(frozen=True)
+class InputReport:
+    """What one input would be treated as.
+
+    Attributes:
+        value: The input as given.
+        modality: ``text``, ``image``, ``audio``, ``video``, ``message``, or a sorted tuple such as
+            ``("image", "text")`` for a multimodal dict.
+        source: ``text``, ``file``, ``url``, ``data-uri``, ``message`` or ``dict``.
+        problem: Why the input cannot be used (``file not found``, ``does not decode as an image``,
+            ...), or ``None`` when it is fine.
+    """
+
+    value: str
+    modality: str | tuple[str, ...]
+    source: str
+    problem: str | None = None
+
+
+def media_modality_of_name(name: str) -> str | None:
+    """Return the media modality implied by a file name or URL path's extension, or ``None``."""
+    lowered = name.lower()
+    for modality, extensions in MEDIA_EXTENSIONS.items():
+        if lowered.endswith(extensions):
+            return modality
+    return None
+
+
+def _is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://")) and " " not in text
+
+
+def check_media_file(path: Path, modality: str) -> str | None:
+    """Return a short description of what is wrong with a local media file, or ``None`` if it is usable.
+
+    Images are opened and verified with Pillow and audio headers are read with soundfile; video
+    files are only checked for existence (decoding them needs an optional video backend).
+    """
+    if not path.exists():
+        return "file not found"
+    if path.is_dir():
+        return "is a directory, not a file"
+    if path.stat().st_size == 0:
+        return "file is empty"
+    if modality == "image":
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            return f"does not decode as an image ({error.__class__.__name__})"
+    elif modality == "audio":
+        import soundfile
+
+        try:
+            info = soundfile.info(str(path))
+        except (RuntimeError, soundfile.LibsndfileError) as error:
+            return f"does not decode as audio ({str(error).splitlines()[0]})"
+        if info.frames == 0:
+            return "audio clip has no samples"
+    return None
+
+
+def classify_string(value: str, root: Path | None = None) -> InputReport:
+    """Classify one string input: plain text, a media file path, a media URL or a data URI.
+
+    Args:
+        value: The string as a user would pass it to ``model.encode``.
+        root: Folder that relative paths are resolved against; the current directory when ``None``.
+    """
+    if value.startswith("data:image/"):
+        return InputReport(value, "image", "data-uri")
+    if _is_url(value):
+        modality = media_modality_of_name(urlparse(value).path)
+        if modality is None:
+            return InputReport(value, "text", "text")
+        return InputReport(value, modality, "url")
+    modality = media_modality_of_name(value)
+    if modality is None:
+        return InputReport(value, "text", "text")
+    path = Path(value).expanduser()
+    if root is not None and not path.is_absolute():
+        path = root / path
+    return InputReport(value, modality, "file", check_media_file(path, modality))
+
+
+def classify_input(value: str, root: Path | None = None) -> InputReport:
+    """Classify a command-line input, which may also be a JSON object.
+
+    A JSON object with ``role`` and ``content`` is a chat message; one with keys among
+    ``text``/``image``/``audio``/``video`` is a multimodal input whose modality is the sorted tuple
+    of its keys (its media values are checked like single inputs). Anything else is a string.
+    """
+    stripped = value.strip()
+    if stripped.startswith("{"):
+        try:
+            parsed = json.loads(stripped)
+        except json.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return _classify_dict(value, parsed, root)
+    return classify_string(value, root)
+
+
+def _classify_dict(value: str, parsed: dict, root: Path | None) -> InputReport:
+    if "role" in parsed and "content" in parsed:
+        return InputReport(value, "message", "message")
+    unknown = sorted(set(parsed) - set(MULTIMODAL_KEYS))
+    if unknown or not parsed:
+        return InputReport(
+            value, "text", "dict", f"unknown keys {unknown}; use {', '.join(MULTIMODAL_KEYS)} or role/content"
+        )
+    problems = []
+    for key, item in parsed.items():
+        if key == "text":
+            continue
+        report = classify_string(str(item), root)
+        if report.modality != key:
+            problems.append(f"{key}: {item!r} is not a {key} file name or URL")
+        elif report.problem:
+            problems.append(f"{key}: {report.problem}")
+    modality = tuple(sorted(parsed))
+    if len(modality) == 1:
+        modality = modality[0]
+    return InputReport(value, modality, "dict", "; ".join(problems) or None)
