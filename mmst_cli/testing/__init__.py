@@ -1,0 +1,1 @@
+"""Test helpers for mmst: tiny, offline, random-weight models of real transformers architectures."""
