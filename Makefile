@@ -17,7 +17,7 @@ $(INSTALLED): pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/mmst detect
+	$(BIN)/mmst train-embed
 
 test: install
 	$(BIN)/python -m pytest

@@ -63,9 +63,17 @@ def test_detect_packaged_minilm_table_and_json(minilm_path):
         assert fragment in table.stderr
 
 
-def test_detect_without_model_uses_embedded_default():
+def test_detect_without_model_describes_the_embedded_default_router():
     report = run_json("detect")
-    assert report["location"].endswith("model") and report["embedding_dimension"] == 384
+    assert report["model"].startswith("embedded default")
+    assert report["modalities"] == ["image", "text"] and report["embedding_dimension"] == 384
+    routes = report["routes"]
+    assert routes["text"]["modalities"] == ["text"] and routes["image"]["modalities"] == ["image"]
+    # All routes live in memory at once: the model's weights are the sum of its routes.
+    assert report["parameters"] == routes["text"]["parameters"] + routes["image"]["parameters"]
+    assert report["weights_memory_bytes"]["fp32"] == sum(r["weights_memory_bytes"]["fp32"] for r in routes.values())
+    types = {(module.get("route"), module["type"]) for module in report["modules"]}
+    assert {("text", "Transformer"), ("text", "Dense"), ("image", "TimmImageEncoder"), ("image", "Dense")} <= types
 
 
 def test_detect_reranker_and_multi_vector(tiny_reranker, tiny_multi_vector):

@@ -10,12 +10,14 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from typing import Annotated
 
 import typer
 
 from mmst_cli import __version__
 from mmst_cli.cli.detect import detect
+from mmst_cli.cli.train_embed import train_embed
 from mmst_cli.core.errors import EXIT_FAILURE, MmstError
 
 app = typer.Typer(
@@ -28,12 +30,15 @@ app = typer.Typer(
 )
 
 app.command("detect", rich_help_panel="Inspect")(detect)
+app.command("train-embed", rich_help_panel="Train")(train_embed)
 
 _QUIET_LIBRARIES = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
     "HF_HUB_VERBOSITY": "error",
     "TRANSFORMERS_VERBOSITY": "error",
+    # Libraries' own tqdm bars (model-card widgets, encoding); mmst draws its progress with Rich.
+    "TQDM_DISABLE": "1",
 }
 
 
@@ -64,6 +69,8 @@ def root(
         # own settings of these variables win.
         for name, value in _QUIET_LIBRARIES.items():
             os.environ.setdefault(name, value)
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
 
 
 def _hoist_debug(argv: list[str]) -> tuple[list[str], bool]:

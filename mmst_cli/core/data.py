@@ -1,0 +1,355 @@
+"""Load training and evaluation data, pick its columns, and make every media reference safe to use.
+
+Data can be a local jsonl / json / csv / parquet file, a folder of such files, a folder written by
+``datasets.save_to_disk``, or a Hugging Face Hub dataset id. Columns keep their names; their order
+is what the losses see (anchor, positive, then hard negatives).
+
+Every media reference is checked before any model work: a path that does not exist, escapes its
+root, or does not decode is reported with its row and column, and never silently becomes text.
+Relative paths resolve against the data file's folder, or ``media_root`` when given. Audio is
+decoded and resampled to the model's rate here, because bare feature extractors take arrays at
+their own rate and resample nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmst_cli.core.errors import MmstError
+from mmst_cli.core.media import classify_string
+
+#: File extension -> the ``datasets`` builder that reads it.
+DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+#: Column names that are identifiers or labels, never texts or media to embed.
+NON_CONTENT_COLUMNS = ("id", "label", "score", "labels", "scores")
+
+#: How many failing rows an error message lists before summarising the rest.
+PROBLEMS_SHOWN = 3
+
+
+@dataclass
+class PairData:
+    """A dataset ready for contrastive training or retrieval evaluation.
+
+    Attributes:
+        dataset: A ``datasets.Dataset`` with only the used columns, in order: anchor, positive,
+            then negatives. Image columns hold PIL images (HF Image feature) or absolute paths;
+            audio columns hold ``{"array", "sampling_rate"}`` at the model's rate.
+        column_modalities: Column name -> ``text``, ``image``, ``audio`` or ``video``.
+        source: Where the data came from, for messages and metrics.
+        skipped_rows: Rows dropped because of bad media (only with ``skip_bad``).
+    """
+
+    dataset: Any
+    column_modalities: dict[str, str]
+    source: str
+    skipped_rows: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def media_columns(self) -> list[str]:
+        return [column for column, modality in self.column_modalities.items() if modality != "text"]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else error.__class__.__name__
+
+
+def load_table(reference: str, *, config: str | None = None, split: str | None = None):
+    """Read one split of a dataset from a file, a folder or the Hub.
+
+    Args:
+        reference: A data file (.jsonl, .json, .csv, .parquet), a folder of such files, a
+            ``save_to_disk`` folder, or a Hub dataset id.
+        config: Hub dataset configuration name (``--data-config``); ``None`` for the default.
+        split: Split to read; ``train`` when ``None``.
+
+    Returns:
+        A ``datasets.Dataset``.
+    """
+    import datasets
+
+    split = split or "train"
+    path = Path(reference).expanduser()
+    try:
+        if path.is_file():
+            builder = DATA_FILE_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise MmstError(
+                    f"data file {reference!r}: unknown format {path.suffix!r}; use one of "
+                    f"{', '.join(DATA_FILE_BUILDERS)} or a dataset folder"
+                )
+            table = datasets.load_dataset(builder, data_files=str(path), split="train")
+        elif path.is_dir():
+            if any((path / name).exists() for name in ("dataset_dict.json", "state.json", "dataset_info.json")):
+                table = datasets.load_from_disk(str(path))
+                if isinstance(table, datasets.DatasetDict):
+                    if split not in table:
+                        raise MmstError(f"data folder {reference!r} has no split {split!r}; it has {sorted(table)}")
+                    table = table[split]
+            else:
+                table = datasets.load_dataset(str(path), split=split)
+        elif reference.startswith((".", "/", "~")) or reference.count("/") > 1:
+            raise MmstError(f"data {reference!r} does not exist; check the path")
+        else:
+            table = datasets.load_dataset(reference, config, split=split)
+    except MmstError:
+        raise
+    except (ConnectionError, OSError) as error:
+        raise MmstError(
+            f"data {reference!r} is not a local file or folder and could not be loaded from the Hugging Face Hub "
+            f"({_first_line(error)})"
+        ) from error
+    except ValueError as error:  # unknown split or config, malformed files
+        raise MmstError(f"data {reference!r} could not be read: {_first_line(error)}") from error
+    except Exception as error:  # datasets wraps parse errors of json/csv/parquet in its own types
+        if type(error).__module__.startswith(("datasets", "pyarrow")):
+            raise MmstError(f"data {reference!r} could not be read: {_first_line(error)}") from error
+        raise
+    if len(table) == 0:
+        raise MmstError(f"data {reference!r} (split {split!r}) has no rows")
+    return table
+
+
+def select_columns(table, columns: list[str] | None, source: str):
+    """Keep and order the columns used for training: anchor, positive, then negatives.
+
+    Args:
+        table: A ``datasets.Dataset``.
+        columns: Column names in order; ``None`` takes every column except identifiers and labels
+            (``id``, ``*_id``, ``label``, ``score``), in the dataset's order.
+        source: The data reference, for messages.
+    """
+    existing = list(table.column_names)
+    if columns is None:
+        columns = [
+            name for name in existing if name.lower() not in NON_CONTENT_COLUMNS and not name.lower().endswith("_id")
+        ]
+    missing = [name for name in columns if name not in existing]
+    if missing:
+        raise MmstError(f"data {source!r} has no column {missing[0]!r}; its columns are {existing}; fix --columns")
+    if len(columns) < 2:
+        raise MmstError(
+            f"data {source!r} needs at least two columns (anchor, positive), found {columns}; pass --columns"
+        )
+    return table.select_columns(columns)
+
+
+def _decode_audio(source, sampling_rate: int):
+    """Read an audio file (a path or a file-like object) as mono float32 at ``sampling_rate``."""
+    import numpy as np
+    import soundfile
+    from scipy.signal import resample_poly
+
+    samples, rate = soundfile.read(source if not isinstance(source, Path) else str(source), dtype="float32", always_2d=True)
+    samples = samples.mean(axis=1)
+    if rate != sampling_rate:
+        from math import gcd
+
+        divisor = gcd(rate, sampling_rate)
+        samples = resample_poly(samples, sampling_rate // divisor, rate // divisor).astype(np.float32)
+    return samples
+
+
+def _string_column_modality(values: list[Any], root: Path) -> tuple[str, list[tuple[int, str, str]]]:
+    """Classify a string column; return its modality and (row, value, problem) for unusable rows."""
+    modalities: dict[str, int] = {}
+    reports = []
+    for value in values:
+        report = classify_string(value, root) if isinstance(value, str) else None
+        reports.append(report)
+        modality = report.modality if report else "text"
+        modalities[modality] = modalities.get(modality, 0) + 1
+    media = [m for m in modalities if m != "text"]
+    if not media:
+        return "text", []
+    # A media column where a few cells are plain text would silently train on file names as text.
+    modality = max(media, key=lambda m: modalities[m])
+    problems = []
+    for row, (value, report) in enumerate(zip(values, reports)):
+        if report is None or report.modality != modality:
+            problems.append((row, repr(value)[:80], f"not a {modality} file name"))
+        elif report.source == "url":
+            problems.append((row, value, "remote media is not fetched; download it and use a local path"))
+        elif report.problem:
+            problems.append((row, value, report.problem))
+    return modality, problems
+
+
+def _image_feature_problems(table, column: str) -> list[tuple[int, str, str]]:
+    """Decode-check every image of an HF Image column without keeping the pixels."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    problems = []
+    raw = table.cast_column(column, type(table.features[column])(decode=False))[column]
+    for row, cell in enumerate(raw):
+        if cell is None:
+            problems.append((row, "None", "no image"))
+            continue
+        try:
+            source = io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"]
+            with Image.open(source) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError) as error:
+            problems.append((row, str(cell.get("path") or "<bytes>"), f"does not decode as an image ({_first_line(error)})"))
+    return problems
+
+
+def prepare_media(
+    table,
+    source: str,
+    *,
+    media_root: Path | None = None,
+    audio_sampling_rate: int | None = None,
+    skip_bad: bool = False,
+) -> PairData:
+    """Find each column's modality, check every media reference, and make paths absolute.
+
+    Args:
+        table: A ``datasets.Dataset`` with the selected columns.
+        source: The data reference; relative media paths resolve against its folder.
+        media_root: Folder that relative media paths resolve against instead (``--media-root``).
+        audio_sampling_rate: The model's audio rate; audio columns are decoded and resampled to it.
+        skip_bad: Drop rows with unusable media (and count them) instead of failing.
+
+    Raises:
+        MmstError: listing how many rows failed and the first few, when ``skip_bad`` is off.
+    """
+    import datasets
+
+    source_path = Path(source).expanduser()
+    root = media_root or (source_path.parent if source_path.is_file() else source_path if source_path.is_dir() else Path.cwd())
+    column_modalities: dict[str, str] = {}
+    bad_rows: dict[int, str] = {}
+
+    for column in table.column_names:
+        feature = table.features[column]
+        if isinstance(feature, datasets.Image):
+            column_modalities[column] = "image"
+            problems = _image_feature_problems(table, column)
+        elif isinstance(feature, datasets.Audio):
+            column_modalities[column] = "audio"
+            # Decoded with soundfile below: datasets' own audio decoding needs an optional backend.
+            table = table.cast_column(column, datasets.Audio(decode=False))
+            problems = []
+        elif isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+            modality, problems = _string_column_modality(table[column], root)
+            column_modalities[column] = modality
+        else:
+            raise MmstError(
+                f"data {source!r}: column {column!r} has type {feature}, which is neither text nor media; "
+                "pick other columns with --columns"
+            )
+        for row, value, problem in problems:
+            bad_rows.setdefault(row, f"row {row + 1}, column {column!r}: {value}: {problem}")
+
+    skipped = 0
+    if bad_rows:
+        if not skip_bad:
+            shown = "; ".join(bad_rows[row] for row in sorted(bad_rows)[:PROBLEMS_SHOWN])
+            raise MmstError(
+                f"data {source!r}: {len(bad_rows)} of {len(table)} rows have unusable media ({shown}); "
+                "fix them, set --media-root, or pass --skip-bad to drop them"
+            )
+        keep = [row for row in range(len(table)) if row not in bad_rows]
+        if not keep:
+            raise MmstError(f"data {source!r}: every row has unusable media; nothing left to train on")
+        table = table.select(keep)
+        skipped = len(bad_rows)
+
+    table = _absolutise_paths(table, column_modalities, root)
+    if "audio" in column_modalities.values():
+        if audio_sampling_rate is None:
+            raise MmstError(f"data {source!r} has audio columns but the model takes no audio")
+        table = _decode_audio_columns(table, column_modalities, root, audio_sampling_rate, source)
+    return PairData(table, column_modalities, source, skipped)
+
+
+def _absolutise_paths(table, column_modalities: dict[str, str], root: Path):
+    import datasets
+
+    path_columns = [
+        column
+        for column, modality in column_modalities.items()
+        if modality in ("image", "video") and isinstance(table.features[column], datasets.Value)
+    ]
+    if not path_columns:
+        return table
+
+    def absolute(batch):
+        for column in path_columns:
+            batch[column] = [str((root / Path(value).expanduser()).resolve()) for value in batch[column]]
+        return batch
+
+    return table.map(absolute, batched=True, desc="resolving media paths")
+
+
+def _decode_audio_columns(table, column_modalities, root: Path, sampling_rate: int, source: str):
+    import io
+
+    import datasets
+    import soundfile
+
+    def decode(batch):
+        for column, modality in column_modalities.items():
+            if modality != "audio":
+                continue
+            decoded = []
+            for cell in batch[column]:
+                if isinstance(cell, dict):  # an undecoded HF Audio cell
+                    audio = io.BytesIO(cell["bytes"]) if cell.get("bytes") else Path(cell["path"])
+                else:
+                    audio = root / Path(cell).expanduser()
+                try:
+                    array = _decode_audio(audio, sampling_rate)
+                except (RuntimeError, soundfile.LibsndfileError) as error:
+                    raise MmstError(
+                        f"data {source!r}: column {column!r}: audio does not decode ({_first_line(error)})"
+                    ) from error
+                if array.size == 0:
+                    raise MmstError(f"data {source!r}: column {column!r} has a zero-length audio clip ({cell!r:.80})")
+                decoded.append({"array": array, "sampling_rate": sampling_rate})
+            batch[column] = decoded
+        return batch
+
+    audio_columns = [c for c, m in column_modalities.items() if m == "audio"]
+    features = table.features.copy()
+    for column in audio_columns:
+        features[column] = {"array": datasets.Sequence(datasets.Value("float32")), "sampling_rate": datasets.Value("int64")}
+    return table.map(decode, batched=True, batch_size=64, features=features, desc="decoding audio")
+
+
+def load_pair_data(
+    reference: str,
+    *,
+    config: str | None = None,
+    split: str | None = None,
+    columns: list[str] | None = None,
+    media_root: Path | None = None,
+    audio_sampling_rate: int | None = None,
+    skip_bad: bool = False,
+) -> PairData:
+    """Load (anchor, positive[, negatives...]) data and validate its media: see the module docstring."""
+    table = load_table(reference, config=config, split=split)
+    table = select_columns(table, columns, reference)
+    return prepare_media(
+        table, reference, media_root=media_root, audio_sampling_rate=audio_sampling_rate, skip_bad=skip_bad
+    )
+
+
+def split_off_eval(data: PairData, fraction: float, seed: int) -> tuple[PairData, PairData]:
+    """Hold out ``fraction`` of the rows as evaluation data (``--eval-split``)."""
+    if not 0 < fraction < 1:
+        raise MmstError(f"--eval-split must be between 0 and 1 (exclusive), got {fraction}")
+    parts = data.dataset.train_test_split(test_size=fraction, seed=seed)
+    if len(parts["test"]) == 0 or len(parts["train"]) == 0:
+        raise MmstError(f"--eval-split {fraction} leaves an empty split of {len(data.dataset)} rows")
+    train = PairData(parts["train"], data.column_modalities, data.source, data.skipped_rows)
+    held_out = PairData(parts["test"], data.column_modalities, f"{data.source} (held-out {fraction:g})")
+    return train, held_out

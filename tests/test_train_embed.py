@@ -1,0 +1,201 @@
+"""``mmst train-embed``: losses on tiny real architectures, reload, resume, config, DDP and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmst_cli.core.losses import LossOptions
+from mmst_cli.core.models import load_model, locate_model
+from mmst_cli.core.training import TrainEmbedOptions, train_embedding_model
+from tests.data_factory import write_colour_pairs, write_text_pairs, write_tone_pairs
+from tests.helpers import assert_one_line_error, run_json, run_mmst
+
+LOSS_VARIANTS = {
+    "mnrl": LossOptions(name="mnrl"),
+    "cached-mnrl": LossOptions(name="cached-mnrl", mini_batch_size=3),
+    "gist": LossOptions(name="gist"),
+    "cached-gist": LossOptions(name="cached-gist", mini_batch_size=3),
+    "matryoshka": LossOptions(name="cached-mnrl", mini_batch_size=4, matryoshka_dims=(16, 8)),
+    "hardness-in-batch": LossOptions(name="mnrl", hardness_mode="in-batch", hardness_strength=9.0),
+    "hardness-hard": LossOptions(name="mnrl", hardness_mode="hard", hardness_strength=5.0),
+    "hardness-all": LossOptions(name="cached-mnrl", mini_batch_size=4, hardness_mode="all", hardness_strength=5.0),
+}
+
+
+@pytest.fixture(scope="module")
+def colour_pairs(tmp_path_factory) -> Path:
+    """8 easy (caption, image, negative image) rows with relative image paths."""
+    return write_colour_pairs(tmp_path_factory.mktemp("colours"), count=8, negatives=True)
+
+
+@pytest.fixture(scope="module")
+def model_sources(tiny_models) -> dict[str, dict]:
+    """Three kinds of starting model: a CLIP checkpoint, a composed Router and a VLM embedder."""
+    return {
+        "clip": {"model": str(tiny_models["clip"])},
+        "router": {"text_encoder": str(tiny_models["bert"]), "image_encoder": str(tiny_models["clip"]), "dim": 16},
+        "qwen2-vl": {"model": str(tiny_models["qwen2-vl"])},
+    }
+
+
+def _train(tmp_path, data, loss: LossOptions, steps: int = 10, lr: float = 3e-4, **model):
+    options = TrainEmbedOptions(
+        **model, data=str(data), eval_data=str(data), loss=loss, max_steps=steps, batch_size=8,
+        lr=lr, head_lr=3e-3, warmup=0.0, output_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    return train_embedding_model(options, log=lambda line: None)
+
+
+def _loss_curve(result) -> list[float]:
+    curve = [loss for _, loss in result.summary["train"]["loss_curve"]]
+    assert curve and all(torch.isfinite(torch.tensor(curve))), curve
+    return curve
+
+
+def _assert_lowered(curve: list[float]) -> None:
+    # The same few rows come back every step: the loss must come down.
+    assert sum(curve[-3:]) / 3 < sum(curve[:3]) / 3, curve
+
+
+@pytest.mark.parametrize("source", ["clip", "router", "qwen2-vl"])
+@pytest.mark.parametrize("variant", sorted(LOSS_VARIANTS))
+def test_each_loss_trains(tmp_path, colour_pairs, model_sources, source, variant):
+    result = _train(tmp_path, colour_pairs, LOSS_VARIANTS[variant], **model_sources[source])
+    curve = _loss_curve(result)
+    assert len(curve) == 10 and 0 <= result.summary["final"]["ndcg@10"] <= 1
+    if source != "qwen2-vl":  # the VLM is checked with a learning rate it needs, below
+        _assert_lowered(curve)
+
+
+@pytest.mark.parametrize("variant", ["gist", "cached-gist"])
+def test_vlm_last_token_embedder_learns(tmp_path, colour_pairs, model_sources, variant):
+    # A 2-layer VLM that sees each 40 px image as a single visual token learns slowly: give it a
+    # higher learning rate rather than many steps.
+    result = _train(tmp_path, colour_pairs, LOSS_VARIANTS[variant], lr=1e-3, **model_sources["qwen2-vl"])
+    _assert_lowered(_loss_curve(result))
+
+
+@pytest.mark.parametrize("source", ["clip", "router", "qwen2-vl"])
+def test_saved_model_reloads_with_identical_embeddings(tmp_path, colour_pairs, model_sources, source):
+    result = _train(tmp_path, colour_pairs, LOSS_VARIANTS["mnrl"], steps=3, **model_sources[source])
+    model_dir = result.summary["model_dir"]
+    assert (Path(model_dir) / "README.md").is_file()  # the model card
+    metrics = json.loads((Path(result.summary["output_dir"]) / "metrics.json").read_text())
+    assert metrics["final"] == result.summary["final"]
+    reloaded = load_model(locate_model(model_dir), device="cpu")
+    images = [str(path) for path in sorted((colour_pairs.parent / "images").glob("*.png"))[:3]]
+    for inputs in (["a photo of the colour red", "blue"], images):
+        expected = result.model.encode(inputs, convert_to_tensor=True)
+        assert torch.equal(reloaded.encode(inputs, convert_to_tensor=True), expected)
+
+
+def test_audio_router_resamples_and_trains(tmp_path, tiny_models):
+    data = write_tone_pairs(tmp_path / "tones", count=6, rate=8000)  # the extractor wants 16 kHz
+    options = TrainEmbedOptions(
+        text_encoder=str(tiny_models["bert"]), audio_encoder=str(tiny_models["wav2vec2"]), dim=16,
+        data=str(data), eval_data=str(data), max_steps=3, batch_size=3, output_dir=str(tmp_path / "run"),
+        loss=LossOptions(name="mnrl"),
+    )  # fmt: skip
+    result = train_embedding_model(options, log=lambda line: None)
+    assert result.summary["train"]["steps"] == 3
+    assert 0 <= result.summary["final"]["ndcg@10"] <= 1
+
+
+def test_resume_continues_from_the_latest_checkpoint(tmp_path, colour_pairs, tiny_models):
+    common = ["--model", str(tiny_models["clip"]), "--data", str(colour_pairs), "--batch-size", "4",
+              "--save-steps", "2", "--output-dir", str(tmp_path / "run"), "--loss", "mnrl"]  # fmt: skip
+    first = run_json("train-embed", *common, "--max-steps", "4")
+    assert first["train"]["steps"] == 4
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-4").is_dir()
+    refused = run_mmst("train-embed", *common, "--max-steps", "6")
+    assert_one_line_error(refused, 2, "already holds a trained model", "--resume")
+    resumed = run_json("train-embed", *common, "--max-steps", "6", "--resume")
+    assert resumed["train"]["steps"] == 6
+    # The resumed run carries the checkpoint's history and adds steps 5 and 6 to it.
+    assert [step for step, _ in resumed["train"]["loss_curve"]] == [1, 2, 3, 4, 5, 6]
+    assert resumed["train"]["loss_curve"][:4] == first["train"]["loss_curve"]
+
+
+def test_config_file_and_command_line_overrides(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("epochs: 3\nloss: mnrl\ncolumns: [caption, image]\nbatch-size: 16\nfreeze: [image]\n")
+    result = run_mmst("train-embed", "--config", str(config), "--epochs", "2", "--print-config")
+    assert result.returncode == 0, result.stderr
+    import yaml
+
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["epochs"] == 2  # the flag wins
+    assert resolved["loss"] == "mnrl" and resolved["batch_size"] == 16  # from the file
+    assert resolved["columns"] == "caption,image" and resolved["freeze"] == ["image"]
+    assert resolved["trust_remote_code"] is False
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epoch: 3\n")
+    unknown = run_mmst("train-embed", "--config", str(bad), "--print-config")
+    assert unknown.returncode == 2 and "unknown option 'epoch'" in unknown.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--loss", "cached-mnrl", "--gradient-checkpointing"], "cannot be combined with --gradient-checkpointing"),
+        (["--bf16", "--fp16"], "exclude each other"),
+        (["--loss", "triplet"], "use one of mnrl, cached-mnrl, gist, cached-gist"),
+        (["--batch-size", "0"], "--batch-size must be positive"),
+        (["--hardness-mode", "in-batch"], "positive --hardness-strength"),
+    ],
+)
+def test_impossible_options_fail_before_any_work(tmp_path, args, fragment):
+    result = run_mmst("train-embed", *args, "--output-dir", str(tmp_path / "run"))
+    assert_one_line_error(result, 2, fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_media_fails_fast_naming_the_row(tmp_path, tiny_models):
+    data = write_colour_pairs(tmp_path / "data", count=4)
+    (tmp_path / "data" / "images" / "002.png").unlink()
+    result = run_mmst("train-embed", "--model", str(tiny_models["clip"]), "--data", str(data),
+                      "--output-dir", str(tmp_path / "run"))  # fmt: skip
+    assert_one_line_error(result, 2, "row 3", "'image'", "images/002.png: file not found", "--skip-bad")
+    assert not (tmp_path / "run").exists()
+    skipped = run_json("train-embed", "--model", str(tiny_models["clip"]), "--data", str(data), "--skip-bad",
+                       "--max-steps", "1", "--batch-size", "2", "--output-dir", str(tmp_path / "run"))  # fmt: skip
+    assert skipped["train_rows"] == 3
+
+
+def test_text_column_for_an_image_only_route_is_refused(tmp_path, tiny_models):
+    data = write_text_pairs(tmp_path, count=4)
+    result = run_mmst("train-embed", "--model", str(tiny_models["wav2vec2"]), "--data", str(data),
+                      "--output-dir", str(tmp_path / "run"))  # fmt: skip
+    assert_one_line_error(result, 2, "column 'query' holds text", "the model takes audio")
+
+
+def test_two_process_ddp_run_completes(tmp_path, colour_pairs, tiny_models):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc_per_node", "2", "-m", "mmst_cli", "train-embed",
+               "--model", str(tiny_models["clip"]), "--data", str(colour_pairs), "--max-steps", "2",
+               "--batch-size", "2", "--loss", "mnrl", "--output-dir", str(tmp_path / "ddp"), "--json"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)  # one JSON object: only the main process prints
+    # 8 rows over 2 processes x 2 per device: 2 steps make one epoch, which a single process would not.
+    assert summary["train"]["steps"] == 2 and summary["train"]["epochs"] == 1.0
+    assert (tmp_path / "ddp" / "model" / "modules.json").is_file()
+
+
+def test_embedded_demo_raises_ndcg(tmp_path):
+    summary = run_json("train-embed", "--output-dir", str(tmp_path / "demo"))
+    assert summary["train_rows"] == 1061 and summary["eval_rows"] == 300
+    assert summary["final"]["ndcg@10"] >= summary["base"]["ndcg@10"] + 0.15, summary
+    shutil.rmtree(tmp_path / "demo" / "checkpoints", ignore_errors=True)
+    detect = run_json("detect", str(tmp_path / "demo" / "model"))
+    assert detect["routes"].keys() == {"text", "image"}
+    assert detect["embedding_dimension"] == 384
