@@ -199,3 +199,23 @@ def test_embedded_demo_raises_ndcg(tmp_path):
     detect = run_json("detect", str(tmp_path / "demo" / "model"))
     assert detect["routes"].keys() == {"text", "image"}
     assert detect["embedding_dimension"] == 384
+
+
+def test_lora_trains_adapters_only_and_saves_a_merged_model(tmp_path, colour_pairs, tiny_models):
+    from mmst_cli.core.lora import LoraOptions
+
+    lines: list[str] = []
+    options = TrainEmbedOptions(
+        text_encoder=str(tiny_models["bert"]), image_encoder=str(tiny_models["clip"]), dim=16, freeze=("image",),
+        data=str(colour_pairs), max_steps=3, batch_size=4, lr=1e-3, lora=LoraOptions(r=4),
+        output_dir=str(tmp_path / "run"), loss=LossOptions(name="mnrl"),
+    )  # fmt: skip
+    result = train_embedding_model(options, log=lines.append)
+    trainable = int(next(line for line in lines if line.startswith("LoRA")).split(": ")[1].split()[0].replace(",", ""))
+    total = sum(parameter.numel() for parameter in result.model.parameters())
+    assert 0 < trainable < total / 2
+    model_dir = Path(result.summary["model_dir"])
+    assert not list(model_dir.rglob("adapter_config.json"))  # merged, no adapter lifecycle
+    reloaded = load_model(locate_model(str(model_dir)), device="cpu")
+    texts = ["a photo of the colour red", "green"]
+    assert torch.allclose(reloaded.encode(texts, convert_to_tensor=True), result.model.encode(texts, convert_to_tensor=True), atol=1e-6)

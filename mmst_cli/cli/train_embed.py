@@ -76,6 +76,7 @@ def train_embed(
     audio_encoder: Annotated[str | None, typer.Option(help="Compose a Router: audio encoder (folder or Hub id, e.g. wav2vec2).", rich_help_panel=MODEL, show_default=False)] = None,
     dim: Annotated[int | None, typer.Option(help="Shared embedding dimension of a composed Router. Default: the text encoder's.", rich_help_panel=MODEL, show_default=False)] = None,
     image_size: Annotated[int | None, typer.Option(help="Input size in pixels of a timm image encoder. Default: the architecture's.", rich_help_panel=MODEL, show_default=False)] = None,
+    max_pixels: Annotated[int | None, typer.Option(help="Pixel budget per image for VLM image processors (Qwen2-VL family), e.g. 360000 for 600x600.", rich_help_panel=MODEL, show_default=False)] = None,
     freeze: Annotated[list[str] | None, typer.Option(help="Do not train this tower of a composed Router: text, image or audio. Repeatable.", rich_help_panel=MODEL, show_default=False)] = None,
     pooling: Annotated[str | None, typer.Option(help="Override the pooling of --model: mean, cls, max, lasttoken, ...", rich_help_panel=MODEL, show_default=False)] = None,
     attn_implementation: Annotated[str, typer.Option(help="auto (flash_attention_2 when installed and on CUDA, else sdpa), sdpa, eager or flash_attention_2.", rich_help_panel=MODEL)] = "auto",
@@ -86,6 +87,7 @@ def train_embed(
     columns: Annotated[str | None, typer.Option(help="Comma-separated columns: anchor,positive[,negative...]. Default: all but id/label columns, in order.", rich_help_panel=DATA, show_default=False)] = None,
     media_root: Annotated[str | None, typer.Option(help="Folder that relative media paths resolve against. Default: the data file's folder.", rich_help_panel=DATA, show_default=False)] = None,
     eval_data: Annotated[str | None, typer.Option(help="Evaluation pairs (same forms as --data), scored as retrieval: NDCG@10 before, during and after.", rich_help_panel=DATA, show_default=False)] = None,
+    eval_data_split: Annotated[str | None, typer.Option(help="Split of --eval-data to read. Default: train.", rich_help_panel=DATA, show_default=False)] = None,
     eval_split: Annotated[float | None, typer.Option(help="Hold out this fraction of --data for evaluation instead.", rich_help_panel=DATA, show_default=False)] = None,
     skip_bad: Annotated[bool, typer.Option(help="Drop rows whose media is missing or does not decode (and count them) instead of failing.", rich_help_panel=DATA)] = False,
     loss: Annotated[str, typer.Option(help="mnrl, cached-mnrl (GradCache), gist or cached-gist (guided by a frozen copy of the start model).", rich_help_panel=LOSS)] = "cached-mnrl",
@@ -95,6 +97,9 @@ def train_embed(
     hardness_mode: Annotated[str | None, typer.Option(help="LLaVE-style hardness weighting of negatives: in-batch, hard or all.", rich_help_panel=LOSS, show_default=False)] = None,
     hardness_strength: Annotated[float, typer.Option(help="Strength of the hardness weighting (LLaVE used 9).", rich_help_panel=LOSS)] = 0.0,
     gather_across_devices: Annotated[bool, typer.Option(help="Share in-batch negatives across processes. Always on with more than one process.", rich_help_panel=LOSS)] = False,
+    lora_r: Annotated[int, typer.Option(help="Train LoRA adapters of this rank on the transformers encoders instead of all weights; 0 is off. Merged before saving.", rich_help_panel=TRAINING)] = 0,
+    lora_alpha: Annotated[float | None, typer.Option(help="LoRA scale. Default: 2 x --lora-r.", rich_help_panel=TRAINING, show_default=False)] = None,
+    lora_dropout: Annotated[float, typer.Option(help="Dropout on the LoRA path.", rich_help_panel=TRAINING)] = 0.0,
     epochs: Annotated[float, typer.Option(help="Training epochs.", rich_help_panel=TRAINING)] = 1.0,
     max_steps: Annotated[int, typer.Option(help="Stop after this many optimiser steps (overrides --epochs); -1 for no limit.", rich_help_panel=TRAINING)] = -1,
     batch_size: Annotated[int, typer.Option(help="Pairs per batch (per device): the in-batch negatives of each anchor.", rich_help_panel=TRAINING)] = 32,
@@ -105,7 +110,7 @@ def train_embed(
     fp16: Annotated[bool, typer.Option(help="Train in float16 mixed precision (CUDA).", rich_help_panel=TRAINING)] = False,
     seed: Annotated[int, typer.Option(help="Random seed for initialisation, shuffling and splits.", rich_help_panel=TRAINING)] = 42,
     gradient_checkpointing: Annotated[bool, typer.Option(help="Trade compute for activation memory (not with cached losses).", rich_help_panel=TRAINING)] = False,
-    batch_sampler: Annotated[str, typer.Option(help="no-duplicates, no-duplicates-hashed (faster for media) or default.", rich_help_panel=TRAINING)] = "no-duplicates",
+    batch_sampler: Annotated[str | None, typer.Option(help="no-duplicates, no-duplicates-hashed or default. Default: no-duplicates, hashed when the data has media.", rich_help_panel=TRAINING, show_default=False)] = None,
     prompts: Annotated[str | None, typer.Option(help='A prompt for every column, or a JSON object per column, e.g. {"query": "query: "}.', rich_help_panel=TRAINING, show_default=False)] = None,
     eval_steps: Annotated[int | None, typer.Option(help="Also evaluate every N steps during training.", rich_help_panel=TRAINING, show_default=False)] = None,
     save_steps: Annotated[int | None, typer.Option(help="Save a resumable checkpoint every N steps. Default: 500.", rich_help_panel=TRAINING, show_default=False)] = None,
@@ -117,6 +122,7 @@ def train_embed(
     print_config: PrintConfigOption = False,
 ) -> None:
     """Finetune an embedding model on (anchor, positive[, negatives]) pairs and report NDCG@10 before and after."""
+    from mmst_cli.core.lora import LoraOptions
     from mmst_cli.core.losses import LossOptions
     from mmst_cli.core.training import TrainEmbedOptions
 
@@ -128,6 +134,7 @@ def train_embed(
         image_encoder=image_encoder,
         audio_encoder=audio_encoder,
         image_size=image_size,
+        max_pixels=max_pixels,
         dim=dim,
         pooling=pooling,
         freeze=tuple(freeze or ()),
@@ -138,6 +145,7 @@ def train_embed(
         columns=[c.strip() for c in columns.split(",") if c.strip()] if columns else None,
         media_root=media_root,
         eval_data=eval_data,
+        eval_data_split=eval_data_split,
         eval_split=eval_split,
         skip_bad=skip_bad,
         loss=LossOptions(
@@ -149,6 +157,7 @@ def train_embed(
             hardness_strength=hardness_strength,
             gather_across_devices=gather_across_devices,
         ),
+        lora=LoraOptions(r=lora_r, alpha=lora_alpha, dropout=lora_dropout),
         epochs=epochs,
         max_steps=max_steps,
         batch_size=batch_size,
@@ -195,12 +204,13 @@ def _print_config(ctx: typer.Context) -> None:
 
 def render_summary(console: Console, summary: dict[str, Any]) -> None:
     """Before/after metrics and the run's vital numbers, as a table on stderr."""
-    table = Table(title=f"train-embed: {summary['model']}", title_justify="left")
+    console.print(f"model: {summary['model']}", markup=False, highlight=False)
+    table = Table(title="retrieval on the evaluation data", title_justify="left")
     table.add_column("metric")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
     table.add_column("change", justify="right")
-    for metric, after in summary["final"].items():
+    for metric, after in sorted(summary["final"].items(), key=lambda item: item[0] != "ndcg@10"):
         before = summary["base"].get(metric)
         change = f"{after - before:+.4f}" if before is not None else ""
         table.add_row(metric, f"{before:.4f}" if before is not None else "-", f"{after:.4f}", change)

@@ -40,6 +40,7 @@ class BuiltModel:
         is_router: Whether the first module is a Router (the trainer then needs ``router_mapping``).
         learning_rate_mapping: Parameter-path regex -> learning rate, for the new projection heads.
         audio_sampling_rate: The rate the model's audio feature extractor expects, if it takes audio.
+        attention: The attention implementation the transformers encoders were loaded with.
     """
 
     model: Any
@@ -47,6 +48,7 @@ class BuiltModel:
     is_router: bool = False
     learning_rate_mapping: dict[str, float] = field(default_factory=dict)
     audio_sampling_rate: int | None = None
+    attention: str | None = None
 
     def make_guide(self):
         """A frozen copy of the starting model, the guide of the GIST losses (it reads the same inputs)."""
@@ -207,7 +209,7 @@ def compose_router(
     model = SentenceTransformer(modules=[Router(sub_modules=routes), Normalize()], device="cpu")
     description = "Router(" + ", ".join(f"{route}: {reference}" for route, reference in encoders.items()) + f") -> {dim}"
     audio_rate = _audio_sampling_rate(routes["audio"]) if "audio" in routes else None
-    return BuiltModel(model, description, True, learning_rate_mapping, audio_rate)
+    return BuiltModel(model, description, True, learning_rate_mapping, audio_rate, model_kwargs["attn_implementation"])
 
 
 def build_default_model(head_lr: float = 2e-3) -> BuiltModel:
@@ -250,7 +252,7 @@ def _is_generative_checkpoint(source) -> bool:
     return any(name.endswith(("ForCausalLM", "ForConditionalGeneration")) for name in architectures)
 
 
-def _last_token_embedder(source, model_kwargs: dict, trust_remote_code: bool):
+def _last_token_embedder(source, model_kwargs: dict, processor_kwargs: dict, trust_remote_code: bool):
     """A Qwen3-VL-Embedding-style embedder from a raw (V)LM checkpoint.
 
     Sentence Transformers would mean-pool such a checkpoint; decoder models embed with the last
@@ -265,7 +267,7 @@ def _last_token_embedder(source, model_kwargs: dict, trust_remote_code: bool):
         source.location,
         transformer_task="feature-extraction",
         model_kwargs={**model_kwargs, **trust},
-        processor_kwargs=trust,
+        processor_kwargs={**processor_kwargs, **trust},
         config_kwargs=trust,
         processing_kwargs={"chat_template": {"add_generation_prompt": True}},
         unpad_inputs=False,
@@ -297,10 +299,17 @@ def build_training_model(options) -> BuiltModel:
     if source.kind != "embedder":
         raise MmstError(f"--model {options.model!r} is a {source.kind}; train-embed trains embedding models")
     model_kwargs: dict[str, Any] = {"attn_implementation": resolve_attention(options.attn_implementation)}
+    # A visual-token budget for VLM image processors (Qwen2-VL family): the main memory lever.
+    processor_kwargs = {"max_pixels": options.max_pixels} if options.max_pixels else {}
     if not source.is_sentence_transformers_folder and _is_generative_checkpoint(source):
-        model = _last_token_embedder(source, model_kwargs, options.trust_remote_code)
+        model = _last_token_embedder(source, model_kwargs, processor_kwargs, options.trust_remote_code)
     else:
-        model = load_model(source, trust_remote_code=options.trust_remote_code, model_kwargs=model_kwargs)
+        model = load_model(
+            source,
+            trust_remote_code=options.trust_remote_code,
+            model_kwargs=model_kwargs,
+            processor_kwargs=processor_kwargs or None,
+        )
     if options.pooling:
         _override_pooling(model, options.pooling)
     if options.freeze:
@@ -312,6 +321,7 @@ def build_training_model(options) -> BuiltModel:
         source.reference,
         is_router=isinstance(model[0], Router),
         audio_sampling_rate=_audio_sampling_rate(list(model)),
+        attention=model_kwargs["attn_implementation"],
     )
 
 

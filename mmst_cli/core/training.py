@@ -7,6 +7,7 @@ model, its card and ``metrics.json`` without ever leaving a half-written file un
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from typing import Any
 
 from mmst_cli.core.data import PairData, load_pair_data, split_off_eval
 from mmst_cli.core.errors import EXIT_FAILURE, MmstError
+from mmst_cli.core.lora import LoraOptions, add_lora, merge_lora
 from mmst_cli.core.losses import LossOptions, build_loss
 from mmst_cli.core.retrieval import MAIN_METRIC, build_retrieval_evaluator, pairs_to_retrieval_task, summarise_ir_metrics
 
@@ -29,6 +31,7 @@ BATCH_SAMPLERS = {
     "default": "batch_sampler",
 }
 PRECISIONS = ("fp32", "bf16", "fp16")
+REPORT_TARGETS = ("none", "tensorboard")
 #: Checkpoint interval when --save-steps is not given (the transformers default).
 DEFAULT_SAVE_STEPS = 500
 TOWERS = ("text", "image", "audio")
@@ -48,6 +51,7 @@ class TrainEmbedOptions:
     image_encoder: str | None = None
     audio_encoder: str | None = None
     image_size: int | None = None
+    max_pixels: int | None = None
     dim: int | None = None
     pooling: str | None = None
     freeze: tuple[str, ...] = ()
@@ -59,10 +63,12 @@ class TrainEmbedOptions:
     columns: list[str] | None = None
     media_root: str | None = None
     eval_data: str | None = None
+    eval_data_split: str | None = None
     eval_split: float | None = None
     skip_bad: bool = False
 
     loss: LossOptions = field(default_factory=LossOptions)
+    lora: LoraOptions = field(default_factory=LoraOptions)
     epochs: float = 1.0
     max_steps: int = -1
     batch_size: int = 32
@@ -73,7 +79,7 @@ class TrainEmbedOptions:
     seed: int = 42
     gradient_checkpointing: bool = False
     attn_implementation: str = "auto"
-    batch_sampler: str = "no-duplicates"
+    batch_sampler: str | None = None
     prompts: str | dict[str, str] | None = None
     eval_steps: int | None = None
     save_steps: int | None = None
@@ -90,15 +96,21 @@ class TrainEmbedOptions:
         for name in ("batch_size", "epochs"):
             if getattr(self, name) <= 0:
                 raise MmstError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.dim is not None and self.dim <= 0:
-            raise MmstError(f"--dim must be positive, got {self.dim}")
+        for name in ("dim", "image_size", "max_pixels"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise MmstError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.lr <= 0 or self.head_lr <= 0:
             raise MmstError("--lr and --head-lr must be positive")
         if not 0 <= self.warmup < 1:
             raise MmstError(f"--warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         if self.precision not in PRECISIONS:
             raise MmstError(f"precision {self.precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
-        if self.batch_sampler not in BATCH_SAMPLERS:
+        if self.report_to not in REPORT_TARGETS:
+            raise MmstError(f"--report-to {self.report_to!r} is unknown; use one of {', '.join(REPORT_TARGETS)}")
+        if self.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+            raise MmstError("--report-to tensorboard needs the 'tensorboard' package: pip install tensorboard")
+        if self.batch_sampler is not None and self.batch_sampler not in BATCH_SAMPLERS:
             raise MmstError(f"--batch-sampler {self.batch_sampler!r} is unknown; use one of {', '.join(BATCH_SAMPLERS)}")
         unknown = [tower for tower in self.freeze if tower not in TOWERS]
         if unknown:
@@ -112,6 +124,9 @@ class TrainEmbedOptions:
         if self.data is None and (self.model or self.text_encoder or self.image_encoder or self.audio_encoder):
             raise MmstError("--data is required when you choose a model (the emoji demo data goes with the default model)")
         self.loss.validate(gradient_checkpointing=self.gradient_checkpointing)
+        self.lora.validate()
+        if self.lora.enabled and self.resume:
+            raise MmstError("--resume is not supported with --lora-r yet: checkpoints hold adapters only")
 
     def resolved_output_dir(self) -> Path:
         if self.output_dir:
@@ -147,7 +162,9 @@ def _load_training_data(options: TrainEmbedOptions, audio_rate: int | None) -> t
         return load_pair_data(str(EMOJI_TRAIN), **common), load_pair_data(str(EMOJI_EVAL), **common)
     train = load_pair_data(options.data, config=options.data_config, split=options.split, **common)
     if options.eval_data:
-        return train, load_pair_data(options.eval_data, config=options.data_config, **common)
+        return train, load_pair_data(
+            options.eval_data, config=options.data_config, split=options.eval_data_split, **common
+        )
     if options.eval_split:
         return split_off_eval(train, options.eval_split, options.seed)
     return train, None
@@ -155,6 +172,11 @@ def _load_training_data(options: TrainEmbedOptions, audio_rate: int | None) -> t
 
 def _check_modalities(model, data: PairData) -> None:
     for column, modality in data.column_modalities.items():
+        if modality == "video" and not any(importlib.util.find_spec(name) for name in ("torchcodec", "av")):
+            raise MmstError(
+                f"data {data.source!r}: column {column!r} holds video files, but no video decoder is installed; "
+                "pip install av (or torchcodec)"
+            )
         if not model.supports(modality):
             raise MmstError(
                 f"data {data.source!r}: column {column!r} holds {modality}, but the model takes "
@@ -169,8 +191,12 @@ def _planned_steps(options: TrainEmbedOptions, rows: int) -> int:
     return max(1, math.ceil(options.epochs * per_epoch))
 
 
-def _training_arguments(options: TrainEmbedOptions, checkpoints: Path, learning_rate_mapping, router_mapping, has_eval, rows):
+def _training_arguments(options: TrainEmbedOptions, checkpoints: Path, learning_rate_mapping, router_mapping, has_eval, data):
     from sentence_transformers import SentenceTransformerTrainingArguments
+
+    rows = len(data.dataset)
+    # Comparing decoded images or audio arrays row by row is slow: hash them once instead.
+    batch_sampler = options.batch_sampler or ("no-duplicates-hashed" if data.media_columns else "no-duplicates")
 
     # About 20 loss readings per run, for metrics.json's loss curve.
     logging_steps = max(1, _planned_steps(options, rows) // 20)
@@ -192,7 +218,7 @@ def _training_arguments(options: TrainEmbedOptions, checkpoints: Path, learning_
         fp16=options.precision == "fp16",
         seed=options.seed,
         data_seed=options.seed,
-        batch_sampler=BATCH_SAMPLERS[options.batch_sampler],
+        batch_sampler=BATCH_SAMPLERS[batch_sampler],
         prompts=options.prompts,
         router_mapping=router_mapping or {},
         eval_strategy="steps" if eval_steps else "no",
@@ -270,6 +296,11 @@ def train_embedding_model(options: TrainEmbedOptions, *, progress_console=None, 
     set_seed(options.seed)  # before building: new projection heads start from seeded weights
     built = build_training_model(options)
     model = built.model
+    if built.attention:
+        log(f"attention: {built.attention}")
+    if options.lora.enabled:
+        trainable = add_lora(model, options.lora)
+        log(f"LoRA r={options.lora.r}: {trainable:,} trainable parameters")
     train_data, eval_data = _load_training_data(options, built.audio_sampling_rate)
     _check_modalities(model, train_data)
     if eval_data is not None:
@@ -302,7 +333,7 @@ def train_embedding_model(options: TrainEmbedOptions, *, progress_console=None, 
     checkpoints = output_dir / "checkpoints"
     router_mapping = dict(train_data.column_modalities) if built.is_router else None
     args = _training_arguments(
-        options, checkpoints, built.learning_rate_mapping, router_mapping, evaluator is not None, len(train_data.dataset)
+        options, checkpoints, built.learning_rate_mapping, router_mapping, evaluator is not None, train_data
     )
     trainer = SentenceTransformerTrainer(
         model=model,
@@ -329,6 +360,8 @@ def train_embedding_model(options: TrainEmbedOptions, *, progress_console=None, 
             ) from error
         raise
     runtime = time.perf_counter() - started
+    if options.lora.enabled:
+        merge_lora(model)
     final_metrics = _evaluate(evaluator, model)
 
     summary = {
