@@ -219,3 +219,16 @@ def test_lora_trains_adapters_only_and_saves_a_merged_model(tmp_path, colour_pai
     reloaded = load_model(locate_model(str(model_dir)), device="cpu")
     texts = ["a photo of the colour red", "green"]
     assert torch.allclose(reloaded.encode(texts, convert_to_tensor=True), result.model.encode(texts, convert_to_tensor=True), atol=1e-6)
+
+
+@pytest.mark.parametrize("config", sorted(Path(__file__).resolve().parent.parent.glob("examples/*.yaml")), ids=lambda p: p.name)
+def test_example_configs_resolve(config):
+    result = run_mmst("train-embed", "--config", str(config), "--print-config")
+    assert result.returncode == 0, result.stderr
+    import yaml
+
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["trust_remote_code"] is False
+    if config.name == "demo.yaml":  # the demo config is exactly the bare command's defaults
+        bare = yaml.safe_load(run_mmst("train-embed", "--print-config").stdout)
+        assert resolved == bare

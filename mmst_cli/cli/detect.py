@@ -2,7 +2,7 @@
 
 Examples:
 
-    # The embedded default model (packaged all-MiniLM-L6-v2)
+    # The embedded default model (MiniLM + EfficientNet-Lite0 Router)
     $ mmst detect
 
     # A Hub id or a local folder, as JSON for a pipeline
