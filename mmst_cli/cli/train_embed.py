@@ -35,22 +35,15 @@ TRAINING = "Training"
 OUTPUT = "Output"
 
 
-def _int_list(value: str | None, flag: str) -> tuple[int, ...]:
+def _number_list(value: str | None, flag: str, kind: type = int) -> tuple:
+    """``"384,256"`` -> ``(384, 256)``; ``kind`` is ``int`` or ``float``."""
     if not value:
         return ()
     try:
-        return tuple(int(item) for item in value.split(",") if item.strip())
+        return tuple(kind(item) for item in value.split(",") if item.strip())
     except ValueError as error:
-        raise MmstError(f"{flag} takes comma-separated whole numbers, got {value!r}") from error
-
-
-def _float_list(value: str | None, flag: str) -> tuple[float, ...]:
-    if not value:
-        return ()
-    try:
-        return tuple(float(item) for item in value.split(",") if item.strip())
-    except ValueError as error:
-        raise MmstError(f"{flag} takes comma-separated numbers, got {value!r}") from error
+        noun = "whole numbers" if kind is int else "numbers"
+        raise MmstError(f"{flag} takes comma-separated {noun}, got {value!r}") from error
 
 
 def _prompts(value: str | None) -> str | dict[str, str] | None:
@@ -90,6 +83,7 @@ def train_embed(
     eval_data_split: Annotated[str | None, typer.Option(help="Split of --eval-data to read. Default: train.", rich_help_panel=DATA, show_default=False)] = None,
     eval_split: Annotated[float | None, typer.Option(help="Hold out this fraction of --data for evaluation instead.", rich_help_panel=DATA, show_default=False)] = None,
     skip_bad: Annotated[bool, typer.Option(help="Drop rows whose media is missing or does not decode (and count them) instead of failing.", rich_help_panel=DATA)] = False,
+    allow_remote_media: Annotated[bool, typer.Option(help="Download http(s) media in the data (timeout, size cap, content-type check); refused otherwise.", rich_help_panel=DATA)] = False,
     loss: Annotated[str, typer.Option(help="mnrl, cached-mnrl (GradCache), gist or cached-gist (guided by a frozen copy of the start model).", rich_help_panel=LOSS)] = "cached-mnrl",
     mini_batch_size: Annotated[int, typer.Option(help="GradCache mini batch of the cached losses: lower it to save memory.", rich_help_panel=LOSS)] = 32,
     matryoshka_dims: Annotated[str | None, typer.Option(help="Wrap the loss in MatryoshkaLoss over these comma-separated dimensions, e.g. 384,256,128,64.", rich_help_panel=LOSS, show_default=False)] = None,
@@ -148,11 +142,12 @@ def train_embed(
         eval_data_split=eval_data_split,
         eval_split=eval_split,
         skip_bad=skip_bad,
+        allow_remote_media=allow_remote_media,
         loss=LossOptions(
             name=loss,
             mini_batch_size=mini_batch_size,
-            matryoshka_dims=_int_list(matryoshka_dims, "--matryoshka-dims"),
-            matryoshka_weights=_float_list(matryoshka_weights, "--matryoshka-weights"),
+            matryoshka_dims=_number_list(matryoshka_dims, "--matryoshka-dims"),
+            matryoshka_weights=_number_list(matryoshka_weights, "--matryoshka-weights", float),
             hardness_mode=hardness_mode,
             hardness_strength=hardness_strength,
             gather_across_devices=gather_across_devices,

@@ -26,6 +26,8 @@ DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parque
 #: Column names that are identifiers or labels, never texts or media to embed.
 NON_CONTENT_COLUMNS = ("id", "label", "score", "labels", "scores")
 
+_WITH_ARTICLE = {"image": "an image", "audio": "an audio", "video": "a video"}
+
 #: How many failing rows an error message lists before summarising the rest.
 PROBLEMS_SHOWN = 3
 
@@ -155,8 +157,13 @@ def _decode_audio(source, sampling_rate: int):
     return samples
 
 
-def _string_column_modality(values: list[Any], root: Path) -> tuple[str, list[tuple[int, str, str]]]:
-    """Classify a string column; return its modality and (row, value, problem) for unusable rows."""
+def _string_column_modality(
+    values: list[Any], root: Path, remote_failures: dict[str, str]
+) -> tuple[str, list[tuple[int, str, str]]]:
+    """Classify a string column; return its modality and (row, value, problem) for unusable rows.
+
+    ``remote_failures`` maps URLs that were fetched and failed to the reason.
+    """
     modalities: dict[str, int] = {}
     reports = []
     for value in values:
@@ -172,12 +179,34 @@ def _string_column_modality(values: list[Any], root: Path) -> tuple[str, list[tu
     problems = []
     for row, (value, report) in enumerate(zip(values, reports)):
         if report is None or report.modality != modality:
-            problems.append((row, repr(value)[:80], f"not a {modality} file name"))
+            problems.append((row, repr(value)[:80], f"not {_WITH_ARTICLE[modality]} file name"))
         elif report.source == "url":
-            problems.append((row, value, "remote media is not fetched; download it and use a local path"))
+            reason = remote_failures.get(value, "remote media is refused without --allow-remote-media")
+            problems.append((row, value, reason))
         elif report.problem:
             problems.append((row, value, report.problem))
     return modality, problems
+
+
+def _binary_column_modality(first_cells: list) -> str | None:
+    """Tell raw media bytes apart by trying to open the first cell as an image, then as audio."""
+    import io
+
+    import soundfile
+    from PIL import Image, UnidentifiedImageError
+
+    if not first_cells or first_cells[0] is None:
+        return None
+    try:
+        with Image.open(io.BytesIO(first_cells[0])):
+            return "image"
+    except (UnidentifiedImageError, OSError):
+        pass
+    try:
+        soundfile.info(io.BytesIO(first_cells[0]))
+        return "audio"
+    except (RuntimeError, soundfile.LibsndfileError):
+        return None
 
 
 def _image_feature_problems(table, column: str) -> list[tuple[int, str, str]]:
@@ -208,6 +237,7 @@ def prepare_media(
     media_root: Path | None = None,
     audio_sampling_rate: int | None = None,
     skip_bad: bool = False,
+    allow_remote_media: bool = False,
 ) -> PairData:
     """Find each column's modality, check every media reference, and make paths absolute.
 
@@ -217,6 +247,7 @@ def prepare_media(
         media_root: Folder that relative media paths resolve against instead (``--media-root``).
         audio_sampling_rate: The model's audio rate; audio columns are decoded and resampled to it.
         skip_bad: Drop rows with unusable media (and count them) instead of failing.
+        allow_remote_media: Download http(s) media (:mod:`mmst_cli.core.remote_media`); refused otherwise.
 
     Raises:
         MmstError: listing how many rows failed and the first few, when ``skip_bad`` is off.
@@ -239,8 +270,26 @@ def prepare_media(
             table = table.cast_column(column, datasets.Audio(decode=False))
             problems = []
         elif isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
-            modality, problems = _string_column_modality(table[column], root)
+            remote_failures: dict[str, str] = {}
+            if allow_remote_media:
+                table, remote_failures = _fetch_remote_column(table, column)
+            modality, problems = _string_column_modality(table[column], root, remote_failures)
             column_modalities[column] = modality
+        elif isinstance(feature, datasets.Value) and feature.dtype in ("binary", "large_binary"):
+            modality = _binary_column_modality(table[column][:1])
+            if modality is None:
+                raise MmstError(
+                    f"data {source!r}: column {column!r} holds bytes that are neither an image nor audio"
+                )
+            column_modalities[column] = modality
+            # Raw bytes become HF features: images are then checked like any Image column, and
+            # audio is decoded below.
+            if modality == "image":
+                table = table.cast_column(column, datasets.Image())
+                problems = _image_feature_problems(table, column)
+            else:
+                table = table.cast_column(column, datasets.Audio(decode=False))
+                problems = []
         else:
             raise MmstError(
                 f"data {source!r}: column {column!r} has type {feature}, which is neither text nor media; "
@@ -269,6 +318,29 @@ def prepare_media(
             raise MmstError(f"data {source!r} has audio columns but the model takes no audio")
         table = _decode_audio_columns(table, column_modalities, root, audio_sampling_rate, source)
     return PairData(table, column_modalities, source, skipped)
+
+
+def _fetch_remote_column(table, column: str):
+    """Replace media URLs in ``column`` by downloaded local paths; return failures by URL."""
+    from mmst_cli.core.media import classify_string
+    from mmst_cli.core.remote_media import RemoteMediaError, fetch_media
+
+    urls = {value for value in table[column] if isinstance(value, str) and classify_string(value).source == "url"}
+    if not urls:
+        return table, {}
+    local: dict[str, str] = {}
+    failures: dict[str, str] = {}
+    for url in sorted(urls):
+        try:
+            local[url] = str(fetch_media(url))
+        except RemoteMediaError as error:
+            failures[url] = f"download refused or failed: {error}"
+
+    def substitute(batch):
+        batch[column] = [local.get(value, value) for value in batch[column]]
+        return batch
+
+    return table.map(substitute, batched=True, desc="fetching remote media"), failures
 
 
 def _absolutise_paths(table, column_modalities: dict[str, str], root: Path):
@@ -334,12 +406,18 @@ def load_pair_data(
     media_root: Path | None = None,
     audio_sampling_rate: int | None = None,
     skip_bad: bool = False,
+    allow_remote_media: bool = False,
 ) -> PairData:
     """Load (anchor, positive[, negatives...]) data and validate its media: see the module docstring."""
     table = load_table(reference, config=config, split=split)
     table = select_columns(table, columns, reference)
     return prepare_media(
-        table, reference, media_root=media_root, audio_sampling_rate=audio_sampling_rate, skip_bad=skip_bad
+        table,
+        reference,
+        media_root=media_root,
+        audio_sampling_rate=audio_sampling_rate,
+        skip_bad=skip_bad,
+        allow_remote_media=allow_remote_media,
     )
 
 

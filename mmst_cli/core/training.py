@@ -66,6 +66,7 @@ class TrainEmbedOptions:
     eval_data_split: str | None = None
     eval_split: float | None = None
     skip_bad: bool = False
+    allow_remote_media: bool = False
 
     loss: LossOptions = field(default_factory=LossOptions)
     lora: LoraOptions = field(default_factory=LoraOptions)
@@ -157,6 +158,7 @@ def _load_training_data(options: TrainEmbedOptions, audio_rate: int | None) -> t
         "media_root": Path(options.media_root).expanduser() if options.media_root else None,
         "audio_sampling_rate": audio_rate,
         "skip_bad": options.skip_bad,
+        "allow_remote_media": options.allow_remote_media,
     }
     if options.data is None:
         return load_pair_data(str(EMOJI_TRAIN), **common), load_pair_data(str(EMOJI_EVAL), **common)
