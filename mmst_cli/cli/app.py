@@ -17,6 +17,7 @@ import typer
 
 from mmst_cli import __version__
 from mmst_cli.cli.detect import detect
+from mmst_cli.cli.evaluate import evaluate
 from mmst_cli.cli.train_embed import train_embed
 from mmst_cli.core.errors import EXIT_FAILURE, MmstError
 
@@ -31,6 +32,7 @@ app = typer.Typer(
 
 app.command("detect", rich_help_panel="Inspect")(detect)
 app.command("train-embed", rich_help_panel="Train")(train_embed)
+app.command("evaluate", rich_help_panel="Evaluate")(evaluate)
 
 _QUIET_LIBRARIES = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",

@@ -18,6 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from mmst_cli.core.errors import MmstError
+from mmst_cli.core.models import (
+    audio_sampling_rate,
+    hub_or_local_file,
+    load_model,
+    locate_model,
+    packaged_minilm_path,
+)
 
 EMOJI_DIR = Path(__file__).resolve().parent.parent / "assets" / "emoji"
 EMOJI_TRAIN = EMOJI_DIR / "train.parquet"
@@ -76,16 +83,6 @@ def resolve_attention(requested: str) -> str:
     return requested
 
 
-def _audio_sampling_rate(modules) -> int | None:
-    for module in modules:
-        processor = getattr(module, "processor", None)
-        extractor = getattr(processor, "feature_extractor", processor)
-        rate = getattr(extractor, "sampling_rate", None)
-        if rate:
-            return int(rate)
-    return None
-
-
 def _timm_encoder(reference: str, image_size: int | None):
     """``timm:NAME`` or ``timm:NAME@/path/to/weights`` -> a TimmImageEncoder with real weights."""
     from mmst_cli.core.timm_encoder import EFFICIENTNET_LITE0_MODEL_NAME, TimmImageEncoder
@@ -124,8 +121,6 @@ def _encoder_modules(reference: str, *, image_size: int | None, model_kwargs: di
         return [_timm_encoder(reference, image_size)]
     from sentence_transformers.base.modules import Normalize
 
-    from mmst_cli.core.models import load_model, locate_model
-
     source = locate_model(reference)
     if source.kind != "embedder":
         raise MmstError(f"encoder {reference!r} is a {source.kind}, not an embedding model")
@@ -133,11 +128,15 @@ def _encoder_modules(reference: str, *, image_size: int | None, model_kwargs: di
     return [module for module in loaded if not isinstance(module, Normalize)]
 
 
-def _projection_head(in_features: int, dim: int):
+def _projection_head(in_features: int, dim: int, seed: int):
     import torch
     from sentence_transformers.base.modules import Dense
 
-    head = Dense(in_features, dim, activation_function=None)
+    # A fixed seed, without touching the global RNG: the same composition always starts the same,
+    # so an untrained model scores the same in evaluate as in train-embed's "before".
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        head = Dense(in_features, dim, activation_function=None)
     if in_features == dim:
         # An identity start keeps a pretrained encoder's geometry; training only has to adapt it.
         with torch.no_grad():
@@ -166,6 +165,7 @@ def compose_router(
     freeze: tuple[str, ...] = (),
     attn_implementation: str = "auto",
     trust_remote_code: bool = False,
+    seed: int = 42,
 ) -> BuiltModel:
     """Compose a Router with one route per given encoder, each projected to ``dim``, then Normalize.
 
@@ -178,6 +178,7 @@ def compose_router(
         freeze: Towers (``text``, ``image``, ``audio``) whose encoders are not trained; heads always are.
         attn_implementation: ``auto``, ``sdpa``, ``eager`` or ``flash_attention_2`` for transformers encoders.
         trust_remote_code: Allow custom code in the encoders' repositories.
+        seed: Seeds the initialisation of the projection heads (default 42).
     """
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Normalize, Router
@@ -203,19 +204,17 @@ def compose_router(
                     for parameter in module.parameters():
                         parameter.requires_grad_(False)
         head_index = len(modules)
-        modules.append(_projection_head(_route_output_dimension(modules), dim))
+        modules.append(_projection_head(_route_output_dimension(modules), dim, seed))
         # Matched against the loss's parameter names, which carry a prefix ("model.0.sub_modules...").
         learning_rate_mapping[rf"\.sub_modules\.{route}\.{head_index}\.linear\."] = head_lr
     model = SentenceTransformer(modules=[Router(sub_modules=routes), Normalize()], device="cpu")
     description = "Router(" + ", ".join(f"{route}: {reference}" for route, reference in encoders.items()) + f") -> {dim}"
-    audio_rate = _audio_sampling_rate(routes["audio"]) if "audio" in routes else None
+    audio_rate = audio_sampling_rate(routes["audio"]) if "audio" in routes else None
     return BuiltModel(model, description, True, learning_rate_mapping, audio_rate, model_kwargs["attn_implementation"])
 
 
-def build_default_model(head_lr: float = 2e-3) -> BuiltModel:
+def build_default_model(head_lr: float = 2e-3, seed: int = 42) -> BuiltModel:
     """The embedded default: MiniLM + frozen EfficientNet-Lite0 (96 px), 384-d, both packaged offline."""
-    from mmst_cli.core.models import packaged_minilm_path
-
     built = compose_router(
         text_encoder=str(packaged_minilm_path()),
         image_encoder=DEFAULT_IMAGE_ENCODER,
@@ -224,6 +223,7 @@ def build_default_model(head_lr: float = 2e-3) -> BuiltModel:
         image_size=DEFAULT_IMAGE_SIZE,
         head_lr=head_lr,
         freeze=("image",),
+        seed=seed,
     )
     built.description = "embedded default: Router(all-MiniLM-L6-v2, timm tf_efficientnet_lite0 @96px) -> 384"
     return built
@@ -242,8 +242,6 @@ def _override_pooling(model, pooling: str) -> None:
 def _is_generative_checkpoint(source) -> bool:
     """A bare causal LM or VLM checkpoint (``*ForCausalLM``, ``*ForConditionalGeneration``)."""
     import json
-
-    from mmst_cli.core.models import hub_or_local_file
 
     config = hub_or_local_file(source, "config.json")
     if config is None:
@@ -289,11 +287,10 @@ def build_training_model(options) -> BuiltModel:
             freeze=tuple(options.freeze),
             attn_implementation=options.attn_implementation,
             trust_remote_code=options.trust_remote_code,
+            seed=options.seed,
         )
     if options.model is None:
-        return build_default_model(head_lr=options.head_lr)
-
-    from mmst_cli.core.models import load_model, locate_model
+        return build_default_model(head_lr=options.head_lr, seed=options.seed)
 
     source = locate_model(options.model)
     if source.kind != "embedder":
@@ -320,7 +317,7 @@ def build_training_model(options) -> BuiltModel:
         model,
         source.reference,
         is_router=isinstance(model[0], Router),
-        audio_sampling_rate=_audio_sampling_rate(list(model)),
+        audio_sampling_rate=audio_sampling_rate(model),
         attention=model_kwargs["attn_implementation"],
     )
 

@@ -236,3 +236,30 @@ def load_model(source: ModelSource, *, trust_remote_code: bool = False, device: 
                 "pass --trust-remote-code only if you trust that code"
             ) from error
         raise MmstError(f"model {source.reference!r} could not be loaded: {first_line}") from error
+
+
+def iter_modules(model):
+    """Every module of a loaded model, with a Router's route modules in place of the Router."""
+    from sentence_transformers.base.modules import Router
+
+    for module in model:
+        if isinstance(module, Router):
+            for route in module.sub_modules.values():
+                yield from route
+        else:
+            yield module
+
+
+def audio_sampling_rate(modules) -> int | None:
+    """The sampling rate the first audio feature extractor among ``modules`` expects, if any.
+
+    Args:
+        modules: A loaded model or any iterable of its modules (Router routes are searched too).
+    """
+    for module in iter_modules(modules) if hasattr(modules, "modalities") else modules:
+        processor = getattr(module, "processor", None)
+        extractor = getattr(processor, "feature_extractor", processor)
+        rate = getattr(extractor, "sampling_rate", None)
+        if rate:
+            return int(rate)
+    return None

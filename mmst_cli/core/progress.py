@@ -1,8 +1,10 @@
-"""A Rich progress display for Hugging Face trainers, on stderr, shown by the main process only."""
+"""Rich progress displays on stderr: for Hugging Face trainers, and for multi-stage work such as encoding."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -58,3 +60,30 @@ class RichProgressCallback(TrainerCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+@contextmanager
+def progress_bars(console: Console | None = None, enabled: bool = True) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """Rich bars for multi-stage work (encoding, search) on stderr.
+
+    Yields ``track(description, total)``, which adds a bar and returns ``advance(n)``. With
+    ``enabled=False`` nothing is drawn (other processes of a distributed launch, tests).
+    """
+    if not enabled:
+        yield lambda description, total: (lambda n: None)
+        return
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
+    )
+    with progress:
+
+        def track(description: str, total: int) -> Callable[[int], None]:
+            task = progress.add_task(description, total=total)
+            return lambda n: progress.advance(task, n)
+
+        yield track

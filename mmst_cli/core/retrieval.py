@@ -1,30 +1,51 @@
-"""Turn pair data into a retrieval task and score models on it.
+"""Retrieval tasks (queries, corpus, graded relevance) from the formats users already have.
 
-The "eval-hard" setup of the published visual-document-retrieval recipe: every anchor is a query,
-its positive is relevant, and the corpus is every positive and every negative of the split.
-Identical anchors are one query (with all their positives relevant) and identical documents are
-one corpus entry, so duplicates can neither inflate nor deflate the score.
+- **BEIR folder**: ``corpus.jsonl`` (``_id``, ``title``, ``text``; or ``image`` / ``audio`` paths),
+  ``queries.jsonl`` (``_id``, ``text``), ``qrels/<split>.tsv`` (``query-id``, ``corpus-id``, ``score``).
+- **ViDoRe / mteb schema**: a Hub dataset with ``corpus``, ``queries`` and ``qrels`` configurations,
+  or a local folder with ``corpus``, ``queries`` and ``qrels`` files (jsonl / csv / parquet) or
+  ``save_to_disk`` sub-folders: corpus (``corpus-id``, ``image`` or ``text``), queries
+  (``query-id``, ``query``), qrels (``query-id``, ``corpus-id``, ``score``).
+- **Pairs** (query, positive[, negatives...]): every anchor is a query, its positive is relevant
+  and the corpus is every positive and negative (the "eval-hard" setup of the published
+  visual-document-retrieval recipe). Identical anchors are one query with all their positives
+  relevant; identical documents are one corpus entry, so duplicates neither inflate nor deflate
+  the score.
+
+Media in any of them is checked like training data (:mod:`mmst_cli.core.data`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from mmst_cli.core.data import PairData
+from mmst_cli.core.data import DATA_FILE_BUILDERS, PairData, load_pair_data, load_table, prepare_media
+from mmst_cli.core.errors import MmstError
 
-#: The metric train-embed reports before, during and after training.
+#: The metric train-embed and evaluate lead with.
 MAIN_METRIC = "ndcg@10"
 
 
 @dataclass
 class RetrievalTask:
-    """Queries, corpus and relevance judgements, keyed by string ids."""
+    """Queries, corpus and graded relevance judgements, keyed by string ids.
+
+    Attributes:
+        queries: Query id -> text or media.
+        corpus: Document id -> text or media.
+        qrels: Query id -> {document id: relevance}; relevance > 0 is relevant.
+        source: Where the task came from.
+        warnings: Problems that were tolerated (qrels naming unknown ids, ...).
+    """
 
     queries: dict[str, Any]
     corpus: dict[str, Any]
-    relevant_docs: dict[str, set[str]]
+    qrels: dict[str, dict[str, int]]
+    source: str = ""
+    warnings: list[str] = field(default_factory=list)
 
 
 def content_key(value: Any) -> str:
@@ -49,7 +70,7 @@ def pairs_to_retrieval_task(data: PairData) -> RetrievalTask:
     columns = list(data.dataset.column_names)
     queries: dict[str, Any] = {}
     corpus: dict[str, Any] = {}
-    relevant: dict[str, set[str]] = {}
+    qrels: dict[str, dict[str, int]] = {}
     query_ids: dict[str, str] = {}
     doc_ids: dict[str, str] = {}
 
@@ -66,39 +87,176 @@ def pairs_to_retrieval_task(data: PairData) -> RetrievalTask:
         if key not in query_ids:
             query_ids[key] = f"q{len(query_ids)}"
             queries[query_ids[key]] = anchor
-        relevant.setdefault(query_ids[key], set()).add(doc_id(row[columns[1]]))
+        qrels.setdefault(query_ids[key], {})[doc_id(row[columns[1]])] = 1
         for negative_column in columns[2:]:
-            doc_id(row[negative_column])
-    return RetrievalTask(queries, corpus, relevant)
+            if row[negative_column] is not None:
+                doc_id(row[negative_column])
+    return RetrievalTask(queries, corpus, qrels, data.source)
 
 
-def build_retrieval_evaluator(task: RetrievalTask, *, name: str, batch_size: int = 32, truncate_dim: int | None = None):
-    """A Sentence Transformers ``InformationRetrievalEvaluator`` for ``task`` (NDCG@10, MRR@10, MAP, Recall@k)."""
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+@dataclass(frozen=True)
+class MediaOptions:
+    """How media references in evaluation data are resolved (see :func:`mmst_cli.core.data.prepare_media`)."""
 
-    return InformationRetrievalEvaluator(
-        queries=task.queries,
-        corpus=task.corpus,
-        relevant_docs=task.relevant_docs,
-        ndcg_at_k=[10],
-        mrr_at_k=[10],
-        map_at_k=[100],
-        accuracy_at_k=[1, 10],
-        precision_recall_at_k=[10],
-        batch_size=batch_size,
-        name=name,
-        write_csv=False,
-        truncate_dim=truncate_dim,
-        score_functions=None,
+    media_root: Path | None = None
+    audio_sampling_rate: int | None = None
+    skip_bad: bool = False
+    allow_remote_media: bool = False
+
+
+def _find_part(folder: Path, name: str) -> Path | None:
+    """``corpus``, ``queries`` or ``qrels`` as a file with a data extension or a sub-folder."""
+    for extension in DATA_FILE_BUILDERS:
+        if (folder / f"{name}{extension}").is_file():
+            return folder / f"{name}{extension}"
+    return folder / name if (folder / name).is_dir() else None
+
+
+def _unique_ids(table, id_column: str, part: str, source: str) -> list[str]:
+    if id_column not in table.column_names:
+        raise MmstError(f"{part} of {source!r} has no {id_column!r} column; its columns are {table.column_names}")
+    ids = [str(value) for value in table[id_column]]
+    seen: set[str] = set()
+    duplicates = [value for value in ids if value in seen or seen.add(value)]
+    if duplicates:
+        raise MmstError(
+            f"{part} of {source!r} repeats {len(duplicates)} id(s), e.g. {duplicates[0]!r}; ids must be unique"
+        )
+    return ids
+
+
+def _content(table, id_column: str, candidates: tuple[str, ...], part: str, source: str, media: MediaOptions):
+    """Read ids and the content column (the first of ``candidates`` present), with media checked."""
+    ids = _unique_ids(table, id_column, part, source)
+    content_column = next((name for name in candidates if name in table.column_names), None)
+    if content_column is None:
+        raise MmstError(
+            f"{part} of {source!r} has none of the columns {list(candidates)}; its columns are {table.column_names}"
+        )
+    checked = prepare_media(
+        table.select_columns([content_column]),
+        source,
+        media_root=media.media_root,
+        audio_sampling_rate=media.audio_sampling_rate,
+        allow_remote_media=media.allow_remote_media,
     )
+    return dict(zip(ids, checked.dataset[content_column]))
 
 
-def summarise_ir_metrics(raw: dict[str, float], name: str) -> dict[str, float]:
-    """``{"eval_cosine_ndcg@10": x, ...}`` -> ``{"ndcg@10": x, ...}`` for the model's own similarity."""
-    summary = {}
-    for key, value in raw.items():
-        metric = key.removeprefix("eval_").removeprefix(f"{name}_")
-        score_function, _, metric = metric.partition("_")
-        if metric and score_function in ("cosine", "dot", "euclidean", "manhattan"):
-            summary[metric] = round(float(value), 6)
-    return summary
+def _qrels_from_table(table, source: str) -> dict[str, dict[str, int]]:
+    missing = [name for name in ("query-id", "corpus-id", "score") if name not in table.column_names]
+    if missing:
+        raise MmstError(f"qrels of {source!r} lack {missing}; they need query-id, corpus-id, score")
+    qrels: dict[str, dict[str, int]] = {}
+    for row, (query, document, score) in enumerate(zip(table["query-id"], table["corpus-id"], table["score"])):
+        try:
+            relevance = int(score)
+        except (TypeError, ValueError) as error:
+            raise MmstError(f"qrels of {source!r}, row {row + 1}: relevance {score!r} is not a whole number") from error
+        qrels.setdefault(str(query), {})[str(document)] = relevance
+    return qrels
+
+
+def _beir_task(folder: Path, split: str, media: MediaOptions) -> RetrievalTask:
+    from mmst_cli.core.metrics import read_qrels
+
+    source = str(folder)
+    corpus_table = load_table(str(folder / "corpus.jsonl"))
+    queries_table = load_table(str(folder / "queries.jsonl"))
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        available = sorted(path.stem for path in (folder / "qrels").glob("*.tsv"))
+        raise MmstError(f"BEIR folder {source!r} has no qrels/{split}.tsv; splits: {available}; pass --split")
+    if "text" in corpus_table.column_names and "title" in corpus_table.column_names:
+        # BEIR's convention: a document is its title and text joined by a space.
+        corpus_table = corpus_table.map(
+            lambda row: {"text": f"{row['title']} {row['text']}".strip() if row["title"] else row["text"]}
+        )
+    corpus = _content(corpus_table, "_id", ("image", "audio", "text"), "corpus", source, media)
+    queries = _content(queries_table, "_id", ("image", "audio", "text"), "queries", source, media)
+    return RetrievalTask(queries, corpus, read_qrels(qrels_path), source)
+
+
+def _schema_task(reference: str, folder: Path | None, split: str, config: str | None, media: MediaOptions) -> RetrievalTask:
+    def part(name: str):
+        if folder is not None:
+            return load_table(str(_find_part(folder, name)), split=split)
+        return load_table(reference, config=name, split=split)
+
+    corpus = _content(part("corpus"), "corpus-id", ("image", "audio", "text"), "corpus", reference, media)
+    queries = _content(part("queries"), "query-id", ("query", "image", "audio", "text"), "queries", reference, media)
+    return RetrievalTask(queries, corpus, _qrels_from_table(part("qrels"), reference), reference)
+
+
+def _is_hub_schema_dataset(reference: str) -> bool:
+    try:
+        from datasets import get_dataset_config_names
+
+        return {"corpus", "queries", "qrels"} <= set(get_dataset_config_names(reference))
+    except Exception:  # offline, unknown id: not this format; load_table reports the real problem
+        return False
+
+
+def load_retrieval_task(
+    reference: str,
+    *,
+    split: str | None = None,
+    config: str | None = None,
+    columns: list[str] | None = None,
+    media: MediaOptions = MediaOptions(),
+    strict: bool = False,
+) -> RetrievalTask:
+    """Load a retrieval task in any of the module's formats, and check its ids.
+
+    Args:
+        reference: BEIR folder, schema folder or Hub id, or pair data (file, folder, Hub id).
+        split: Qrels split of a BEIR folder (default ``test``), or the split of a dataset
+            (default ``test`` for the schema formats, ``train`` for pairs).
+        config: Hub configuration of pair data.
+        columns: Pair-data columns (query, positive[, negatives...]).
+        media: How media references resolve.
+        strict: Fail, instead of warning, when qrels name unknown queries or documents.
+    """
+    path = Path(reference).expanduser()
+    if path.is_dir() and (path / "corpus.jsonl").is_file() and list((path / "qrels").glob("*.tsv")):
+        task = _beir_task(path, split or "test", media)
+    elif path.is_dir() and all(_find_part(path, name) for name in ("corpus", "queries", "qrels")):
+        task = _schema_task(reference, path, split or "test", None, media)
+    elif not path.exists() and _is_hub_schema_dataset(reference):
+        task = _schema_task(reference, None, split or "test", None, media)
+    else:
+        data = load_pair_data(
+            reference,
+            config=config,
+            split=split,
+            columns=columns,
+            media_root=media.media_root,
+            audio_sampling_rate=media.audio_sampling_rate,
+            skip_bad=media.skip_bad,
+            allow_remote_media=media.allow_remote_media,
+        )
+        task = pairs_to_retrieval_task(data)
+    _check_qrels_ids(task, strict)
+    return task
+
+
+def _check_qrels_ids(task: RetrievalTask, strict: bool) -> None:
+    unknown_queries = [qid for qid in task.qrels if qid not in task.queries]
+    unknown_docs = {doc for judged in task.qrels.values() for doc in judged if doc not in task.corpus}
+    problems = []
+    if unknown_queries:
+        problems.append(f"{len(unknown_queries)} qrels queries are not in the queries (e.g. {unknown_queries[0]!r})")
+    if unknown_docs:
+        problems.append(f"{len(unknown_docs)} qrels documents are not in the corpus (e.g. {sorted(unknown_docs)[0]!r})")
+    if problems and strict:
+        raise MmstError(f"{task.source!r}: " + "; ".join(problems) + " (--strict)")
+    task.warnings.extend(problems)
+    for qid in unknown_queries:
+        del task.qrels[qid]
+    if not any(relevance > 0 for judged in task.qrels.values() for relevance in judged.values()):
+        raise MmstError(f"{task.source!r}: no query has a relevant document in the corpus; nothing to score")
+
+
+def task_summary(task: RetrievalTask) -> dict[str, int]:
+    """Counts for reports: queries, documents, judged queries."""
+    return {"queries": len(task.queries), "documents": len(task.corpus), "judged_queries": len(task.qrels)}

@@ -22,7 +22,7 @@ from mmst_cli.core.data import PairData, load_pair_data, split_off_eval
 from mmst_cli.core.errors import EXIT_FAILURE, MmstError
 from mmst_cli.core.lora import LoraOptions, add_lora, merge_lora
 from mmst_cli.core.losses import LossOptions, build_loss
-from mmst_cli.core.retrieval import MAIN_METRIC, build_retrieval_evaluator, pairs_to_retrieval_task, summarise_ir_metrics
+from mmst_cli.core.retrieval import MAIN_METRIC, pairs_to_retrieval_task
 
 #: ``--batch-sampler`` values -> Sentence Transformers' batch samplers.
 BATCH_SAMPLERS = {
@@ -254,9 +254,7 @@ def _save_model_atomically(model, destination: Path) -> None:
 
 
 def _evaluate(evaluator, model) -> dict[str, float]:
-    if evaluator is None:
-        return {}
-    return summarise_ir_metrics(evaluator(model), evaluator.name)
+    return evaluator.scores(model) if evaluator is not None else {}
 
 
 @dataclass
@@ -322,7 +320,9 @@ def train_embedding_model(options: TrainEmbedOptions, *, progress_console=None, 
 
     evaluator = None
     if eval_data is not None:
-        evaluator = build_retrieval_evaluator(pairs_to_retrieval_task(eval_data), name="eval", batch_size=options.batch_size)
+        from mmst_cli.core.evaluation import RetrievalEvaluator
+
+        evaluator = RetrievalEvaluator(pairs_to_retrieval_task(eval_data), batch_size=options.batch_size)
     base_metrics = _evaluate(evaluator, model)
     if base_metrics:
         log(f"before training: NDCG@10 {base_metrics[MAIN_METRIC]:.4f}")

@@ -1,0 +1,371 @@
+"""Retrieval metrics whose numbers equal trec_eval's, and TREC run / qrels files.
+
+Data types
+    A *run* is ``{query_id: {doc_id: score}}`` and *qrels* are ``{query_id: {doc_id: relevance}}``
+    with integer, graded relevance. As in trec_eval (``-l 1``, its default), a document is
+    relevant when its relevance is >= 1; 0 and negative values are non-relevant, and a retrieved
+    document missing from the qrels is non-relevant too.
+
+Ranking rule (trec_eval's ``comp_sim_docno`` in ``form_res_rels.c``)
+    Documents are sorted by score descending (scores converted to Python float, i.e. float64),
+    and equal scores are broken by document id *descending* (trec_eval's ``strcmp``; Python
+    compares str by code point, which orders like ``strcmp`` on their UTF-8 bytes). The rank
+    column of a run file is ignored, as trec_eval ignores it. trec_eval has held scores as double
+    since 2023 (version 10.0); the trec_eval 9.0.x bundled in pytrec_eval-terrier 0.5.x holds
+    them as float32, so two scores that differ only beyond float32 precision tie there but not
+    here.
+
+Metrics (``name@k``; each equals the trec_eval measure named after it)
+    ``ndcg@k``      ``ndcg_cut_k``: gain = relevance level (> 0), discount ``log2(rank + 1)``,
+                    ideal DCG from the query's qrels sorted by relevance, both cut at k.
+    ``mrr@k``       ``recip_rank`` of the run cut to its top k: 1 / rank of the first relevant
+                    document within the top k, else 0 (trec_eval's ``recip_rank`` has no cut).
+    ``recall@k``    ``recall_k``: relevant documents in the top k / relevant documents in qrels.
+    ``precision@k`` ``P_k``: relevant documents in the top k / k, even if fewer were retrieved.
+    ``map@k``       ``map_cut_k``: sum of precision at the rank of each relevant document in the
+                    top k, divided by *all* relevant documents in qrels (not by ``min(k, R)``).
+    ``accuracy@k``  ``success_k``: 1 if any relevant document is in the top k, else 0.
+
+Which queries count (mmst's rule)
+    The mean of every metric is over the queries of the qrels that have at least one relevant
+    document; a query the run retrieved nothing for scores 0 on every metric. That is trec_eval
+    with ``-c``, except that trec_eval ``-c`` also puts qrels queries with only non-relevant
+    judgements into the denominator (each scores 0), which lowers the mean for no reason a
+    system could change; mmst skips those queries and counts them. Run queries absent from the
+    qrels cannot be judged and are ignored (and counted). Without ``-c``, trec_eval 9 averages
+    over the queries present in both files only, so a system that returns nothing for its
+    hardest queries looks better (a CI gate must not reward that), and trec_eval 10 stops with
+    an error when a qrels query is missing from the run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import operator
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mmst_cli.core.errors import MmstError
+
+Run = dict[str, dict[str, float]]
+Qrels = dict[str, dict[str, int]]
+
+#: Metrics :func:`compute_metrics` knows, in the order their keys are reported.
+METRIC_NAMES = ("ndcg", "mrr", "recall", "precision", "map", "accuracy")
+
+#: Lowest relevance that makes a document relevant (trec_eval's ``-l``, default 1).
+RELEVANCE_LEVEL = 1
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """Metric values of one run against one set of qrels.
+
+    Attributes:
+        means: ``"ndcg@10"``-style key -> mean over the evaluated queries.
+        per_query: Query id -> the same keys for that query; holds exactly the evaluated queries
+            (those with a relevant document, including the ones the run missed, at 0), in
+            query-id order as ``trec_eval -q`` lists them.
+        num_queries: Queries evaluated: the denominator of every mean.
+        num_skipped_no_relevant: Qrels queries without any relevant document (not evaluated).
+        num_ignored_not_in_qrels: Run queries absent from the qrels (not evaluated).
+        num_missing_from_run: Evaluated queries the run retrieved nothing for (scored 0).
+    """
+
+    means: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+    num_queries: int
+    num_skipped_no_relevant: int
+    num_ignored_not_in_qrels: int
+    num_missing_from_run: int
+
+
+def rank_documents(doc_scores: dict[str, float], depth: int | None = None) -> list[tuple[str, float]]:
+    """Documents of one query in trec_eval's order (see the module docstring).
+
+    Args:
+        doc_scores: Document id -> score.
+        depth: Keep only the first ``depth`` documents; ``None`` (the default) keeps all.
+
+    Returns:
+        ``(doc_id, score)`` pairs, best first, scores as float.
+
+    Raises:
+        MmstError: A score is NaN, which has no place in an order.
+    """
+    keyed = [(float(score), doc_id) for doc_id, score in doc_scores.items()]
+    for score, doc_id in keyed:
+        if math.isnan(score):
+            raise MmstError(f"document {doc_id!r} has a NaN score, which cannot be ranked")
+    # Document ids are unique within a query, so (score, doc_id) is a total order and the
+    # descending sort needs no stable-sort subtleties: it is exactly trec_eval's qsort order.
+    ordered = sorted(keyed, reverse=True) if depth is None else heapq.nlargest(depth, keyed)
+    return [(doc_id, score) for score, doc_id in ordered]
+
+
+def compute_metrics(
+    run: Run,
+    qrels: Qrels,
+    ks: Iterable[int] | int = (10,),
+    metrics: Iterable[str] | str = METRIC_NAMES,
+) -> MetricResult:
+    """Score ``run`` against ``qrels`` exactly as trec_eval would (see the module docstring).
+
+    Args:
+        run: Query id -> document id -> score.
+        qrels: Query id -> document id -> integer relevance.
+        ks: Cut-offs, each a positive integer (or one integer); duplicates are ignored.
+            Default ``(10,)``.
+        metrics: Names from :data:`METRIC_NAMES` (or one name); default all of them.
+
+    Returns:
+        A :class:`MetricResult` whose keys are ``f"{metric}@{k}"``, metric-major, k ascending.
+
+    Raises:
+        MmstError: An unknown metric, a bad cut-off, a NaN score, a non-integer relevance, or
+            qrels without a single relevant document (no mean can be taken).
+    """
+    metric_names = _check_metrics(metrics)
+    cutoffs = _check_cutoffs(ks)
+    keys = [f"{metric}@{k}" for metric in metric_names for k in cutoffs]
+
+    per_query: dict[str, dict[str, float]] = {}
+    num_skipped = num_missing = 0
+    for query_id in sorted(qrels):
+        judgements = {doc_id: _relevance(query_id, doc_id, rel) for doc_id, rel in qrels[query_id].items()}
+        if not any(rel >= RELEVANCE_LEVEL for rel in judgements.values()):
+            num_skipped += 1
+            continue
+        retrieved = run.get(query_id) or {}
+        num_missing += not retrieved
+        values = _query_metrics(retrieved, judgements, cutoffs)
+        per_query[query_id] = {f"{metric}@{k}": values[metric][k] for metric in metric_names for k in cutoffs}
+
+    if not per_query:
+        raise MmstError(
+            f"no query in the qrels has a relevant document (relevance >= {RELEVANCE_LEVEL}), "
+            "so there is nothing to average; check that the qrels file is the right one"
+        )
+    means = {key: math.fsum(scores[key] for scores in per_query.values()) / len(per_query) for key in keys}
+    return MetricResult(
+        means=means,
+        per_query=per_query,
+        num_queries=len(per_query),
+        num_skipped_no_relevant=num_skipped,
+        num_ignored_not_in_qrels=sum(query_id not in qrels for query_id in run),
+        num_missing_from_run=num_missing,
+    )
+
+
+def _check_metrics(metrics: Iterable[str] | str) -> list[str]:
+    names = list(dict.fromkeys([metrics] if isinstance(metrics, str) else metrics))
+    unknown = [name for name in names if name not in METRIC_NAMES]
+    if unknown or not names:
+        problem = f"unknown metric {', '.join(unknown)}" if unknown else "no metric asked for"
+        raise MmstError(f"{problem}; choose from {', '.join(METRIC_NAMES)}")
+    return names
+
+
+def _check_cutoffs(ks: Iterable[int] | int) -> list[int]:
+    cutoffs = [ks] if isinstance(ks, (int, np.integer)) else list(ks)
+    if not cutoffs or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in cutoffs):
+        raise MmstError(f"cut-offs must be positive integers, got {cutoffs}")
+    return sorted({int(k) for k in cutoffs})
+
+
+def _relevance(query_id: str, doc_id: str, value: object) -> int:
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise MmstError(
+            f"relevance of document {doc_id!r} for query {query_id!r} must be an integer, got {value!r}"
+        ) from None
+
+
+def _query_metrics(
+    retrieved: dict[str, float], judgements: dict[str, int], cutoffs: list[int]
+) -> dict[str, dict[int, float]]:
+    """Every metric at every cut-off for one query with at least one relevant document."""
+    ranking = rank_documents(retrieved, depth=cutoffs[-1])
+    # Documents absent from the qrels count as relevance 0, as trec_eval's "not in pool".
+    relevance = np.array([judgements.get(doc_id, 0) for doc_id, _ in ranking], dtype=np.int64)
+    ranks = np.arange(1, len(relevance) + 1)
+    is_relevant = relevance >= RELEVANCE_LEVEL
+    hits = np.cumsum(is_relevant)  # relevant documents at or above each rank
+    precision_sums = np.cumsum(np.where(is_relevant, hits / ranks, 0.0))
+    # The gain is the relevance level itself; 0 and negative levels gain nothing.
+    dcg = np.cumsum(np.where(relevance > 0, relevance, 0) / np.log2(ranks + 1))
+    ideal_gains = np.array(sorted((rel for rel in judgements.values() if rel > 0), reverse=True), dtype=np.float64)
+    ideal_dcg = np.cumsum(ideal_gains / np.log2(np.arange(2, len(ideal_gains) + 2)))
+    num_relevant = sum(rel >= RELEVANCE_LEVEL for rel in judgements.values())
+    first_relevant = int(np.argmax(is_relevant)) + 1 if is_relevant.any() else None
+
+    values: dict[str, dict[int, float]] = {metric: {} for metric in METRIC_NAMES}
+    for k in cutoffs:
+        # Past the end of the ranking nothing more is retrieved: take the value at its last rank.
+        last = min(k, len(ranking)) - 1
+        hits_at_k = int(hits[last]) if last >= 0 else 0
+        values["ndcg"][k] = float(dcg[last] / ideal_dcg[min(k, len(ideal_dcg)) - 1]) if last >= 0 else 0.0
+        values["mrr"][k] = 1.0 / first_relevant if first_relevant is not None and first_relevant <= k else 0.0
+        values["recall"][k] = hits_at_k / num_relevant
+        values["precision"][k] = hits_at_k / k
+        values["map"][k] = float(precision_sums[last]) / num_relevant if last >= 0 else 0.0
+        values["accuracy"][k] = 1.0 if hits_at_k else 0.0
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# TREC files
+
+
+def read_trec_run(path: str | os.PathLike) -> Run:
+    """Read a TREC run file: one ``qid Q0 docid rank score tag`` line per retrieved document.
+
+    Columns are separated by whitespace; blank lines are skipped. The ``Q0``, ``rank`` and
+    ``tag`` columns are checked for presence (and ``rank`` for being an integer, which catches
+    shifted columns) but not used: the ranking comes from the scores, as in trec_eval.
+
+    Args:
+        path: The run file.
+
+    Returns:
+        Query id -> document id -> score.
+
+    Raises:
+        MmstError: The file cannot be read, a line does not have six columns, the rank is not an
+            integer, the score is not a number or is NaN, or a document is listed twice for one
+            query. Messages give ``file:line``.
+    """
+    run: Run = {}
+    for where, fields in _data_lines(path):
+        if len(fields) != 6:
+            raise MmstError(
+                f"{where}: expected 6 columns 'qid Q0 docid rank score tag', found {len(fields)}"
+            )
+        query_id, _, doc_id, rank, score_text, _ = fields
+        if not _INTEGER.fullmatch(rank):
+            raise MmstError(f"{where}: rank {rank!r} is not an integer (column 4 of 'qid Q0 docid rank score tag')")
+        try:
+            score = float(score_text)
+        except ValueError:
+            raise MmstError(f"{where}: score {score_text!r} is not a number (column 5)") from None
+        if math.isnan(score):
+            raise MmstError(f"{where}: score is NaN, which cannot be ranked")
+        documents = run.setdefault(query_id, {})
+        if doc_id in documents:
+            raise MmstError(f"{where}: document {doc_id!r} is listed twice for query {query_id!r}")
+        documents[doc_id] = score
+    return run
+
+
+def write_trec_run(run: Run, path: str | os.PathLike, tag: str = "mmst") -> None:
+    """Write ``run`` as a TREC run file, ranks in trec_eval's order, atomically.
+
+    The file appears complete or not at all: it is written to ``.NAME.tmp`` in the same folder
+    and renamed over ``path``. Scores are written with ``repr`` so that reading the file
+    back gives the same floats, and therefore the same ranking and ties.
+
+    Args:
+        run: Query id -> document id -> score; queries are written in the run's order.
+        path: Destination file; its folder must exist.
+        tag: The run name of the last column (default ``"mmst"``).
+
+    Raises:
+        MmstError: An id or the tag is empty or contains whitespace (it would shift columns),
+            or the file cannot be written.
+    """
+    _check_token("run tag", tag)
+    lines = []
+    for query_id, doc_scores in run.items():
+        _check_token("query id", query_id)
+        for rank, (doc_id, score) in enumerate(rank_documents(doc_scores), start=1):
+            _check_token("document id", doc_id)
+            lines.append(f"{query_id} Q0 {doc_id} {rank} {score!r} {tag}\n")
+
+    destination = Path(path)
+    temporary = destination.with_name(f".{destination.name}.tmp")
+    try:
+        temporary.write_text("".join(lines), encoding="utf8")
+        temporary.replace(destination)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise MmstError(f"cannot write run file {destination}: {error.strerror or error}") from None
+
+
+def read_qrels(path: str | os.PathLike) -> Qrels:
+    """Read relevance judgements in TREC or BEIR/mteb format; the format is told by column count.
+
+    * TREC qrels: ``qid iteration docid relevance`` (4 columns; the iteration is ignored).
+    * BEIR / mteb: ``query-id<TAB>corpus-id<TAB>score`` (3 columns). Its first line is a header
+      and is skipped when its third column is not an integer, so a file without the header loses
+      no judgement.
+
+    Columns are separated by whitespace; blank lines are skipped.
+
+    Args:
+        path: The qrels file.
+
+    Returns:
+        Query id -> document id -> integer relevance.
+
+    Raises:
+        MmstError: The file cannot be read or holds no judgement, a line has the wrong number
+            of columns, a relevance is not an integer, or a (query, document) pair is judged
+            twice. Messages give ``file:line``.
+    """
+    qrels: Qrels = {}
+    columns = None
+    for where, fields in _data_lines(path):
+        if columns is None:
+            columns = len(fields)
+            if columns not in (3, 4):
+                raise MmstError(
+                    f"{where}: expected TREC qrels 'qid 0 docid relevance' (4 columns) or "
+                    f"BEIR 'query-id corpus-id score' (3 columns), found {columns} columns"
+                )
+            if columns == 3 and not _INTEGER.fullmatch(fields[2]):
+                continue  # the BEIR header line
+        elif len(fields) != columns:
+            raise MmstError(f"{where}: expected {columns} columns like the first line, found {len(fields)}")
+        # TREC: qid iteration docid relevance; BEIR: query-id corpus-id score.
+        query_id, doc_id, relevance = fields if columns == 3 else (fields[0], fields[2], fields[3])
+        if not _INTEGER.fullmatch(relevance):
+            raise MmstError(f"{where}: relevance {relevance!r} is not an integer")
+        judgements = qrels.setdefault(query_id, {})
+        if doc_id in judgements:
+            raise MmstError(f"{where}: document {doc_id!r} is judged twice for query {query_id!r}")
+        judgements[doc_id] = int(relevance)
+    if not qrels:
+        raise MmstError(f"{path}: no relevance judgements in the file")
+    return qrels
+
+
+def _data_lines(path: str | os.PathLike) -> Iterator[tuple[str, list[str]]]:
+    """``("file:line", fields)`` for each non-blank line of a UTF-8 file, errors as MmstError."""
+    try:
+        stream = open(path, "rb")  # decoded line by line, so that a bad byte gets its line number
+    except FileNotFoundError:
+        raise MmstError(f"{path}: file not found") from None
+    except OSError as error:
+        raise MmstError(f"{path}: cannot read ({error.strerror or error})") from None
+    with stream:
+        for number, raw in enumerate(stream, start=1):
+            try:
+                fields = raw.decode("utf8").split()
+            except UnicodeDecodeError:
+                raise MmstError(f"{path}:{number}: not UTF-8 text") from None
+            if fields:
+                yield f"{path}:{number}", fields
+
+
+def _check_token(what: str, value: str) -> None:
+    if not value or any(character.isspace() for character in value):
+        raise MmstError(f"{what} {value!r} cannot be written to a TREC file: it is empty or contains whitespace")

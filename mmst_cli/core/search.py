@@ -1,0 +1,75 @@
+"""Exact top-k search over embeddings in blocks, so memory never holds a queries x corpus matrix.
+
+Scores are computed in float32 with the model's similarity function; each block of queries keeps
+a running top-k while the corpus streams past in blocks. A 10k x 100k search holds at most one
+``query_block x corpus_block`` score matrix (by default 1024 x 16384 float32 = 64 MiB).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+SIMILARITIES = ("cosine", "dot", "euclidean", "manhattan")
+
+
+def _scores(queries, documents, similarity: str):
+    import torch
+
+    if similarity in ("cosine", "dot"):
+        return queries @ documents.T
+    p = 2.0 if similarity == "euclidean" else 1.0
+    return -torch.cdist(queries, documents, p=p)
+
+
+def search(
+    query_embeddings: np.ndarray,
+    corpus_embeddings: np.ndarray,
+    k: int,
+    *,
+    similarity: str = "cosine",
+    query_block: int = 1024,
+    corpus_block: int = 16384,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the ``k`` best corpus rows per query: ``(scores, indices)``, each ``(queries, k')``.
+
+    Args:
+        query_embeddings: ``(queries, dim)`` float32.
+        corpus_embeddings: ``(documents, dim)`` float32.
+        k: How many documents to keep per query; ``k' = min(k, documents)``.
+        similarity: ``cosine`` (vectors are normalised first), ``dot``, ``euclidean`` or ``manhattan``
+            (negated distances, so higher is better).
+        query_block / corpus_block: Block sizes that bound memory.
+        on_progress: Called with the number of queries finished after each query block.
+    """
+    import torch
+
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"unknown similarity {similarity!r}")
+    queries = torch.from_numpy(np.ascontiguousarray(query_embeddings, dtype=np.float32))
+    corpus = torch.from_numpy(np.ascontiguousarray(corpus_embeddings, dtype=np.float32))
+    if similarity == "cosine":
+        queries = torch.nn.functional.normalize(queries, dim=-1)
+        corpus = torch.nn.functional.normalize(corpus, dim=-1)
+    keep = min(k, corpus.shape[0])
+    all_scores = np.empty((queries.shape[0], keep), dtype=np.float32)
+    all_indices = np.empty((queries.shape[0], keep), dtype=np.int64)
+    for q_start in range(0, queries.shape[0], query_block):
+        block = queries[q_start : q_start + query_block]
+        best_scores = torch.full((block.shape[0], 0), float("-inf"))
+        best_indices = torch.empty((block.shape[0], 0), dtype=torch.long)
+        for c_start in range(0, corpus.shape[0], corpus_block):
+            scores = _scores(block, corpus[c_start : c_start + corpus_block], similarity)
+            top = torch.topk(scores, min(keep, scores.shape[1]), dim=1)
+            merged_scores = torch.cat([best_scores, top.values], dim=1)
+            merged_indices = torch.cat([best_indices, top.indices + c_start], dim=1)
+            order = torch.topk(merged_scores, min(keep, merged_scores.shape[1]), dim=1).indices
+            best_scores = torch.gather(merged_scores, 1, order)
+            best_indices = torch.gather(merged_indices, 1, order)
+        all_scores[q_start : q_start + block.shape[0]] = best_scores.numpy()
+        all_indices[q_start : q_start + block.shape[0]] = best_indices.numpy()
+        if on_progress:
+            on_progress(block.shape[0])
+    return all_scores, all_indices

@@ -1,0 +1,138 @@
+"""``mmst evaluate``: every data format, trec_eval agreement, gates, sweeps, reranking and search."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmst_cli.core.search import search
+from tests.data_factory import write_colour_pairs
+from tests.helpers import assert_one_line_error, run_json, run_mmst
+
+TOPICS = ["cats", "dogs", "birds", "fish", "trees", "cars", "boats", "trains"]
+
+
+def write_beir(folder: Path) -> Path:
+    """A small text BEIR folder with graded relevance, two relevant documents for some queries,
+    a query without judgements and a judgement naming an unknown document."""
+    folder.mkdir(parents=True)
+    corpus = [{"_id": f"doc{i}", "title": topic, "text": f"all about {topic} number {i}"} for i, topic in enumerate(TOPICS)]
+    corpus += [{"_id": f"extra{i}", "title": "", "text": f"{topic} are discussed here too"} for i, topic in enumerate(TOPICS[:4])]
+    queries = [{"_id": f"q{i}", "text": f"tell me about {topic}"} for i, topic in enumerate(TOPICS)]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(row) + "\n" for row in corpus))
+    (folder / "queries.jsonl").write_text("".join(json.dumps(row) + "\n" for row in queries))
+    (folder / "qrels").mkdir()
+    lines = ["query-id\tcorpus-id\tscore"]
+    lines += [f"q{i}\tdoc{i}\t2" for i in range(7)]  # q7 has no judgements
+    lines += [f"q{i}\textra{i}\t1" for i in range(4)]
+    lines += ["q0\tnot-in-corpus\t1"]
+    (folder / "qrels" / "test.tsv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_beir_folder_run_round_trip_and_per_query(tmp_path, tiny_models):
+    beir = write_beir(tmp_path / "beir")
+    run_file, per_query = tmp_path / "run.trec", tmp_path / "per_query.jsonl"
+    report = run_json(
+        "evaluate", "--model", str(tiny_models["bert"]), "--data", str(beir), "--k", "1", "--k", "10",
+        "--save-run", str(run_file), "--per-query", str(per_query),
+    )  # fmt: skip
+    assert report["queries"] == 8 and report["documents"] == 12
+    assert report["counts"]["evaluated"] == 7  # q7 has no relevant document
+    assert any("not in the corpus" in warning for warning in report["warnings"])
+    assert {"ndcg@1", "ndcg@10", "mrr@10", "recall@10", "precision@10", "map@10", "accuracy@10"} <= set(report["metrics"])
+    rows = [json.loads(line) for line in per_query.read_text().splitlines()]
+    assert len(rows) == 7 and abs(np.mean([row["ndcg@10"] for row in rows]) - report["metrics"]["ndcg@10"]) < 1e-12
+    # The saved ranking, scored on its own, gives the same numbers: the run file is what was scored.
+    rescored = run_json("evaluate", "--run", str(run_file), "--qrels", str(beir / "qrels" / "test.tsv"), "--k", "1", "--k", "10")
+    assert rescored["metrics"] == pytest.approx(report["metrics"], abs=1e-12)
+    strict = run_mmst("evaluate", "--model", str(tiny_models["bert"]), "--data", str(beir), "--strict")
+    assert_one_line_error(strict, 2, "1 qrels documents are not in the corpus", "--strict")
+
+
+def test_run_scoring_agrees_with_pytrec_eval(tmp_path):
+    import pytrec_eval
+
+    qrels = {"q1": {"a": 2, "b": 1, "c": 0}, "q2": {"d": 1}, "q3": {"e": 1, "f": 3}}
+    run = {"q1": {"a": 0.5, "b": 0.5, "c": 0.9, "x": 0.5}, "q2": {"d": 0.1, "y": 0.2}, "q3": {"g": 1.0, "f": 0.25}}
+    (tmp_path / "qrels.txt").write_text("".join(f"{q} 0 {d} {r}\n" for q, docs in qrels.items() for d, r in docs.items()))
+    (tmp_path / "run.txt").write_text(
+        "".join(f"{q} Q0 {d} 0 {s} x\n" for q, docs in run.items() for d, s in docs.items())
+    )
+    report = run_json("evaluate", "--run", str(tmp_path / "run.txt"), "--qrels", str(tmp_path / "qrels.txt"), "--k", "3")
+    reference = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut_3", "P_3", "recall_3", "map_cut_3", "success_3"}).evaluate(run)
+    for ours, theirs in [("ndcg@3", "ndcg_cut_3"), ("precision@3", "P_3"), ("recall@3", "recall_3"),
+                         ("map@3", "map_cut_3"), ("accuracy@3", "success_3")]:  # fmt: skip
+        expected = np.mean([reference[q][theirs] for q in qrels])
+        assert report["metrics"][ours] == pytest.approx(expected, abs=1e-9), ours
+
+
+def test_image_corpus_schema_folder(tmp_path, tiny_models):
+    folder = tmp_path / "vidore"
+    (folder / "pages").mkdir(parents=True)
+    corpus, queries, qrels = [], [], []
+    for i, colour in enumerate(["red", "green", "blue", "yellow"]):
+        Image.new("RGB", (40, 40), colour).save(folder / "pages" / f"{i}.png")
+        corpus.append({"corpus-id": i, "image": f"pages/{i}.png"})
+        queries.append({"query-id": f"q{i}", "query": f"a {colour} page"})
+        qrels.append({"query-id": f"q{i}", "corpus-id": i, "score": 1})
+    for name, rows in (("corpus", corpus), ("queries", queries), ("qrels", qrels)):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    report = run_json("evaluate", "--model", str(tiny_models["clip"]), "--data", str(folder))
+    assert report["documents"] == 4 and report["counts"]["evaluated"] == 4
+    assert 0 < report["metrics"]["ndcg@10"] <= 1
+    (folder / "pages" / "2.png").unlink()
+    missing = run_mmst("evaluate", "--model", str(tiny_models["clip"]), "--data", str(folder))
+    assert_one_line_error(missing, 2, "row 3", "pages/2.png: file not found")
+
+
+def test_pairs_sweep_plot_gate_and_reranker(tmp_path, tiny_models, tiny_reranker):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"q": f"about {t}", "pos": f"{t} are great", "neg": f"not {t}"}) + "\n" for t in TOPICS))
+    plot = tmp_path / "sweep.png"
+    swept = run_json("evaluate", "--model", str(tiny_models["bert"]), "--data", str(pairs), "--dims", "32,16,8", "--plot", str(plot))
+    assert [entry["dim"] for entry in swept["dims"]] == [32, 16, 8]
+    assert swept["metrics"] == swept["dims"][0]["metrics"]  # the main result is the full dimension
+    assert Image.open(plot).format == "PNG"
+    assert swept["documents"] == 16
+
+    ndcg = swept["metrics"]["ndcg@10"]
+    passing = run_mmst("evaluate", "--model", str(tiny_models["bert"]), "--data", str(pairs), "--fail-under", f"ndcg@10={ndcg - 0.01}")
+    assert passing.returncode == 0 and "pass ndcg@10" in passing.stderr
+    failing = run_mmst("evaluate", "--model", str(tiny_models["bert"]), "--data", str(pairs), "--fail-under", f"ndcg@10={ndcg + 0.01}", "--json")
+    assert failing.returncode == 1 and json.loads(failing.stdout)["passed"] is False
+    unknown = run_mmst("evaluate", "--run", str(pairs), "--qrels", str(pairs), "--fail-under", "ndcg10=1")
+    assert_one_line_error(unknown, 2, "ndcg10: not a computed metric", "ndcg@10")
+
+    reranked = run_json("evaluate", "--model", str(tiny_models["bert"]), "--data", str(pairs),
+                        "--reranker", str(tiny_reranker), "--rerank-top-k", "5")  # fmt: skip
+    assert [stage["name"] for stage in reranked["stages"]] == ["dim 32", "rerank top 5"]
+    assert reranked["metrics"] == reranked["stages"][1]["metrics"]
+
+
+def test_block_search_equals_brute_force():
+    generator = np.random.default_rng(0)
+    queries = generator.normal(size=(37, 8)).astype(np.float32)
+    corpus = generator.normal(size=(101, 8)).astype(np.float32)
+    for similarity in ("cosine", "dot", "euclidean"):
+        scores, indices = search(queries, corpus, 7, similarity=similarity, query_block=5, corpus_block=13)
+        if similarity == "cosine":
+            full = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (corpus / np.linalg.norm(corpus, axis=1, keepdims=True)).T
+        elif similarity == "dot":
+            full = queries @ corpus.T
+        else:
+            full = -np.linalg.norm(queries[:, None] - corpus[None], axis=2)
+        expected = np.sort(full, axis=1)[:, ::-1][:, :7]
+        np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.take_along_axis(full, indices, axis=1), scores, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluate_matches_train_embed_on_the_embedded_default(tmp_path):
+    # Same model, same data: evaluate and train-embed's "before" must report the same number.
+    report = run_json("evaluate")
+    summary = run_json("train-embed", "--max-steps", "1", "--output-dir", str(tmp_path / "run"))
+    assert report["metrics"]["ndcg@10"] == summary["base"]["ndcg@10"]
