@@ -103,7 +103,7 @@ def test_retrieval_task_merges_duplicate_queries_and_documents():
     task = pairs_to_retrieval_task(prepare_media(table, "memory"))
     assert len(task.queries) == 2 and len(task.corpus) == 3  # "a dog" is one document
     cat = next(qid for qid, text in task.queries.items() if text == "cat")
-    assert {task.corpus[doc] for doc in task.relevant_docs[cat]} == {"a cat", "kitten"}
+    assert {task.corpus[doc] for doc in task.qrels[cat]} == {"a cat", "kitten"}
 
 
 @pytest.fixture

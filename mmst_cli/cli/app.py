@@ -17,9 +17,10 @@ import typer
 
 from mmst_cli import __version__
 from mmst_cli.cli.detect import detect
+from mmst_cli.cli.encode import encode
 from mmst_cli.cli.evaluate import evaluate
 from mmst_cli.cli.train_embed import train_embed
-from mmst_cli.core.errors import EXIT_FAILURE, MmstError
+from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MmstError
 
 app = typer.Typer(
     name="mmst",
@@ -32,6 +33,7 @@ app = typer.Typer(
 
 app.command("detect", rich_help_panel="Inspect")(detect)
 app.command("train-embed", rich_help_panel="Train")(train_embed)
+app.command("encode", rich_help_panel="Use")(encode)
 app.command("evaluate", rich_help_panel="Evaluate")(evaluate)
 
 _QUIET_LIBRARIES = {
@@ -94,6 +96,9 @@ def main() -> None:
             traceback.print_exc()
         sys.stderr.write(f"Error: {error.message}\n")
         sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("Error: interrupted\n")
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as error:  # noqa: BLE001 - the one place that turns bugs into a readable line
         if debug:
             traceback.print_exc()

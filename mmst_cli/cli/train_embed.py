@@ -176,7 +176,8 @@ def train_embed(
         return
     options.validate()
 
-    from mmst_cli.core.training import is_main_process, train_embedding_model
+    from mmst_cli.core.trainer_common import is_main_process
+    from mmst_cli.core.training import train_embedding_model
 
     result = train_embedding_model(
         options, progress_console=console, log=lambda line: console.print(line, markup=False, highlight=False)

@@ -141,7 +141,7 @@ def select_columns(table, columns: list[str] | None, source: str):
     return table.select_columns(columns)
 
 
-def _decode_audio(source, sampling_rate: int):
+def decode_audio(source, sampling_rate: int):
     """Read an audio file (a path or a file-like object) as mono float32 at ``sampling_rate``."""
     import numpy as np
     import soundfile
@@ -379,7 +379,7 @@ def _decode_audio_columns(table, column_modalities, root: Path, sampling_rate: i
                 else:
                     audio = root / Path(cell).expanduser()
                 try:
-                    array = _decode_audio(audio, sampling_rate)
+                    array = decode_audio(audio, sampling_rate)
                 except (RuntimeError, soundfile.LibsndfileError) as error:
                     raise MmstError(
                         f"data {source!r}: column {column!r}: audio does not decode ({_first_line(error)})"

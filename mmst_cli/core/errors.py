@@ -11,6 +11,8 @@ from __future__ import annotations
 EXIT_USAGE = 2
 #: The command was fine but the work failed while running.
 EXIT_FAILURE = 1
+#: Stopped by Ctrl-C (SIGINT), as shells report it (128 + 2).
+EXIT_INTERRUPTED = 130
 
 
 class MmstError(Exception):

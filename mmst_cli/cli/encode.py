@@ -1,0 +1,102 @@
+"""``mmst encode``: texts, images and audio to embeddings, as data for other tools.
+
+Examples:
+
+    # A jsonl/csv/parquet file: the "text" (or only) column, ids from the "doc_id" column
+    $ mmst encode corpus.jsonl --id-column doc_id -o corpus.parquet
+
+    # A folder of images (recursive; ids are the relative paths) with a CLIP model, int8
+    $ mmst encode ./photos --model ./my-clip --precision int8 -o photos.safetensors
+
+    # Texts and media paths mixed in one column: grouped by modality, written in input order
+    $ mmst encode mixed.csv --column input --normalize --dim 256 -o mixed.npy
+
+    # Queries from stdin, streamed as jsonl to another tool (stdout holds only the jsonl)
+    $ cut -f2 queries.tsv | mmst encode - --task query -o - | jq -c '{id, n: (.embedding | length)}'
+
+    # A Hub dataset split on two GPUs; continue it after an interruption
+    $ mmst encode user/dataset --split test --column image --device cuda:0,cuda:1 -o test.npy --resume
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mmst_cli.cli.options import JsonOption, TrustRemoteCodeOption
+from mmst_cli.cli.output import console, emit
+from mmst_cli.core.errors import MmstError
+
+INPUT = "Input"
+MODEL = "Model"
+OUTPUT = "Output"
+
+
+def encode(
+    inputs: Annotated[str, typer.Argument(help="jsonl/csv/parquet/txt file, folder of images or audio, save_to_disk folder, Hub dataset id, or - for stdin (one text or media path per line).", show_default=False)],
+    column: Annotated[str | None, typer.Option("--column", "-c", help="Table column to embed. Default: the only content column, else the first of input, text, sentence, content, image, audio, path, file.", rich_help_panel=INPUT, show_default=False)] = None,
+    id_column: Annotated[str | None, typer.Option(help="Table column of ids. Default: the 0-based row number (folders: relative paths; line inputs: 0-based position).", rich_help_panel=INPUT, show_default=False)] = None,
+    split: Annotated[str | None, typer.Option(help="Split of a dataset folder or Hub dataset. Default: train.", rich_help_panel=INPUT, show_default=False)] = None,
+    data_config: Annotated[str | None, typer.Option(help="Hub dataset configuration.", rich_help_panel=INPUT, show_default=False)] = None,
+    media_root: Annotated[str | None, typer.Option(help="Folder that relative media paths resolve against. Default: the input file's folder (stdin, Hub: the current folder).", rich_help_panel=INPUT, show_default=False)] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model folder or Hub id. Default: the embedded MiniLM + EfficientNet-Lite0 Router.", rich_help_panel=MODEL, show_default=False)] = None,
+    task: Annotated[str | None, typer.Option(help="query or document: use the model's encode_query / encode_document (their prompts and routes). Default: plain encode.", rich_help_panel=MODEL, show_default=False)] = None,
+    prompt: Annotated[str | None, typer.Option(help="Text prepended to every text input (overrides the task's prompt).", rich_help_panel=MODEL, show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.", rich_help_panel=MODEL)] = 32,
+    device: Annotated[str | None, typer.Option(help="cuda:0, cpu, ...; several, comma-separated (cuda:0,cuda:1 or cpu,cpu), start one encoding process each. Default: chosen by Sentence Transformers.", rich_help_panel=MODEL, show_default=False)] = None,
+    trust_remote_code: TrustRemoteCodeOption = False,
+    output: Annotated[str, typer.Option("--output", "-o", help="Output file: .npy, .parquet, .jsonl or .safetensors (or see --format); - streams jsonl to stdout.", rich_help_panel=OUTPUT, show_default=False)] = ...,
+    output_format: Annotated[str | None, typer.Option("--format", help="npy, parquet, jsonl or safetensors. Default: the output's extension.", rich_help_panel=OUTPUT, show_default=False)] = None,
+    dim: Annotated[int | None, typer.Option(help="Keep the first N dimensions (Matryoshka truncation). Default: all.", rich_help_panel=OUTPUT, show_default=False)] = None,
+    normalize: Annotated[bool, typer.Option(help="L2-normalise the vectors (after --dim).", rich_help_panel=OUTPUT)] = False,
+    precision: Annotated[str, typer.Option(help="float32, float16 (cast), int8 (per-dimension ranges over this run) or ubinary (1 bit per dimension, packed into bytes).", rich_help_panel=OUTPUT)] = "float32",
+    chunk_size: Annotated[int, typer.Option(help="Rows encoded and saved as one resumable part at a time.", rich_help_panel=OUTPUT)] = 4096,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run: finished chunks (kept in .<output>.parts/) are not recomputed.", rich_help_panel=OUTPUT)] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Embed texts, images and audio with one model and write the vectors in input order."""
+    if json_output and output == "-":
+        raise MmstError("--json prints the summary on stdout, which -o - fills with embeddings; drop one of them")
+
+    import os
+    import sys
+
+    from mmst_cli.core.encode_job import EncodeOptions, run_encode, summary_line
+
+    options = EncodeOptions(
+        inputs=inputs,
+        output=output,
+        model=model,
+        column=column,
+        id_column=id_column,
+        split=split,
+        data_config=data_config,
+        media_root=media_root,
+        task=task,
+        prompt=prompt,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        dim=dim,
+        normalize=normalize,
+        precision=precision,
+        format=output_format,
+        resume=resume,
+        device=device,
+        trust_remote_code=trust_remote_code,
+    )
+    options.validate()
+    try:
+        result = run_encode(
+            options, console=console, log=lambda line: console.print(line, markup=False, highlight=False)
+        )
+    except BrokenPipeError:
+        # The reader of `-o -` went away (`| head`): stop quietly, as shell tools do on SIGPIPE.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(141) from None
+    emit(
+        result.summary,
+        as_json=json_output,
+        render=lambda out, summary: out.print(summary_line(summary), markup=False, highlight=False),
+    )

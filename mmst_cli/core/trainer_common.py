@@ -1,0 +1,236 @@
+"""What every mmst training command shares: run options, trainer arguments, the run folder, progress.
+
+``train-embed`` and ``train-rerank`` differ in models, data shapes, losses and metrics; the
+schedule, precision, checkpoints, resume, distributed launch, progress display and the atomic
+writing of the final model and ``metrics.json`` are the same and live here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from mmst_cli.core.data import PairData
+from mmst_cli.core.errors import EXIT_FAILURE, MmstError
+from mmst_cli.core.lora import LoraOptions
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+REPORT_TARGETS = ("none", "tensorboard")
+#: Checkpoint interval when --save-steps is not given (the transformers default).
+DEFAULT_SAVE_STEPS = 500
+
+
+@dataclass
+class TrainingOptions:
+    """The options every training command has; commands subclass it with their own.
+
+    Attributes mirror the flags: ``epochs``, ``max_steps`` (overrides epochs when > 0),
+    ``batch_size`` (per device), ``lr``, ``warmup`` (fraction of steps), ``precision`` (fp32, bf16,
+    fp16), ``seed``, ``gradient_checkpointing``, ``attn_implementation``, ``lora``, ``eval_steps``,
+    ``save_steps``, ``output_dir``, ``resume``, ``report_to``, and the data-safety switches
+    ``media_root``, ``skip_bad`` and ``allow_remote_media``.
+    """
+
+    trust_remote_code: bool = False
+    media_root: str | None = None
+    skip_bad: bool = False
+    allow_remote_media: bool = False
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 32
+    lr: float = 2e-5
+    warmup: float = 0.1
+    precision: str = "fp32"
+    seed: int = 42
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "auto"
+    eval_steps: int | None = None
+    save_steps: int | None = None
+    output_dir: str | None = None
+    resume: bool = False
+    report_to: str = "none"
+
+    #: Names the default run folder: ``runs/<command>-<time>``.
+    command = "train"
+
+    def validate_schedule(self) -> None:
+        """Reject bad values of the shared options before any model or data is loaded."""
+        for name in ("batch_size", "epochs", "lr"):
+            if getattr(self, name) <= 0:
+                raise MmstError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("eval_steps", "save_steps"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise MmstError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if not 0 <= self.warmup < 1:
+            raise MmstError(f"--warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        if self.precision not in PRECISIONS:
+            raise MmstError(f"precision {self.precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
+        if self.report_to not in REPORT_TARGETS:
+            raise MmstError(f"--report-to {self.report_to!r} is unknown; use one of {', '.join(REPORT_TARGETS)}")
+        if self.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+            raise MmstError("--report-to tensorboard needs the 'tensorboard' package: pip install tensorboard")
+        self.lora.validate()
+        if self.lora.enabled and self.resume:
+            raise MmstError("--resume is not supported with --lora-r yet: checkpoints hold adapters only")
+
+    def resolved_output_dir(self) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir).expanduser()
+        return Path("runs") / datetime.now().strftime(f"{self.command}-%Y%m%d-%H%M%S")
+
+    def as_json(self) -> dict[str, Any]:
+        """Every option as JSON-ready data, for ``metrics.json``."""
+        values = asdict(self)
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+
+
+def world_size() -> int:
+    """Number of processes in this launch (``torchrun`` / ``accelerate launch`` set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def planned_steps(options: TrainingOptions, rows: int) -> int:
+    """Optimiser steps the run will take (``max_steps``, or epochs over ``rows``)."""
+    if options.max_steps > 0:
+        return options.max_steps
+    per_epoch = max(1, math.ceil(rows / (options.batch_size * world_size())))
+    return max(1, math.ceil(options.epochs * per_epoch))
+
+
+def common_training_arguments(options: TrainingOptions, checkpoints: Path, *, rows: int, has_eval: bool) -> dict[str, Any]:
+    """Keyword arguments for a Sentence Transformers / Cross Encoder ``TrainingArguments``."""
+    eval_steps = options.eval_steps if has_eval else None
+    # Passed only when asked for: transformers warns about the old name whenever it is set.
+    checkpointing = {"gradient_checkpointing": True} if options.gradient_checkpointing else {}
+    return dict(
+        **checkpointing,
+        output_dir=str(checkpoints),
+        num_train_epochs=options.epochs,
+        max_steps=options.max_steps,
+        per_device_train_batch_size=options.batch_size,
+        per_device_eval_batch_size=options.batch_size,
+        learning_rate=options.lr,
+        warmup_steps=options.warmup,  # a float below 1 is a ratio of the total steps
+        bf16=options.precision == "bf16",
+        fp16=options.precision == "fp16",
+        seed=options.seed,
+        data_seed=options.seed,
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=options.save_steps or DEFAULT_SAVE_STEPS,
+        save_total_limit=2,
+        # About 20 loss readings per run, for metrics.json's loss curve.
+        logging_steps=max(1, planned_steps(options, rows) // 20),
+        report_to=options.report_to,
+        disable_tqdm=True,
+        dataloader_pin_memory=has_cuda(),
+        dataloader_drop_last=world_size() > 1,
+        # NCCL needs GPUs; a CPU launch under torchrun / accelerate uses gloo.
+        ddp_backend=None if has_cuda() or world_size() == 1 else "gloo",
+    )
+
+
+def prepare_run_folder(options: TrainingOptions) -> tuple[Path, Path]:
+    """Return ``(output_dir, model_dir)``, refusing to overwrite a finished run unless resuming."""
+    output_dir = options.resolved_output_dir()
+    model_dir = output_dir / "model"
+    if model_dir.exists() and not options.resume:
+        raise MmstError(f"{model_dir} already holds a trained model; choose another --output-dir or pass --resume")
+    if options.resume and not (output_dir / "checkpoints").is_dir():
+        raise MmstError(f"--resume: {output_dir / 'checkpoints'} has no checkpoint to continue from")
+    return output_dir, model_dir
+
+
+def check_modalities(model, data: PairData) -> None:
+    """Every data column must hold a modality the model takes (and video needs a decoder)."""
+    for column, modality in data.column_modalities.items():
+        if modality == "video" and not any(importlib.util.find_spec(name) for name in ("torchcodec", "av")):
+            raise MmstError(
+                f"data {data.source!r}: column {column!r} holds video files, but no video decoder is installed; "
+                "pip install av (or torchcodec)"
+            )
+        if not model.supports(modality):
+            raise MmstError(
+                f"data {data.source!r}: column {column!r} holds {modality}, but the model takes "
+                f"{', '.join(str(m) for m in model.modalities)}; choose another model or --columns"
+            )
+
+
+def train_with_progress(trainer, options: TrainingOptions, console=None) -> tuple[Any, float]:
+    """Run ``trainer.train`` with mmst's progress bar; returns the train output and seconds taken.
+
+    An out-of-memory error becomes a one-line :class:`MmstError` (exit 1) with what to lower.
+    """
+    from transformers.trainer_callback import PrinterCallback
+
+    from mmst_cli.core.progress import RichProgressCallback
+
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts on stdout, which is for --json
+    trainer.add_callback(RichProgressCallback(console))
+    started = time.perf_counter()
+    try:
+        output = trainer.train(resume_from_checkpoint=True if options.resume else None)
+    except (RuntimeError, ValueError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "out of memory" in message.lower():
+            raise MmstError(
+                f"out of memory while training ({message}); lower --batch-size or --mini-batch-size, "
+                "or use --bf16", EXIT_FAILURE
+            ) from error
+        raise
+    return output, time.perf_counter() - started
+
+
+def train_summary(trainer, output, runtime: float) -> dict[str, Any]:
+    """Steps, epochs, time, throughput and the loss curve of a finished run."""
+    return {
+        "steps": trainer.state.global_step,
+        "epochs": round(float(trainer.state.epoch or 0), 4),
+        "runtime_s": round(runtime, 2),
+        "samples_per_s": round(output.metrics.get("train_samples_per_second", 0.0), 3),
+        "mean_loss": round(float(output.training_loss), 6),
+        "loss_curve": [
+            [entry["step"], round(float(entry["loss"]), 6)] for entry in trainer.state.log_history if "loss" in entry
+        ],
+    }
+
+
+def save_run(model, model_dir: Path, output_dir: Path, summary: dict[str, Any]) -> None:
+    """Write the model and ``metrics.json`` under temporary names, then rename (main process only)."""
+    if not is_main_process():
+        return
+    temporary = model_dir.with_name(f".{model_dir.name}.tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    model.save(str(temporary))
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    temporary.replace(model_dir)
+    metrics = output_dir / "metrics.json"
+    pending = metrics.with_name(f".{metrics.name}.tmp")
+    pending.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf8")
+    pending.replace(metrics)
+
+
+def silent(_line: str) -> None:
+    """The log of processes other than the main one."""
