@@ -41,6 +41,8 @@ _QUIET_LIBRARIES = {
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
     "HF_HUB_VERBOSITY": "error",
     "TRANSFORMERS_VERBOSITY": "error",
+    # datasets logs read errors that mmst reports itself as one line.
+    "DATASETS_VERBOSITY": "critical",
     # Libraries' own tqdm bars (model-card widgets, encoding); mmst draws its progress with Rich.
     "TQDM_DISABLE": "1",
 }
@@ -75,6 +77,8 @@ def root(
             os.environ.setdefault(name, value)
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category)
+        # Sentence Transformers warns through plain logging (model-card snippets and the like).
+        logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
 
 
 def _hoist_debug(argv: list[str]) -> tuple[list[str], bool]:

@@ -24,7 +24,7 @@ from typing import Annotated
 
 import typer
 
-from mmst_cli.cli.options import JsonOption, TrustRemoteCodeOption
+from mmst_cli.cli.options import AllowOutsideRootOption, JsonOption, TrustRemoteCodeOption
 from mmst_cli.cli.output import console, emit
 from mmst_cli.core.errors import MmstError
 
@@ -40,6 +40,7 @@ def encode(
     split: Annotated[str | None, typer.Option(help="Split of a dataset folder or Hub dataset. Default: train.", rich_help_panel=INPUT, show_default=False)] = None,
     data_config: Annotated[str | None, typer.Option(help="Hub dataset configuration.", rich_help_panel=INPUT, show_default=False)] = None,
     media_root: Annotated[str | None, typer.Option(help="Folder that relative media paths resolve against. Default: the input file's folder (stdin, Hub: the current folder).", rich_help_panel=INPUT, show_default=False)] = None,
+    allow_outside_root: AllowOutsideRootOption = False,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model folder or Hub id. Default: the embedded MiniLM + EfficientNet-Lite0 Router.", rich_help_panel=MODEL, show_default=False)] = None,
     task: Annotated[str | None, typer.Option(help="query or document: use the model's encode_query / encode_document (their prompts and routes). Default: plain encode.", rich_help_panel=MODEL, show_default=False)] = None,
     prompt: Annotated[str | None, typer.Option(help="Text prepended to every text input (overrides the task's prompt).", rich_help_panel=MODEL, show_default=False)] = None,
@@ -73,6 +74,7 @@ def encode(
         split=split,
         data_config=data_config,
         media_root=media_root,
+        allow_outside_root=allow_outside_root,
         task=task,
         prompt=prompt,
         batch_size=batch_size,

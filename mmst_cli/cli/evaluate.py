@@ -29,12 +29,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mmst_cli.cli.options import JsonOption, TrustRemoteCodeOption
+from mmst_cli.cli.options import (
+    DATA_PANEL,
+    AllowOutsideRootOption,
+    AllowRemoteMediaOption,
+    JsonOption,
+    MediaRootOption,
+    SkipBadOption,
+    TrustRemoteCodeOption,
+)
 from mmst_cli.cli.output import console, emit
 from mmst_cli.core.errors import EXIT_FAILURE, MmstError
 
 MODEL = "Model"
-DATA = "Data"
+DATA = DATA_PANEL
 METRICS = "Metrics"
 OUTPUT = "Output"
 
@@ -49,9 +57,10 @@ def evaluate(
     split: Annotated[str | None, typer.Option(help="Split (BEIR qrels or dataset). Default: test for corpus/queries/qrels data, train for pairs.", rich_help_panel=DATA, show_default=False)] = None,
     data_config: Annotated[str | None, typer.Option(help="Hub configuration of pair data.", rich_help_panel=DATA, show_default=False)] = None,
     columns: Annotated[str | None, typer.Option(help="Pair data columns: query,positive[,negative...].", rich_help_panel=DATA, show_default=False)] = None,
-    media_root: Annotated[str | None, typer.Option(help="Folder that relative media paths resolve against. Default: the data file's folder.", rich_help_panel=DATA, show_default=False)] = None,
-    skip_bad: Annotated[bool, typer.Option(help="Drop pair rows whose media is missing or broken instead of failing.", rich_help_panel=DATA)] = False,
-    allow_remote_media: Annotated[bool, typer.Option(help="Download http(s) media (timeout, size cap, content-type check).", rich_help_panel=DATA)] = False,
+    media_root: MediaRootOption = None,
+    skip_bad: SkipBadOption = False,
+    allow_remote_media: AllowRemoteMediaOption = False,
+    allow_outside_root: AllowOutsideRootOption = False,
     strict: Annotated[bool, typer.Option(help="Fail when qrels name queries or documents that do not exist (default: warn with counts).", rich_help_panel=DATA)] = False,
     run: Annotated[str | None, typer.Option(help="Score this TREC run file instead of a model (needs --qrels).", rich_help_panel=DATA, show_default=False)] = None,
     qrels: Annotated[str | None, typer.Option(help="Relevance judgements for --run: TREC qrels or BEIR tsv.", rich_help_panel=DATA, show_default=False)] = None,
@@ -77,6 +86,7 @@ def evaluate(
         media_root=media_root,
         skip_bad=skip_bad,
         allow_remote_media=allow_remote_media,
+        allow_outside_root=allow_outside_root,
         strict=strict,
         run=run,
         qrels=qrels,

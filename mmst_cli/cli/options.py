@@ -66,3 +66,36 @@ PrintConfigOption = Annotated[
     bool,
     typer.Option("--print-config", help="Print the resolved configuration as YAML on stdout and exit."),
 ]
+
+
+DATA_PANEL = "Data"
+
+MediaRootOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Folder that relative media paths resolve against. Default: the data file's folder.",
+        rich_help_panel=DATA_PANEL,
+        show_default=False,
+    ),
+]
+SkipBadOption = Annotated[
+    bool,
+    typer.Option(
+        help="Drop rows whose media is missing or does not decode (and count them) instead of failing.",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+AllowRemoteMediaOption = Annotated[
+    bool,
+    typer.Option(
+        help="Download http(s) media in the data (timeout, size cap, content-type check); refused otherwise.",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+AllowOutsideRootOption = Annotated[
+    bool,
+    typer.Option(
+        help="Accept media paths that resolve outside the data folder or --media-root; refused otherwise.",
+        rich_help_panel=DATA_PANEL,
+    ),
+]

@@ -24,12 +24,22 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mmst_cli.cli.options import ConfigOption, JsonOption, PrintConfigOption, TrustRemoteCodeOption
+from mmst_cli.cli.options import (
+    DATA_PANEL,
+    AllowOutsideRootOption,
+    AllowRemoteMediaOption,
+    ConfigOption,
+    JsonOption,
+    MediaRootOption,
+    PrintConfigOption,
+    SkipBadOption,
+    TrustRemoteCodeOption,
+)
 from mmst_cli.cli.output import console, emit
 from mmst_cli.core.errors import MmstError
 
 MODEL = "Model"
-DATA = "Data"
+DATA = DATA_PANEL
 LOSS = "Loss"
 TRAINING = "Training"
 OUTPUT = "Output"
@@ -78,12 +88,13 @@ def train_embed(
     data_config: Annotated[str | None, typer.Option(help="Hub dataset configuration.", rich_help_panel=DATA, show_default=False)] = None,
     split: Annotated[str | None, typer.Option(help="Split to train on. Default: train.", rich_help_panel=DATA, show_default=False)] = None,
     columns: Annotated[str | None, typer.Option(help="Comma-separated columns: anchor,positive[,negative...]. Default: all but id/label columns, in order.", rich_help_panel=DATA, show_default=False)] = None,
-    media_root: Annotated[str | None, typer.Option(help="Folder that relative media paths resolve against. Default: the data file's folder.", rich_help_panel=DATA, show_default=False)] = None,
+    media_root: MediaRootOption = None,
     eval_data: Annotated[str | None, typer.Option(help="Evaluation pairs (same forms as --data), scored as retrieval: NDCG@10 before, during and after.", rich_help_panel=DATA, show_default=False)] = None,
     eval_data_split: Annotated[str | None, typer.Option(help="Split of --eval-data to read. Default: train.", rich_help_panel=DATA, show_default=False)] = None,
     eval_split: Annotated[float | None, typer.Option(help="Hold out this fraction of --data for evaluation instead.", rich_help_panel=DATA, show_default=False)] = None,
-    skip_bad: Annotated[bool, typer.Option(help="Drop rows whose media is missing or does not decode (and count them) instead of failing.", rich_help_panel=DATA)] = False,
-    allow_remote_media: Annotated[bool, typer.Option(help="Download http(s) media in the data (timeout, size cap, content-type check); refused otherwise.", rich_help_panel=DATA)] = False,
+    skip_bad: SkipBadOption = False,
+    allow_remote_media: AllowRemoteMediaOption = False,
+    allow_outside_root: AllowOutsideRootOption = False,
     loss: Annotated[str, typer.Option(help="mnrl, cached-mnrl (GradCache), gist or cached-gist (guided by a frozen copy of the start model).", rich_help_panel=LOSS)] = "cached-mnrl",
     mini_batch_size: Annotated[int, typer.Option(help="GradCache mini batch of the cached losses: lower it to save memory.", rich_help_panel=LOSS)] = 32,
     matryoshka_dims: Annotated[str | None, typer.Option(help="Wrap the loss in MatryoshkaLoss over these comma-separated dimensions, e.g. 384,256,128,64.", rich_help_panel=LOSS, show_default=False)] = None,
@@ -143,6 +154,7 @@ def train_embed(
         eval_split=eval_split,
         skip_bad=skip_bad,
         allow_remote_media=allow_remote_media,
+        allow_outside_root=allow_outside_root,
         loss=LossOptions(
             name=loss,
             mini_batch_size=mini_batch_size,

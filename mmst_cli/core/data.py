@@ -13,6 +13,7 @@ their own rate and resample nothing.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,10 @@ def load_table(reference: str, *, config: str | None = None, split: str | None =
                     f"data file {reference!r}: unknown format {path.suffix!r}; use one of "
                     f"{', '.join(DATA_FILE_BUILDERS)} or a dataset folder"
                 )
+            if path.stat().st_size == 0:
+                raise MmstError(f"data file {reference!r} is empty")
+            if path.suffix.lower() == ".jsonl":
+                _check_jsonl_lines(path, reference)
             table = datasets.load_dataset(builder, data_files=str(path), split="train")
         elif path.is_dir():
             if any((path / name).exists() for name in ("dataset_dict.json", "state.json", "dataset_info.json")):
@@ -115,6 +120,20 @@ def load_table(reference: str, *, config: str | None = None, split: str | None =
     if len(table) == 0:
         raise MmstError(f"data {reference!r} (split {split!r}) has no rows")
     return table
+
+
+def _check_jsonl_lines(path: Path, reference: str) -> None:
+    """Name the first line that is not a JSON object; the datasets reader only gives a byte offset."""
+    with path.open(encoding="utf8", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise MmstError(f"data file {reference!r}, line {number}: not valid JSON ({error.msg}); fix that line") from error
+            if not isinstance(row, dict):
+                raise MmstError(f"data file {reference!r}, line {number}: expected a JSON object with named columns")
 
 
 def select_columns(table, columns: list[str] | None, source: str):
@@ -158,16 +177,17 @@ def decode_audio(source, sampling_rate: int):
 
 
 def _string_column_modality(
-    values: list[Any], root: Path, remote_failures: dict[str, str]
+    values: list[Any], root: Path, remote_failures: dict[str, str], confine_to: Path | None
 ) -> tuple[str, list[tuple[int, str, str]]]:
     """Classify a string column; return its modality and (row, value, problem) for unusable rows.
 
-    ``remote_failures`` maps URLs that were fetched and failed to the reason.
+    ``remote_failures`` maps URLs that were fetched and failed to the reason; paths that resolve
+    outside ``confine_to`` are problems.
     """
     modalities: dict[str, int] = {}
     reports = []
     for value in values:
-        report = classify_string(value, root) if isinstance(value, str) else None
+        report = classify_string(value, root, confine_to) if isinstance(value, str) else None
         reports.append(report)
         modality = report.modality if report else "text"
         modalities[modality] = modalities.get(modality, 0) + 1
@@ -238,6 +258,7 @@ def prepare_media(
     audio_sampling_rate: int | None = None,
     skip_bad: bool = False,
     allow_remote_media: bool = False,
+    allow_outside_root: bool = False,
 ) -> PairData:
     """Find each column's modality, check every media reference, and make paths absolute.
 
@@ -248,6 +269,8 @@ def prepare_media(
         audio_sampling_rate: The model's audio rate; audio columns are decoded and resampled to it.
         skip_bad: Drop rows with unusable media (and count them) instead of failing.
         allow_remote_media: Download http(s) media (:mod:`mmst_cli.core.remote_media`); refused otherwise.
+        allow_outside_root: Accept media paths outside the data folder / ``media_root`` (absolute
+            paths elsewhere, ``../..``); refused otherwise.
 
     Raises:
         MmstError: listing how many rows failed and the first few, when ``skip_bad`` is off.
@@ -273,7 +296,9 @@ def prepare_media(
             remote_failures: dict[str, str] = {}
             if allow_remote_media:
                 table, remote_failures = _fetch_remote_column(table, column)
-            modality, problems = _string_column_modality(table[column], root, remote_failures)
+            modality, problems = _string_column_modality(
+                table[column], root, remote_failures, None if allow_outside_root else root
+            )
             column_modalities[column] = modality
         elif isinstance(feature, datasets.Value) and feature.dtype in ("binary", "large_binary"):
             modality = _binary_column_modality(table[column][:1])
@@ -407,6 +432,7 @@ def load_pair_data(
     audio_sampling_rate: int | None = None,
     skip_bad: bool = False,
     allow_remote_media: bool = False,
+    allow_outside_root: bool = False,
 ) -> PairData:
     """Load (anchor, positive[, negatives...]) data and validate its media: see the module docstring."""
     table = load_table(reference, config=config, split=split)
@@ -418,6 +444,7 @@ def load_pair_data(
         audio_sampling_rate=audio_sampling_rate,
         skip_bad=skip_bad,
         allow_remote_media=allow_remote_media,
+        allow_outside_root=allow_outside_root,
     )
 
 

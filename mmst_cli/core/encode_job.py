@@ -90,6 +90,8 @@ class EncodeOptions:
         data_config: Hub dataset configuration; ``None`` for the default one.
         media_root: Folder relative media paths resolve against; ``None`` for the input file's
             folder (the current directory for stdin and Hub datasets).
+        allow_outside_root: Accept media paths in a table that resolve outside its folder (or
+            ``media_root``); ``False`` (the default) refuses them.
         task: ``query`` or ``document`` to use ``encode_query`` / ``encode_document``; ``None`` (the
             default) for plain ``encode``.
         prompt: Text prepended to every text input (overrides the task's prompt); ``None`` for none.
@@ -115,6 +117,7 @@ class EncodeOptions:
     split: str | None = None
     data_config: str | None = None
     media_root: str | None = None
+    allow_outside_root: bool = False
     task: str | None = None
     prompt: str | None = None
     batch_size: int = 32
@@ -334,7 +337,7 @@ def _fingerprint(*sequences: Sequence[Any]) -> str:
 
 
 def _check_references(
-    values: Sequence[Any], labels: Callable[[int], str], root: Path, source: str
+    values: Sequence[Any], labels: Callable[[int], str], root: Path, source: str, confine_to: Path | None = None
 ) -> tuple[list[str], dict[str, int], dict[str, str], set[int]]:
     """Classify every string input, one cell at a time, and make media paths absolute.
 
@@ -359,7 +362,7 @@ def _check_references(
             problems.append(f"{labels(row)}: {kind}")
             prepared.append("")
             continue
-        report = classify_string(value, root)
+        report = classify_string(value, root, confine_to)
         modality = str(report.modality)
         if report.source == "url":
             problems.append(f"{labels(row)}: {value[:80]}: remote media is not downloaded by mmst encode; "
@@ -384,10 +387,12 @@ def _check_references(
     return prepared, modalities, first_rows, audio_rows
 
 
-def _reference_inputs(source: str, ids: list[Any], values: Sequence[Any], labels, root: Path) -> ReferenceInputs:
+def _reference_inputs(
+    source: str, ids: list[Any], values: Sequence[Any], labels, root: Path, confine_to: Path | None = None
+) -> ReferenceInputs:
     if not values:
         raise MmstError(f"input {source!r} has no inputs")
-    prepared, modalities, first_rows, audio_rows = _check_references(values, labels, root, source)
+    prepared, modalities, first_rows, audio_rows = _check_references(values, labels, root, source, confine_to)
     return ReferenceInputs(
         source=source,
         ids=ids,
@@ -483,7 +488,14 @@ def _scalar_ids(values: list[Any], id_column: str, source: str) -> list[Any]:
 
 
 def _table_inputs(
-    table, source: str, *, column: str | None, id_column: str | None, root: Path, media_root: Path | None
+    table,
+    source: str,
+    *,
+    column: str | None,
+    id_column: str | None,
+    root: Path,
+    media_root: Path | None,
+    allow_outside_root: bool = False,
 ) -> EncodeInputs:
     import datasets
 
@@ -498,7 +510,10 @@ def _table_inputs(
     ids = _scalar_ids(list(table[id_column]), id_column, source) if id_column else list(range(len(table)))
     feature = table.features[chosen]
     if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
-        inputs = _reference_inputs(source, ids, list(table[chosen]), lambda row: f"row {row + 1}, column {chosen!r}", root)
+        # Paths in a data file stay inside its folder (or --media-root) unless the user allows otherwise.
+        confine_to = None if allow_outside_root else root
+        labels = lambda row: f"row {row + 1}, column {chosen!r}"  # noqa: E731
+        inputs = _reference_inputs(source, ids, list(table[chosen]), labels, root, confine_to)
         inputs.column, inputs.notes = chosen, notes
         return inputs
     is_bytes = isinstance(feature, datasets.Value) and feature.dtype in ("binary", "large_binary")
@@ -527,6 +542,7 @@ def read_inputs(
     data_config: str | None = None,
     media_root: str | Path | None = None,
     stdin: TextIO | None = None,
+    allow_outside_root: bool = False,
 ) -> EncodeInputs:
     """Read and check the inputs, before any model is loaded.
 
@@ -542,6 +558,8 @@ def read_inputs(
         media_root: Folder relative media paths resolve against; ``None`` for the input file's
             folder, or the current directory for stdin and Hub datasets.
         stdin: The stream ``-`` reads; ``None`` for ``sys.stdin``.
+        allow_outside_root: Accept media paths in a table that resolve outside its folder (or
+            ``media_root``); refused by default. Stdin lines and folders are the user's own paths.
 
     Raises:
         MmstError: for a missing input, a bad column, or unusable media (naming the row).
@@ -574,7 +592,10 @@ def read_inputs(
         raise MmstError(f"--split applies to dataset folders and Hub datasets; {reference!r} is one file")
     table = load_table(reference, config=data_config, split=split)
     root = root_override or (path.parent if path.is_file() else path if path.is_dir() else Path.cwd())
-    return _table_inputs(table, reference, column=column, id_column=id_column, root=root, media_root=root_override)
+    return _table_inputs(
+        table, reference, column=column, id_column=id_column, root=root, media_root=root_override,
+        allow_outside_root=allow_outside_root,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -1035,6 +1056,7 @@ def run_encode(
         data_config=options.data_config,
         media_root=options.media_root,
         stdin=stdin,
+        allow_outside_root=options.allow_outside_root,
     )
     for note in inputs.notes:
         log(note)

@@ -162,6 +162,7 @@ class EvaluateOptions:
     media_root: str | None = None
     skip_bad: bool = False
     allow_remote_media: bool = False
+    allow_outside_root: bool = False
     strict: bool = False
     run: str | None = None
     qrels: str | None = None
@@ -243,6 +244,7 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
             audio_sampling_rate=audio_sampling_rate(model),
             skip_bad=options.skip_bad,
             allow_remote_media=options.allow_remote_media,
+            allow_outside_root=options.allow_outside_root,
         )
         data = options.data or str(EMOJI_EVAL)
         task = load_retrieval_task(

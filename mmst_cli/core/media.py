@@ -20,6 +20,9 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".wmv", ".flv", ".mkv")
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".ogg", ".flac", ".aac")
 MEDIA_EXTENSIONS = {"image": IMAGE_EXTENSIONS, "audio": AUDIO_EXTENSIONS, "video": VIDEO_EXTENSIONS}
 
+#: Start of the problem reported for a media path that escapes its data folder.
+OUTSIDE_ROOT_PROBLEM = "resolves outside the data folder (pass --allow-outside-root to allow it):"
+
 #: Keys of a multimodal dict input such as ``{"text": "a cat", "image": "cat.png"}``.
 MULTIMODAL_KEYS = ("text", "image", "audio", "video")
 
@@ -88,12 +91,14 @@ def check_media_file(path: Path, modality: str) -> str | None:
     return None
 
 
-def classify_string(value: str, root: Path | None = None) -> InputReport:
+def classify_string(value: str, root: Path | None = None, confine_to: Path | None = None) -> InputReport:
     """Classify one string input: plain text, a media file path, a media URL or a data URI.
 
     Args:
         value: The string as a user would pass it to ``model.encode``.
         root: Folder that relative paths are resolved against; the current directory when ``None``.
+        confine_to: When set, a media path that resolves outside this folder (``../../etc/passwd``,
+            an absolute path elsewhere) is refused: data files must not read arbitrary files.
     """
     if value.startswith("data:image/"):
         return InputReport(value, "image", "data-uri")
@@ -108,6 +113,8 @@ def classify_string(value: str, root: Path | None = None) -> InputReport:
     path = Path(value).expanduser()
     if root is not None and not path.is_absolute():
         path = root / path
+    if confine_to is not None and not path.resolve().is_relative_to(confine_to.resolve()):
+        return InputReport(value, modality, "file", f"{OUTSIDE_ROOT_PROBLEM} {confine_to}")
     return InputReport(value, modality, "file", check_media_file(path, modality))
 
 

@@ -102,6 +102,7 @@ class MediaOptions:
     audio_sampling_rate: int | None = None
     skip_bad: bool = False
     allow_remote_media: bool = False
+    allow_outside_root: bool = False
 
 
 def _find_part(folder: Path, name: str) -> Path | None:
@@ -139,6 +140,7 @@ def _content(table, id_column: str, candidates: tuple[str, ...], part: str, sour
         media_root=media.media_root,
         audio_sampling_rate=media.audio_sampling_rate,
         allow_remote_media=media.allow_remote_media,
+        allow_outside_root=media.allow_outside_root,
     )
     return dict(zip(ids, checked.dataset[content_column]))
 
@@ -234,6 +236,7 @@ def load_retrieval_task(
             audio_sampling_rate=media.audio_sampling_rate,
             skip_bad=media.skip_bad,
             allow_remote_media=media.allow_remote_media,
+            allow_outside_root=media.allow_outside_root,
         )
         task = pairs_to_retrieval_task(data)
     _check_qrels_ids(task, strict)

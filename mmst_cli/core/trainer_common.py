@@ -12,14 +12,21 @@ import json
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+
 from mmst_cli.core.data import PairData
-from mmst_cli.core.errors import EXIT_FAILURE, MmstError
+from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.lora import LoraOptions
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -36,13 +43,14 @@ class TrainingOptions:
     ``batch_size`` (per device), ``lr``, ``warmup`` (fraction of steps), ``precision`` (fp32, bf16,
     fp16), ``seed``, ``gradient_checkpointing``, ``attn_implementation``, ``lora``, ``eval_steps``,
     ``save_steps``, ``output_dir``, ``resume``, ``report_to``, and the data-safety switches
-    ``media_root``, ``skip_bad`` and ``allow_remote_media``.
+    ``media_root``, ``skip_bad``, ``allow_remote_media`` and ``allow_outside_root``.
     """
 
     trust_remote_code: bool = False
     media_root: str | None = None
     skip_bad: bool = False
     allow_remote_media: bool = False
+    allow_outside_root: bool = False
     lora: LoraOptions = field(default_factory=LoraOptions)
     epochs: float = 1.0
     max_steps: int = -1
@@ -159,7 +167,36 @@ def prepare_run_folder(options: TrainingOptions) -> tuple[Path, Path]:
         raise MmstError(f"{model_dir} already holds a trained model; choose another --output-dir or pass --resume")
     if options.resume and not (output_dir / "checkpoints").is_dir():
         raise MmstError(f"--resume: {output_dir / 'checkpoints'} has no checkpoint to continue from")
+    ensure_writable(output_dir, "--output-dir")
     return output_dir, model_dir
+
+
+def _existing_ancestor(folder: Path) -> Path:
+    folder = folder.absolute()
+    while not folder.exists():
+        folder = folder.parent
+    return folder
+
+
+def ensure_writable(folder: Path, flag: str) -> None:
+    """Check, without creating anything, that ``folder`` can be created and written to."""
+    existing = _existing_ancestor(folder)
+    if not existing.is_dir():
+        raise MmstError(f"{flag} {folder}: {existing} is a file, not a folder; choose another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MmstError(f"{flag} {folder} is not writable ({existing} denies writing); choose another folder")
+
+
+def ensure_disk_space(folder: Path, model, flag: str = "--output-dir") -> None:
+    """Refuse to start when ``folder``'s disk cannot hold a checkpoint (weights + Adam state, ~4x)."""
+    needed = 4 * sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+    free = shutil.disk_usage(_existing_ancestor(folder)).free
+    if free < needed:
+        raise MmstError(
+            f"{flag} {folder} has {free / 2**30:.1f} GiB free, but a checkpoint of this model needs about "
+            f"{needed / 2**30:.1f} GiB; free some space or choose another folder",
+            EXIT_FAILURE,
+        )
 
 
 def check_modalities(model, data: PairData) -> None:
@@ -180,7 +217,9 @@ def check_modalities(model, data: PairData) -> None:
 def train_with_progress(trainer, options: TrainingOptions, console=None) -> tuple[Any, float]:
     """Run ``trainer.train`` with mmst's progress bar; returns the train output and seconds taken.
 
-    An out-of-memory error becomes a one-line :class:`MmstError` (exit 1) with what to lower.
+    Ctrl-C (in a single-process run) finishes the current step, saves a resumable checkpoint and
+    raises :class:`MmstError` with exit status 130; a second Ctrl-C stops at once. An out-of-memory
+    error becomes a one-line :class:`MmstError` (exit 1) with what to lower.
     """
     from transformers.trainer_callback import PrinterCallback
 
@@ -188,9 +227,12 @@ def train_with_progress(trainer, options: TrainingOptions, console=None) -> tupl
 
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts on stdout, which is for --json
     trainer.add_callback(RichProgressCallback(console))
+    stopper = _CheckpointOnInterrupt()
+    trainer.add_callback(stopper)
     started = time.perf_counter()
     try:
-        output = trainer.train(resume_from_checkpoint=True if options.resume else None)
+        with stopper.handling_sigint(enabled=world_size() == 1):
+            output = trainer.train(resume_from_checkpoint=True if options.resume else None)
     except (RuntimeError, ValueError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if "out of memory" in message.lower():
@@ -199,7 +241,48 @@ def train_with_progress(trainer, options: TrainingOptions, console=None) -> tupl
                 "or use --bf16", EXIT_FAILURE
             ) from error
         raise
+    if stopper.requested:
+        raise MmstError(
+            f"interrupted at step {trainer.state.global_step}: checkpoint saved in {trainer.args.output_dir}; "
+            "run the same command with --resume to continue",
+            EXIT_INTERRUPTED,
+        )
     return output, time.perf_counter() - started
+
+
+class _CheckpointOnInterrupt(TrainerCallback):
+    """Turns the first SIGINT into "save a checkpoint after this step, then stop".
+
+    Distributed runs keep the default behaviour (every rank would have to agree on the step), and
+    resume from the last ``--save-steps`` checkpoint instead.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    @contextmanager
+    def handling_sigint(self, enabled: bool) -> Iterator[None]:
+        if not enabled or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+            sys.stderr.write("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to stop at once)\n")
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def train_summary(trainer, output, runtime: float) -> dict[str, Any]:

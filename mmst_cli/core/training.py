@@ -20,6 +20,7 @@ from mmst_cli.core.trainer_common import (
     TrainingOptions,
     check_modalities,
     common_training_arguments,
+    ensure_disk_space,
     is_main_process,
     prepare_run_folder,
     save_run,
@@ -107,6 +108,7 @@ def _load_training_data(options: TrainEmbedOptions, audio_rate: int | None) -> t
         "audio_sampling_rate": audio_rate,
         "skip_bad": options.skip_bad,
         "allow_remote_media": options.allow_remote_media,
+        "allow_outside_root": options.allow_outside_root,
     }
     if options.data is None:
         return load_pair_data(str(EMOJI_TRAIN), **common), load_pair_data(str(EMOJI_EVAL), **common)
@@ -168,6 +170,7 @@ def train_embedding_model(options: TrainEmbedOptions, *, progress_console=None, 
     set_seed(options.seed)
     built = build_training_model(options)
     model = built.model
+    ensure_disk_space(output_dir, model)
     if built.attention:
         log(f"attention: {built.attention}")
     if options.lora.enabled:

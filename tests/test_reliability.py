@@ -1,0 +1,163 @@
+"""Bad input, interrupted runs and untrusted content, through the real CLI (issue: reliability)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.data_factory import write_colour_pairs, write_text_pairs, write_tone_pairs
+from tests.helpers import MMST, assert_one_line_error, run_json, run_mmst
+
+
+@pytest.fixture(scope="module")
+def text_pairs(tmp_path_factory) -> Path:
+    return write_text_pairs(tmp_path_factory.mktemp("text"), count=16)
+
+
+def _train(tiny_models, data, out, *extra):
+    return run_mmst("train-embed", "--model", str(tiny_models["bert"]), "--data", str(data),
+                    "--output-dir", str(out), "--max-steps", "1", *extra)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fragment"),
+    [
+        ("broken.jsonl", '{"query": "a", "answer": "b"}\n{"query": "c", "answer": \n', "line 2: not valid JSON"),
+        ("list.jsonl", '["a", "b"]\n', "line 1: expected a JSON object"),
+        ("wrong.csv", "x,y\n1,2\n", "no column 'query'; its columns are ['x', 'y']"),
+        ("bad.parquet", "not parquet at all", "could not be read"),
+        ("empty.jsonl", "", "is empty"),
+        ("data.xml", "<a/>", "unknown format '.xml'"),
+    ],
+)
+def test_unreadable_data_files(tmp_path, tiny_models, name, content, fragment):
+    path = tmp_path / name
+    path.write_text(content)
+    result = _train(tiny_models, path, tmp_path / "out", "--columns", "query,answer")
+    assert_one_line_error(result, 2, name, fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_and_unknown_names(tmp_path, tiny_models, text_pairs):
+    assert_one_line_error(_train(tiny_models, tmp_path / "nope.jsonl", tmp_path / "o"), 2, "does not exist")
+    assert_one_line_error(run_mmst("train-embed", "--loss", "triplet"), 2, "use one of mnrl")
+    assert_one_line_error(run_mmst("train-embed", "--batch-sampler", "random"), 2, "use one of no-duplicates")
+    assert_one_line_error(run_mmst("train-embed", "--report-to", "wandb"), 2, "use one of none, tensorboard")
+    assert_one_line_error(run_mmst("train-embed", "--freeze", "video"), 2, "not a tower")
+    assert_one_line_error(run_mmst("encode", str(text_pairs), "-o", str(tmp_path / "x.bin")), 2)
+    assert_one_line_error(run_mmst("detect", "no-such-owner/no-such-model"), 2, "offline")
+
+
+def test_media_that_escapes_the_data_folder_is_refused(tmp_path, tiny_models):
+    data = write_colour_pairs(tmp_path / "data", count=4)
+    outside = write_colour_pairs(tmp_path / "elsewhere", count=1)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    rows[1]["image"] = "../elsewhere/images/000.png"
+    rows[2]["image"] = str((outside.parent / "images" / "000.png").resolve())
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common = ["--model", str(tiny_models["clip"]), "--data", str(data), "--max-steps", "1", "--batch-size", "2"]
+    refused = run_mmst("train-embed", *common, "--output-dir", str(tmp_path / "a"))
+    assert_one_line_error(refused, 2, "2 of 4 rows", "row 2", "resolves outside the data folder", "--allow-outside-root")
+    allowed = run_json("train-embed", *common, "--allow-outside-root", "--output-dir", str(tmp_path / "b"))
+    assert allowed["train_rows"] == 4
+    encode = run_mmst("encode", str(data), "--column", "image", "-o", str(tmp_path / "e.npy"))
+    assert_one_line_error(encode, 2, "resolves outside the data folder")
+    assert not (tmp_path / "e.npy").exists()
+
+
+def test_bad_audio(tmp_path, tiny_models):
+    data = write_tone_pairs(tmp_path, count=3)
+    (tmp_path / "audio" / "001.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVE")  # truncated header
+    result = run_mmst("train-embed", "--text-encoder", str(tiny_models["bert"]), "--audio-encoder",
+                      str(tiny_models["wav2vec2"]), "--dim", "8", "--data", str(data), "--output-dir", str(tmp_path / "o"))  # fmt: skip
+    assert_one_line_error(result, 2, "row 2", "does not decode as audio")
+
+
+def test_retrieval_inputs(tmp_path, tiny_models):
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text('{"_id": "d1", "text": "a"}\n{"_id": "d1", "text": "b"}\n')
+    (beir / "queries.jsonl").write_text('{"_id": "q1", "text": "x"}\n')
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    duplicate = run_mmst("evaluate", "--model", str(tiny_models["bert"]), "--data", str(beir))
+    assert_one_line_error(duplicate, 2, "corpus", "repeats 1 id(s), e.g. 'd1'")
+    run = tmp_path / "run.trec"
+    run.write_text("q1 Q0 d1 1 0.5 tag\nq1 Q0 d2 2 oops tag\n")
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("q1 0 d1 high\n")
+    assert_one_line_error(run_mmst("evaluate", "--run", str(run), "--qrels", str(beir / "qrels" / "test.tsv")), 2, ":2:")
+    good_run = tmp_path / "good.trec"
+    good_run.write_text("q1 Q0 d1 1 0.5 tag\n")
+    assert_one_line_error(run_mmst("evaluate", "--run", str(good_run), "--qrels", str(qrels)), 2, ":1:")
+
+
+def test_unwritable_output_is_detected_before_work(tmp_path, tiny_models, text_pairs):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = _train(tiny_models, text_pairs, blocker / "run")
+    assert_one_line_error(result, 2, "is a file, not a folder")
+
+
+def test_trust_remote_code_is_visible_in_the_resolved_config(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("trust-remote-code: true\n")
+    resolved = run_mmst("train-embed", "--config", str(config), "--print-config")
+    assert "trust_remote_code: true" in resolved.stdout
+
+
+def _wait_for(stream, prefix: str) -> None:
+    for line in stream:
+        if line.startswith(prefix):
+            return
+    raise AssertionError(f"no line starting with {prefix!r}")
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_path, tiny_models):
+    data = write_colour_pairs(tmp_path / "data", count=16)
+    args = ["train-embed", "--model", str(tiny_models["clip"]), "--data", str(data), "--eval-data", str(data),
+            "--max-steps", "300", "--batch-size", "4", "--loss", "mnrl", "--json"]  # fmt: skip
+    reference = run_json(*args[:-1], "--output-dir", str(tmp_path / "reference"))
+
+    interrupted_dir = tmp_path / "interrupted"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    process = subprocess.Popen([MMST, *args, "--output-dir", str(interrupted_dir)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    _wait_for(process.stderr, "before training")
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and stdout == ""
+    assert "run the same command with --resume" in stderr
+    checkpoints = list((interrupted_dir / "checkpoints").glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and 0 < int(checkpoints[0].name.split("-")[1]) < 300
+    assert not (interrupted_dir / "model").exists()  # no half-finished model under the final name
+
+    resumed = run_json(*args[:-1], "--output-dir", str(interrupted_dir), "--resume")
+    assert resumed["train"]["steps"] == reference["train"]["steps"] == 300
+    assert resumed["final"]["ndcg@10"] == pytest.approx(reference["final"]["ndcg@10"], abs=0.05)
+    assert resumed["train"]["loss_curve"][-1][1] == pytest.approx(reference["train"]["loss_curve"][-1][1], abs=0.5)
+
+
+def test_sigkill_then_resume_from_the_last_saved_checkpoint(tmp_path, tiny_models):
+    data = write_colour_pairs(tmp_path / "data", count=16)
+    out = tmp_path / "run"
+    args = ["train-embed", "--model", str(tiny_models["clip"]), "--data", str(data), "--max-steps", "400",
+            "--batch-size", "4", "--loss", "mnrl", "--save-steps", "40", "--output-dir", str(out)]  # fmt: skip
+    process = subprocess.Popen([MMST, *args], env=dict(os.environ, HF_HUB_OFFLINE="1"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while not list(out.glob("checkpoints/checkpoint-*/trainer_state.json")) and time.time() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list(out.glob("checkpoints/checkpoint-*")), "no checkpoint was written before the kill"
+    resumed = run_json(*args, "--resume")
+    assert resumed["train"]["steps"] == 400
+    assert (out / "model" / "modules.json").is_file()
