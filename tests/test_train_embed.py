@@ -232,3 +232,27 @@ def test_example_configs_resolve(config):
     if config.name == "demo.yaml":  # the demo config is exactly the bare command's defaults
         bare = yaml.safe_load(run_mmst("train-embed", "--print-config").stdout)
         assert resolved == bare
+
+
+def test_dry_run_plans_memory_without_training(tmp_path, colour_pairs, tiny_models):
+    out = tmp_path / "run"
+    common = ["--model", str(tiny_models["clip"]), "--data", str(colour_pairs), "--output-dir", str(out)]
+    plan = run_json("train-embed", *common, "--dry-run", "--loss", "mnrl", "--batch-size", "8")["dry_run"]
+    assert plan["fits"] is True and plan["suggestions"] == []
+    assert set(plan["components_bytes"]) == {"resident", "gradients", "optimizer", "activations"}
+    trainable = sum(p.numel() for p in load_model(locate_model(str(tiny_models["clip"])), device="cpu").parameters())
+    assert plan["components_bytes"]["optimizer"] == 8 * trainable
+    assert plan["per_sample_activation_bytes"] > 0
+    assert plan["components_bytes"]["activations"] == 8 * plan["per_sample_activation_bytes"]
+    assert not out.exists()  # a plan writes nothing
+
+    cached = run_json("train-embed", *common, "--dry-run", "--loss", "cached-mnrl", "--mini-batch-size", "2",
+                      "--batch-size", "8")["dry_run"]  # fmt: skip
+    assert cached["samples_in_flight"] == 2 and "gradcache_buffers" in cached["components_bytes"]
+
+    # A batch far beyond the machine: exit 1 and a GradCache mini batch that fits.
+    huge = run_mmst("train-embed", *common, "--dry-run", "--loss", "mnrl", "--batch-size", "100000000", "--json")
+    assert huge.returncode == 1
+    too_big = json.loads(huge.stdout)["dry_run"]
+    assert too_big["fits"] is False
+    assert any(s.startswith("--loss cached-mnrl --mini-batch-size") for s in too_big["suggestions"])

@@ -14,6 +14,9 @@ Examples:
 
     # Every option from a YAML file, one overridden; see the resolved configuration first
     $ mmst train-embed --config examples/demo.yaml --epochs 2 --print-config
+
+    # Will it fit? Peak memory estimate and suggestions, without training
+    $ mmst train-embed --config examples/qwen3-vl-embedding-vdr.yaml --dry-run
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from mmst_cli.cli.options import (
     TrustRemoteCodeOption,
 )
 from mmst_cli.cli.output import console, emit
-from mmst_cli.core.errors import MmstError
+from mmst_cli.core.errors import EXIT_FAILURE, MmstError
 
 MODEL = "Model"
 DATA = DATA_PANEL
@@ -122,6 +125,7 @@ def train_embed(
     resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint in --output-dir.", rich_help_panel=TRAINING)] = False,
     report_to: Annotated[str, typer.Option(help="none or tensorboard.", rich_help_panel=TRAINING)] = "none",
     output_dir: Annotated[str | None, typer.Option(help="Run folder: model/, metrics.json and checkpoints/. Default: runs/train-embed-<time>.", rich_help_panel=OUTPUT, show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option(help="Estimate peak memory (weights, gradients, optimizer, measured activations) against the device and suggest what fits, without training. Exit 1 when it does not fit.", rich_help_panel=OUTPUT)] = False,
     json_output: JsonOption = False,
     config: ConfigOption = None,
     print_config: PrintConfigOption = False,
@@ -182,6 +186,7 @@ def train_embed(
         output_dir=output_dir,
         resume=resume,
         report_to=report_to,
+        dry_run=dry_run,
     )
     if print_config:
         _print_config(ctx)
@@ -194,8 +199,16 @@ def train_embed(
     result = train_embedding_model(
         options, progress_console=console, log=lambda line: console.print(line, markup=False, highlight=False)
     )
-    if is_main_process():
-        emit(result.summary, as_json=json_output, render=render_summary)
+    if not is_main_process():
+        return
+    if dry_run:
+        from mmst_cli.cli.memory_plan_view import render_memory_plan
+
+        emit(result.summary, as_json=json_output, render=render_memory_plan)
+        if not result.summary["dry_run"]["fits"]:
+            raise typer.Exit(EXIT_FAILURE)
+        return
+    emit(result.summary, as_json=json_output, render=render_summary)
 
 
 def _print_config(ctx: typer.Context) -> None:

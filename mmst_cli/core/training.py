@@ -71,6 +71,7 @@ class TrainEmbedOptions(TrainingOptions):
     head_lr: float = 2e-3
     batch_sampler: str | None = None
     prompts: str | dict[str, str] | None = None
+    dry_run: bool = False
 
     command = "train-embed"
 
@@ -166,11 +167,15 @@ def train_embedding_model(options: TrainEmbedOptions, *, progress_console=None, 
 
     from mmst_cli.core.composition import build_training_model
 
-    output_dir, model_dir = prepare_run_folder(options)
+    if options.dry_run:  # plans only: nothing is written, an existing run folder is fine
+        output_dir, model_dir = options.resolved_output_dir(), options.resolved_output_dir() / "model"
+    else:
+        output_dir, model_dir = prepare_run_folder(options)
     set_seed(options.seed)
     built = build_training_model(options)
     model = built.model
-    ensure_disk_space(output_dir, model)
+    if not options.dry_run:
+        ensure_disk_space(output_dir, model)
     if built.attention:
         log(f"attention: {built.attention}")
     if options.lora.enabled:
@@ -185,6 +190,9 @@ def train_embedding_model(options: TrainEmbedOptions, *, progress_console=None, 
         + (f", {len(eval_data.dataset)} evaluation rows" if eval_data else ", no evaluation data")
         + (f" ({train_data.skipped_rows} rows with bad media skipped)" if train_data.skipped_rows else "")
     )
+
+    if options.dry_run:
+        return _dry_run(options, built, train_data)
 
     loss_options = options.loss
     if world_size() > 1 and not loss_options.gather_across_devices:
@@ -233,3 +241,21 @@ def train_embedding_model(options: TrainEmbedOptions, *, progress_console=None, 
     }
     save_run(model, model_dir, output_dir, summary)
     return TrainingResult(summary, model)
+
+
+def _dry_run(options: TrainEmbedOptions, built, train_data: PairData) -> TrainingResult:
+    """Plan the run's peak memory instead of training (``--dry-run``)."""
+    from mmst_cli.core.memory_plan import plan_training_memory
+
+    cached = options.loss.name.startswith("cached-")
+    plan = plan_training_memory(
+        built.model,
+        train_data,
+        batch_size=options.batch_size,
+        mini_batch_size=options.loss.mini_batch_size if cached else None,
+        precision=options.precision,
+        is_router=built.is_router,
+        gradient_checkpointing=options.gradient_checkpointing,
+    )
+    summary = {"model": built.description, "data": train_data.source, "dry_run": plan.as_json()}
+    return TrainingResult(summary, built.model)

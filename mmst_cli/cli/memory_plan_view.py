@@ -1,0 +1,36 @@
+"""The human view of a ``--dry-run`` memory plan, shared by the training commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mmst_cli.cli.output import format_bytes
+
+
+def render_memory_plan(console: Console, summary: dict[str, Any]) -> None:
+    """Components, total against the device, and the suggestions when it does not fit."""
+    plan = summary["dry_run"]
+    console.print(f"model: {summary['model']}", markup=False, highlight=False)
+    table = Table(title=f"estimated peak memory on {plan['device']}", title_justify="left")
+    table.add_column("part")
+    table.add_column("memory", justify="right")
+    for part, size in plan["components_bytes"].items():
+        table.add_row(part.replace("_", " "), format_bytes(size))
+    table.add_row("[bold]total[/bold]", f"[bold]{format_bytes(plan['total_bytes'])}[/bold]")
+    table.add_row("available", format_bytes(plan["available_bytes"]))
+    console.print(table)
+    console.print(
+        f"activations: {format_bytes(plan['per_sample_activation_bytes'])} per sample, "
+        f"{plan['samples_in_flight']} samples at once",
+        markup=False,
+        highlight=False,
+    )
+    if plan["fits"]:
+        console.print("[green]fits[/green]")
+        return
+    console.print("[red]does not fit[/red]; try:")
+    for suggestion in plan["suggestions"]:
+        console.print(f"  {suggestion}", markup=False, highlight=False)

@@ -1,0 +1,194 @@
+"""Estimate a training run's peak memory before it starts (``--dry-run``), and say what would fit.
+
+The estimate adds up, for the device the run would use:
+
+- **what is already resident** once the model and data are loaded: on a CPU, the process's current
+  memory (libraries, weights, data); on a GPU, the weights plus the CUDA context;
+- **gradients** (4 bytes per trainable parameter) and **AdamW state** (8 bytes per trainable
+  parameter): frozen towers and LoRA shrink both;
+- **activations**, measured rather than guessed: one forward pass per column of the largest of a
+  few sample rows, in train mode and the run's precision, counting every tensor autograd saves for
+  the backward pass (parameters excluded). They scale with the samples in flight: the batch for
+  plain losses, the GradCache mini batch for cached ones, and every column (anchor, positive,
+  negatives) of each sample. Every Router route is in memory at once, since its weights are.
+
+``bench/memory_plan.py`` compares the estimate with measured peaks (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Rows sampled to find the largest inputs (longest texts, biggest images) of each column.
+SAMPLE_ROWS = 8
+#: What a CUDA context and the caching allocator's slack take on a GPU.
+CUDA_OVERHEAD_BYTES = 600 * 2**20
+
+
+@dataclass
+class MemoryPlan:
+    """A peak-memory estimate and what to change when it does not fit.
+
+    Attributes:
+        device: ``cpu`` or ``cuda:N``.
+        components: Bytes per part (resident, gradients, optimizer, activations, GradCache buffers).
+        available: Bytes the device has for this run.
+        samples_in_flight: Samples whose activations are alive at once.
+        suggestions: Changes that would make it fit, most effective first (empty when it fits).
+    """
+
+    device: str
+    components: dict[str, int]
+    available: int
+    samples_in_flight: int
+    per_sample_activation_bytes: int
+    suggestions: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.components.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.available
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "components_bytes": self.components,
+            "total_bytes": self.total,
+            "available_bytes": self.available,
+            "fits": self.fits,
+            "samples_in_flight": self.samples_in_flight,
+            "per_sample_activation_bytes": self.per_sample_activation_bytes,
+            "suggestions": self.suggestions,
+        }
+
+
+def _process_rss() -> int:
+    import psutil
+
+    return psutil.Process(os.getpid()).memory_info().rss
+
+
+def _available(device: str) -> int:
+    import psutil
+    import torch
+
+    if device.startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    return int(psutil.virtual_memory().available + _process_rss())
+
+
+def _saved_activation_bytes(model, value, task: str | None, precision: str) -> int:
+    """Bytes autograd keeps for the backward pass of one input (parameters excluded)."""
+    import contextlib
+
+    import torch
+
+    parameters = {parameter.untyped_storage().data_ptr() for parameter in model.parameters()}
+    seen: set[int] = set()
+    total = 0
+
+    def pack(tensor):
+        nonlocal total
+        storage = tensor.untyped_storage()
+        pointer = storage.data_ptr()
+        if pointer not in parameters and pointer not in seen:
+            seen.add(pointer)
+            total += storage.nbytes()
+        return tensor
+
+    device = model.device
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+        if precision in ("bf16", "fp16")
+        else contextlib.nullcontext()
+    )
+    features = model.preprocess([value], task=task)
+    features = {key: item.to(device) if hasattr(item, "to") else item for key, item in features.items()}
+    was_training = model.training
+    model.train()
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast:
+            output = model(features)
+        del output
+    finally:
+        model.train(was_training)
+    return total
+
+
+def _largest_rows(dataset, column: str) -> list[Any]:
+    """A few sample values of ``column``, the longest texts first (sizes of media rows are alike)."""
+    values = [dataset[index][column] for index in range(min(SAMPLE_ROWS, len(dataset)))]
+    return sorted(values, key=lambda value: -len(value) if isinstance(value, str) else 0)[:1] or values[:1]
+
+
+def plan_training_memory(model, data, *, batch_size: int, mini_batch_size: int | None, precision: str,
+                         is_router: bool, gradient_checkpointing: bool = False) -> MemoryPlan:  # fmt: skip
+    """Estimate the peak memory of training ``model`` on ``data`` (see the module docstring).
+
+    Args:
+        model: The model as training would start it (frozen towers frozen, LoRA applied).
+        data: The training :class:`~mmst_cli.core.data.PairData`.
+        batch_size: Samples per step (per device).
+        mini_batch_size: GradCache mini batch of a cached loss; ``None`` for plain losses.
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+        is_router: Route each column by its modality (Router models).
+        gradient_checkpointing: Activations are recomputed; only about one layer's stay alive.
+    """
+    device = str(model.device)
+    trainable = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+    weights = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+    per_sample = 0
+    for column, modality in data.column_modalities.items():
+        task = modality if is_router else None
+        per_sample += max(
+            _saved_activation_bytes(model, value, task, precision) for value in _largest_rows(data.dataset, column)
+        )
+    if gradient_checkpointing:
+        # Only layer inputs stay alive between layers; a rough third of the activations.
+        per_sample //= 3
+    in_flight = min(batch_size, mini_batch_size) if mini_batch_size else batch_size
+    columns = len(data.column_modalities)
+    components = {
+        "resident": weights + CUDA_OVERHEAD_BYTES if device.startswith("cuda") else _process_rss(),
+        "gradients": 4 * trainable,
+        "optimizer": 8 * trainable,
+        "activations": per_sample * in_flight,
+    }
+    if mini_batch_size:
+        dimension = model.get_embedding_dimension() or 0
+        # GradCache keeps every sample's embedding and its gradient for the whole batch.
+        components["gradcache_buffers"] = 2 * 4 * batch_size * columns * dimension
+    plan = MemoryPlan(device, components, _available(device), in_flight, per_sample)
+    if not plan.fits:
+        has_visual_tokens = "image" in data.column_modalities.values() and model.supports("message")
+        plan.suggestions = _suggestions(plan, mini_batch_size, precision, gradient_checkpointing, has_visual_tokens)
+    return plan
+
+
+def _suggestions(
+    plan: MemoryPlan, mini_batch_size, precision: str, checkpointing: bool, has_visual_tokens: bool
+) -> list[str]:
+    over = plan.total - plan.available
+    suggestions = []
+    activations = plan.components["activations"]
+    if plan.per_sample_activation_bytes:
+        fitting = max(1, (plan.available - (plan.total - activations)) // plan.per_sample_activation_bytes)
+        if fitting < plan.samples_in_flight:
+            action = "--mini-batch-size" if mini_batch_size else "--loss cached-mnrl --mini-batch-size"
+            suggestions.append(f"{action} {fitting} (activations for {fitting} samples at a time fit)")
+    if not checkpointing and not mini_batch_size and activations > over:
+        suggestions.append("--gradient-checkpointing (keeps about a third of the activations)")
+    optimizer_and_gradients = plan.components["gradients"] + plan.components["optimizer"]
+    if optimizer_and_gradients > over:
+        suggestions.append(f"--lora-r 16 (gradients and optimizer state shrink from {optimizer_and_gradients / 2**30:.1f} GiB to a few percent)")
+    if precision == "fp32" and plan.device.startswith("cuda"):
+        suggestions.append("--bf16 (halves activations)")
+    if has_visual_tokens:
+        suggestions.append("a lower --max-pixels (fewer visual tokens per image)")
+    return suggestions
