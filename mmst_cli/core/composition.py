@@ -207,7 +207,8 @@ def compose_router(
         modules.append(_projection_head(_route_output_dimension(modules), dim, seed))
         # Matched against the loss's parameter names, which carry a prefix ("model.0.sub_modules...").
         learning_rate_mapping[rf"\.sub_modules\.{route}\.{head_index}\.linear\."] = head_lr
-    model = SentenceTransformer(modules=[Router(sub_modules=routes), Normalize()], device="cpu")
+    # No device: Sentence Transformers takes the best one (CUDA when there is one).
+    model = SentenceTransformer(modules=[Router(sub_modules=routes), Normalize()])
     description = "Router(" + ", ".join(f"{route}: {reference}" for route, reference in encoders.items()) + f") -> {dim}"
     audio_rate = audio_sampling_rate(routes["audio"]) if "audio" in routes else None
     return BuiltModel(model, description, True, learning_rate_mapping, audio_rate, model_kwargs["attn_implementation"])

@@ -214,7 +214,8 @@ def load_model(source: ModelSource, *, trust_remote_code: bool = False, device: 
     if source.reference == DEFAULT_MODEL_NAME:
         from mmst_cli.core.composition import build_default_model
 
-        return build_default_model().model.to(device or "cpu")
+        model = build_default_model().model
+        return model.to(device) if device else model
 
     import sentence_transformers as st
 

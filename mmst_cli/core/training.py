@@ -177,7 +177,7 @@ def train_embedding_model(options: TrainEmbedOptions, *, progress_console=None, 
     if not options.dry_run:
         ensure_disk_space(output_dir, model)
     if built.attention:
-        log(f"attention: {built.attention}")
+        log(f"attention: {built.attention}; text batches {_text_batch_path(model)}")
     if options.lora.enabled:
         trainable = add_lora(model, options.lora)
         log(f"LoRA r={options.lora.r}: {trainable:,} trainable parameters")
@@ -247,6 +247,10 @@ def _dry_run(options: TrainEmbedOptions, built, train_data: PairData) -> Trainin
     """Plan the run's peak memory instead of training (``--dry-run``)."""
     from mmst_cli.core.memory_plan import plan_training_memory
 
+    from mmst_cli.core.trainer_common import has_cuda
+
+    # Plan on the device the trainer would train on.
+    built.model.to("cuda" if has_cuda() else "cpu")
     cached = options.loss.name.startswith("cached-")
     plan = plan_training_memory(
         built.model,
@@ -259,3 +263,13 @@ def _dry_run(options: TrainEmbedOptions, built, train_data: PairData) -> Trainin
     )
     summary = {"model": built.description, "data": train_data.source, "dry_run": plan.as_json()}
     return TrainingResult(summary, built.model)
+
+
+def _text_batch_path(model) -> str:
+    """Which path text-only batches take: unpadded (FlashAttention-2 varlen) or padded."""
+    from mmst_cli.core.models import iter_modules
+
+    flattening = [getattr(module, "can_flatten_inputs", None) for module in iter_modules(model)]
+    if any(flattening):
+        return "unpadded (FlashAttention-2 varlen)"
+    return "padded (unpadding needs flash_attention_2)"
