@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from mmst_cli.core.search import search
-from tests.data_factory import write_colour_pairs
 from tests.helpers import assert_one_line_error, run_json, run_mmst
 
 TOPICS = ["cats", "dogs", "birds", "fish", "trees", "cars", "boats", "trains"]

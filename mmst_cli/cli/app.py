@@ -20,6 +20,7 @@ from mmst_cli.cli.detect import detect
 from mmst_cli.cli.encode import encode
 from mmst_cli.cli.evaluate import evaluate
 from mmst_cli.cli.train_embed import train_embed
+from mmst_cli.cli.train_rerank import train_rerank
 from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MmstError
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ app = typer.Typer(
 
 app.command("detect", rich_help_panel="Inspect")(detect)
 app.command("train-embed", rich_help_panel="Train")(train_embed)
+app.command("train-rerank", rich_help_panel="Train")(train_rerank)
 app.command("encode", rich_help_panel="Use")(encode)
 app.command("evaluate", rich_help_panel="Evaluate")(evaluate)
 

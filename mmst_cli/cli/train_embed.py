@@ -21,11 +21,9 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from mmst_cli.cli.options import (
     DATA_PANEL,
@@ -39,6 +37,7 @@ from mmst_cli.cli.options import (
     TrustRemoteCodeOption,
 )
 from mmst_cli.cli.output import console, emit
+from mmst_cli.cli.training_view import print_resolved_config, render_training_summary
 from mmst_cli.core.errors import EXIT_FAILURE, MmstError
 
 MODEL = "Model"
@@ -189,7 +188,7 @@ def train_embed(
         dry_run=dry_run,
     )
     if print_config:
-        _print_config(ctx)
+        print_resolved_config(ctx)
         return
     options.validate()
 
@@ -208,38 +207,8 @@ def train_embed(
         if not result.summary["dry_run"]["fits"]:
             raise typer.Exit(EXIT_FAILURE)
         return
-    emit(result.summary, as_json=json_output, render=render_summary)
-
-
-def _print_config(ctx: typer.Context) -> None:
-    """The resolved values of every option (config file, then command line), as YAML on stdout."""
-    import sys
-
-    import yaml
-
-    resolved = {
-        name: value for name, value in ctx.params.items() if name not in ("config", "print_config", "json_output")
-    }
-    sys.stdout.write(yaml.safe_dump(resolved, sort_keys=False))
-
-
-def render_summary(console: Console, summary: dict[str, Any]) -> None:
-    """Before/after metrics and the run's vital numbers, as a table on stderr."""
-    console.print(f"model: {summary['model']}", markup=False, highlight=False)
-    table = Table(title="retrieval on the evaluation data", title_justify="left")
-    table.add_column("metric")
-    table.add_column("before", justify="right")
-    table.add_column("after", justify="right")
-    table.add_column("change", justify="right")
-    for metric, after in sorted(summary["final"].items(), key=lambda item: item[0] != "ndcg@10"):
-        before = summary["base"].get(metric)
-        change = f"{after - before:+.4f}" if before is not None else ""
-        table.add_row(metric, f"{before:.4f}" if before is not None else "-", f"{after:.4f}", change)
-    console.print(table)
-    train = summary["train"]
-    console.print(
-        f"{train['steps']} steps, {train['epochs']} epochs in {train['runtime_s']:.0f} s "
-        f"({train['samples_per_s']:.1f} samples/s); model saved to {summary['model_dir']}",
-        markup=False,
-        highlight=False,
+    emit(
+        result.summary,
+        as_json=json_output,
+        render=lambda console, summary: render_training_summary(console, summary, title="retrieval on the evaluation data"),
     )

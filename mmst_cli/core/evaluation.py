@@ -131,6 +131,8 @@ def rerank(
     track: Tracker = _no_progress,
 ) -> StageResult:
     """Re-score each query's top ``top_k`` first-stage documents with a reranker (CrossEncoder)."""
+    import torch
+
     pairs, keys = [], []
     for qid, ranked in first_stage.items():
         best = sorted(ranked.items(), key=lambda item: (-item[1], item[0]))[:top_k]
@@ -141,7 +143,11 @@ def rerank(
     scores = []
     for start in range(0, len(pairs), 1024):
         chunk = pairs[start : start + 1024]
-        predicted = reranker.predict(chunk, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+        # Raw scores: a sigmoid saturates to exactly 1.0 in float32 for confident pairs and makes ties.
+        predicted = reranker.predict(
+            chunk, batch_size=batch_size, activation_fn=torch.nn.Identity(), convert_to_numpy=True,
+            show_progress_bar=False,
+        )  # fmt: skip
         scores.extend(np.asarray(predicted, dtype=np.float32).reshape(len(chunk), -1)[:, 0].tolist())
         advance(len(chunk))
     run: dict[str, dict[str, float]] = {}

@@ -1,0 +1,824 @@
+"""Train a reranker (a Sentence Transformers CrossEncoder) with the CrossEncoder trainer.
+
+:func:`train_reranker` is the whole ``mmst train-rerank`` job: build or load the reranker
+(:mod:`mmst_cli.core.rerankers`), load and validate the data, score it before training, train,
+score it after, and write the model and ``metrics.json`` atomically, like ``train-embed``.
+
+Data layouts (found from the columns, validated like train-embed's data: every media reference is
+checked before any model work, with ``--media-root``, ``--skip-bad`` and ``--allow-remote-media``):
+
+``pointwise``  (query, document, label): a scalar ``label`` / ``score`` column.
+``pairs``      (query, positive, negative...): no label column; each positive is relevant (1)
+               and each negative is not (0); ``--negatives-per-positive N`` keeps the first N.
+``listwise``   (query, [documents], [labels]): a list column of documents and one of labels;
+               validated after flattening, so a row number in an error counts documents.
+
+Every layout becomes the same thing: (query, document, label) rows grouped by query, where
+identical queries merge into one. Each loss then gets the shape it needs: ``bce`` pointwise rows,
+``cmnrl`` (query, positive, k hard negatives) rows, ``lambda`` / ``listnet`` / ``plistmle`` one
+list per query. So pointwise and pair data train listwise losses and lists train ``bce``.
+
+Evaluation reranks each evaluation query's own candidates: the run is the reranker's raw score
+(no sigmoid, which saturates and ties in float32) of every (query, candidate) pair, the qrels are
+the labels (integer labels are graded relevance; fractional ones count as relevant from 0.5), and
+:func:`mmst_cli.core.metrics.compute_metrics` gives NDCG@10, MRR@10, MAP and accuracy@1 exactly as
+trec_eval would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from mmst_cli.core.data import NON_CONTENT_COLUMNS, PairData, load_table, prepare_media, select_columns
+from mmst_cli.core.errors import MmstError
+from mmst_cli.core.lora import add_lora, merge_lora
+from mmst_cli.core.trainer_common import (
+    TrainingOptions,
+    check_modalities,
+    common_training_arguments,
+    ensure_disk_space,
+    is_main_process,
+    prepare_run_folder,
+    save_run,
+    silent,
+    train_summary,
+    train_with_progress,
+)
+
+#: ``--loss`` values.
+LOSSES = ("bce", "cmnrl", "lambda", "listnet", "plistmle")
+#: Losses that learn from one list of documents per query.
+LISTWISE_LOSSES = ("lambda", "listnet", "plistmle")
+#: Label columns, in the order they are looked for (Sentence Transformers' label column names).
+LABEL_COLUMNS = ("label", "labels", "score", "scores")
+#: The metric that leads reports, and the trainer's primary metric.
+MAIN_METRIC = "ndcg@10"
+#: A text column that carries each row's index through :func:`prepare_media` (which drops rows with
+#: ``--skip-bad``), so labels and groups stay aligned; removed right after.
+_ROW_TAG = "mmst_row_tag"
+
+
+@dataclass
+class TrainRerankOptions(TrainingOptions):
+    """Every option of ``mmst train-rerank``; the CLI fills it, tests may build it directly.
+
+    Model: ``model`` (a checkpoint or a saved reranker), ``arch`` (see
+    :data:`mmst_cli.core.rerankers.ARCHITECTURES`), the answer tokens, ``prompt`` (the
+    instruction; ``None`` keeps a saved one or uses the default for new LM rerankers),
+    ``pair_template`` and ``max_pixels``. Data: ``data`` etc. as in train-embed, plus
+    ``label_column`` and ``negatives_per_positive``. Loss: ``loss`` and ``mini_batch_size`` (pairs
+    per forward pass of the cached and listwise losses).
+    """
+
+    model: str | None = None
+    arch: str = "auto"
+    true_token: str = "1"
+    false_token: str = "0"
+    prompt: str | None = None
+    pair_template: str = "auto"
+    max_pixels: int | None = None
+
+    data: str | None = None
+    data_config: str | None = None
+    split: str | None = None
+    columns: list[str] | None = None
+    label_column: str | None = None
+    negatives_per_positive: int | None = None
+    eval_data: str | None = None
+    eval_data_split: str | None = None
+    eval_split: float | None = None
+
+    loss: str = "bce"
+    mini_batch_size: int = 16
+    batch_size: int = 16
+
+    command = "train-rerank"
+
+    def validate(self) -> None:
+        """Reject bad values and impossible combinations before any model or data is loaded."""
+        from mmst_cli.core.rerankers import ARCHITECTURES, PAIR_TEMPLATES
+
+        self.validate_schedule()
+        if not self.model:
+            raise MmstError("--model is required: a causal LM / VLM checkpoint, an encoder, or a saved reranker")
+        if not self.data:
+            raise MmstError("--data is required: (query, document, label), (query, positive, negatives...) or listwise rows")
+        if self.arch not in ARCHITECTURES:
+            raise MmstError(f"--arch {self.arch!r} is unknown; use one of {', '.join(ARCHITECTURES)}")
+        if self.pair_template not in PAIR_TEMPLATES:
+            raise MmstError(f"--pair-template {self.pair_template!r} is unknown; use one of {', '.join(PAIR_TEMPLATES)}")
+        if self.loss not in LOSSES:
+            raise MmstError(f"--loss {self.loss!r} is not a reranking loss mmst knows; use one of {', '.join(LOSSES)}")
+        if not self.true_token or not self.false_token:
+            raise MmstError("--true-token and --false-token must not be empty")
+        if self.true_token == self.false_token:
+            raise MmstError(f"--true-token and --false-token are both {self.true_token!r}; they must differ")
+        for name in ("max_pixels", "negatives_per_positive", "mini_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise MmstError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.eval_data and self.eval_split:
+            raise MmstError("--eval-data and --eval-split both choose evaluation data; pass one")
+        if self.eval_split is not None and not 0 < self.eval_split < 1:
+            raise MmstError(f"--eval-split must be between 0 and 1 (exclusive), got {self.eval_split}")
+        if self.loss == "cmnrl" and self.gradient_checkpointing:
+            raise MmstError(
+                "--loss cmnrl (GradCache) cannot be combined with --gradient-checkpointing; drop one "
+                "(GradCache already bounds activation memory through --mini-batch-size)"
+            )
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RerankData:
+    """Validated (query, document, label) rows, grouped by query.
+
+    Attributes:
+        queries, documents: One value per row, as stored (image cells undecoded: ``{"bytes",
+            "path"}``; image paths absolute; audio decoded at the model's rate).
+        labels: One float per row.
+        groups: Per row, the index of its query (identical queries share one).
+        query_feature, document_feature: The ``datasets`` features of the two columns.
+        column_modalities: ``{"query": modality, "document": modality}``.
+        source: Where the data came from.
+        layout: ``pointwise``, ``pairs`` or ``listwise``.
+        input_rows: Rows in the source (before expansion or flattening).
+        skipped_rows: Rows (documents, for listwise data) dropped for bad media with ``--skip-bad``.
+    """
+
+    queries: list
+    documents: list
+    labels: list[float]
+    groups: list[int]
+    query_feature: Any
+    document_feature: Any
+    column_modalities: dict[str, str]
+    source: str
+    layout: str
+    input_rows: int
+    skipped_rows: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_queries(self) -> int:
+        return len(set(self.groups))
+
+    def as_pair_data(self) -> PairData:
+        """The column modalities in the form :func:`check_modalities` takes."""
+        return PairData(None, dict(self.column_modalities), self.source, self.skipped_rows)
+
+    def subset(self, groups: set[int], source: str) -> RerankData:
+        rows = [row for row, group in enumerate(self.groups) if group in groups]
+        renumber = {group: index for index, group in enumerate(dict.fromkeys(self.groups[row] for row in rows))}
+        return replace(
+            self,
+            queries=[self.queries[row] for row in rows],
+            documents=[self.documents[row] for row in rows],
+            labels=[self.labels[row] for row in rows],
+            groups=[renumber[self.groups[row]] for row in rows],
+            source=source,
+            notes=[],
+        )
+
+    def by_query(self) -> list[tuple[int, list[int]]]:
+        """``(group, [row, ...])`` per query, in first-appearance order."""
+        grouped: dict[int, list[int]] = {}
+        for row, group in enumerate(self.groups):
+            grouped.setdefault(group, []).append(row)
+        return list(grouped.items())
+
+
+def relevance(label: float) -> int:
+    """The qrels relevance of a label: integers are graded relevance, fractions relevant from 0.5."""
+    return int(label) if float(label).is_integer() else int(label >= 0.5)
+
+
+def _is_list(feature) -> bool:
+    import datasets
+
+    return isinstance(feature, (datasets.List, datasets.LargeList))
+
+
+def _undecoded(feature):
+    """The same feature with images left as ``{"bytes", "path"}`` (inside lists too)."""
+    import datasets
+
+    if isinstance(feature, datasets.Image):
+        return datasets.Image(decode=False)
+    if isinstance(feature, datasets.Audio):
+        return datasets.Audio(decode=False)
+    if isinstance(feature, datasets.List):
+        return datasets.List(_undecoded(feature.feature))
+    if isinstance(feature, datasets.LargeList):
+        return datasets.LargeList(_undecoded(feature.feature))
+    return feature
+
+
+def _decoding(feature):
+    """The feature to store undecoded cells under, decoding again when read (images)."""
+    import datasets
+
+    if isinstance(feature, datasets.Image):
+        return datasets.Image()
+    return feature
+
+
+def _raw(table, column: str) -> tuple[list, Any]:
+    """A column's values as stored (images undecoded) and the feature that decodes them."""
+    feature = table.features[column]
+    undecoded = _undecoded(feature)
+    if undecoded != feature:
+        table = table.cast_column(column, undecoded)
+    return list(table[column]), _decoding(feature)
+
+
+def _identity(value) -> str:
+    """A key that is equal for identical queries (texts, paths, image bytes, audio samples)."""
+    if isinstance(value, str):
+        return "s:" + value
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return "b:" + hashlib.sha1(value["bytes"]).hexdigest()
+        if value.get("path"):
+            return "p:" + str(value["path"])
+        if "array" in value:
+            import numpy as np
+
+            samples = np.asarray(value["array"], dtype=np.float32).tobytes()
+            return f"a{value.get('sampling_rate')}:" + hashlib.sha1(samples).hexdigest()
+    return "r:" + repr(value)
+
+
+def _groups(queries: list) -> list[int]:
+    index: dict[str, int] = {}
+    return [index.setdefault(_identity(value), len(index)) for value in queries]
+
+
+def _label_column(table, requested: str | None, source: str) -> str | None:
+    if requested:
+        if requested not in table.column_names:
+            raise MmstError(f"data {source!r} has no column {requested!r}; its columns are {table.column_names}; fix --label-column")
+        return requested
+    return next((name for name in LABEL_COLUMNS if name in table.column_names), None)
+
+
+def _float_labels(values: list, column: str, source: str, *, row_offset: int = 0) -> list[float]:
+    labels = []
+    for row, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise MmstError(
+                f"data {source!r}: row {row + 1 + row_offset}, column {column!r}: label {value!r} is not a number"
+            )
+        labels.append(float(value))
+    return labels
+
+
+def _content_columns(table, columns: list[str] | None, label: str | None) -> list[str]:
+    if columns is not None:
+        return [name for name in columns if name != label]
+    return [
+        name
+        for name in table.column_names
+        if name != label and name.lower() not in NON_CONTENT_COLUMNS and not name.lower().endswith("_id")
+    ]
+
+
+def _validated(table, source: str, media: dict[str, Any]) -> tuple[PairData, list[int]]:
+    """:func:`prepare_media` on ``table`` plus the indices of the rows it kept."""
+    tagged = table.add_column(_ROW_TAG, [f"#{row}" for row in range(len(table))])
+    data = prepare_media(tagged, source, **media)
+    kept = [int(tag[1:]) for tag in data.dataset[_ROW_TAG]]
+    modalities = {column: modality for column, modality in data.column_modalities.items() if column != _ROW_TAG}
+    return PairData(data.dataset.remove_columns(_ROW_TAG), modalities, source, data.skipped_rows), kept
+
+
+def _unify_documents(columns: list[tuple[list, Any]], modalities: list[str], source: str, names: list[str]):
+    """Values of several document columns under one feature (image paths and Image cells mix)."""
+    import datasets
+
+    features = [feature for _, feature in columns]
+    if all(feature == features[0] for feature in features):
+        return columns, features[0], modalities[0]
+    if set(modalities) == {"image"}:
+        unified = []
+        for values, feature in columns:
+            if isinstance(feature, datasets.Image):
+                unified.append((values, feature))
+            else:
+                unified.append(([{"bytes": None, "path": value} for value in values], datasets.Image()))
+        return unified, datasets.Image(), "image"
+    raise MmstError(
+        f"data {source!r}: document columns {names} hold different kinds of input ({', '.join(modalities)}); "
+        "positives and negatives must all be text, or all images, or all audio"
+    )
+
+
+def load_rerank_data(
+    reference: str,
+    *,
+    config: str | None = None,
+    split: str | None = None,
+    columns: list[str] | None = None,
+    label_column: str | None = None,
+    negatives_per_positive: int | None = None,
+    media_root: Path | None = None,
+    audio_sampling_rate: int | None = None,
+    skip_bad: bool = False,
+    allow_remote_media: bool = False,
+    allow_outside_root: bool = False,
+) -> RerankData:
+    """Load pointwise, pair or listwise data (see the module docstring) as grouped rows."""
+    import datasets
+
+    media = {
+        "media_root": media_root,
+        "audio_sampling_rate": audio_sampling_rate,
+        "skip_bad": skip_bad,
+        "allow_remote_media": allow_remote_media,
+        "allow_outside_root": allow_outside_root,
+    }
+    table = load_table(reference, config=config, split=split)
+    label = _label_column(table, label_column, reference)
+    content = _content_columns(table, columns, label)
+    missing = [name for name in content if name not in table.column_names]
+    if missing:
+        raise MmstError(f"data {reference!r} has no column {missing[0]!r}; its columns are {table.column_names}; fix --columns")
+    listwise = any(_is_list(table.features[name]) for name in content) or (
+        label is not None and _is_list(table.features[label])
+    )
+
+    if listwise:
+        if len(content) != 2 or not _is_list(table.features[content[1]]) or _is_list(table.features[content[0]]):
+            raise MmstError(
+                f"data {reference!r} holds lists, so it is read as listwise rows (query, [documents], [labels]), but its "
+                f"content columns are {content}; pass --columns query,documents"
+            )
+        if label is None or not _is_list(table.features[label]):
+            raise MmstError(
+                f"data {reference!r}: listwise rows need a list of labels per row (a 'labels' column, or --label-column)"
+            )
+        query, docs = content
+        queries, query_feature = _raw(table, query)
+        document_lists, list_feature = _raw(table, docs)
+        label_lists = table[label]
+        flat_queries, flat_documents, flat_labels, flat_rows, empty = [], [], [], [], 0
+        for row, (value, documents, labels) in enumerate(zip(queries, document_lists, label_lists)):
+            documents, labels = documents or [], labels or []
+            if len(documents) != len(labels):
+                raise MmstError(
+                    f"data {reference!r}: row {row + 1} has {len(documents)} documents but {len(labels)} labels"
+                )
+            if not documents:
+                empty += 1
+            flat_labels.extend(_float_labels(labels, label, reference, row_offset=row))
+            flat_queries.extend([value] * len(documents))
+            flat_documents.extend(documents)
+            flat_rows.extend([row] * len(documents))
+        document_feature = _decoding(list_feature.feature)
+        flat = datasets.Dataset.from_dict(
+            {query: flat_queries, docs: flat_documents},
+            features=datasets.Features({query: query_feature, docs: document_feature}),
+        )
+        validated, kept = _validated(flat, reference, media)
+        queries, query_feature = _raw(validated.dataset, query)
+        documents, document_feature = _raw(validated.dataset, docs)
+        labels = [flat_labels[index] for index in kept]
+        modalities = {"query": validated.column_modalities[query], "document": validated.column_modalities[docs]}
+        data = RerankData(
+            queries, documents, labels, _groups(queries), query_feature, document_feature, modalities,
+            reference, "listwise", len(table), validated.skipped_rows,
+        )  # fmt: skip
+        if empty:
+            data.notes.append(f"{empty} listwise rows without documents ignored")
+        return data
+
+    if label is not None:
+        if len(content) != 2:
+            raise MmstError(
+                f"data {reference!r} has a label column {label!r}, so it is read as pointwise (query, document, label) "
+                f"rows, but its content columns are {content}; pass --columns query,document"
+            )
+        labels_all = _float_labels(table[label], label, reference)
+        validated, kept = _validated(select_columns(table, content, reference), reference, media)
+        query, document = content
+        queries, query_feature = _raw(validated.dataset, query)
+        documents, document_feature = _raw(validated.dataset, document)
+        modalities = {"query": validated.column_modalities[query], "document": validated.column_modalities[document]}
+        return RerankData(
+            queries, documents, [labels_all[index] for index in kept], _groups(queries), query_feature,
+            document_feature, modalities, reference, "pointwise", len(table), validated.skipped_rows,
+        )  # fmt: skip
+
+    validated = prepare_media(select_columns(table, content, reference), reference, **media)
+    query, positive, *negatives = content
+    if negatives_per_positive is not None:
+        negatives = negatives[:negatives_per_positive]
+    document_columns = [positive, *negatives]
+    queries_one, query_feature = _raw(validated.dataset, query)
+    raw_documents = [_raw(validated.dataset, name) for name in document_columns]
+    raw_documents, document_feature, document_modality = _unify_documents(
+        raw_documents, [validated.column_modalities[name] for name in document_columns], reference, document_columns
+    )
+    queries, documents, labels = [], [], []
+    for row, value in enumerate(queries_one):
+        for position, (values, _) in enumerate(raw_documents):
+            queries.append(value)
+            documents.append(values[row])
+            labels.append(1.0 if position == 0 else 0.0)
+    modalities = {"query": validated.column_modalities[query], "document": document_modality}
+    return RerankData(
+        queries, documents, labels, _groups(queries), query_feature, document_feature, modalities,
+        reference, "pairs", len(table), validated.skipped_rows,
+    )  # fmt: skip
+
+
+def split_queries(data: RerankData, fraction: float, seed: int) -> tuple[RerankData, RerankData]:
+    """Hold out ``fraction`` of the *queries* (with all their candidates) for evaluation (``--eval-split``)."""
+    groups = sorted(set(data.groups))
+    held = round(fraction * len(groups))
+    if held < 1 or held >= len(groups):
+        raise MmstError(f"--eval-split {fraction} leaves an empty split of {len(groups)} queries")
+    shuffled = groups[:]
+    random.Random(seed).shuffle(shuffled)
+    evaluation = set(shuffled[:held])
+    return (
+        data.subset(set(groups) - evaluation, data.source),
+        data.subset(evaluation, f"{data.source} (held-out {fraction:g} of queries)"),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Shapes for the losses
+# ------------------------------------------------------------------------------------------------
+
+
+def _dataset(columns: dict[str, list], features: dict[str, Any]):
+    import datasets
+
+    return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+
+
+def pointwise_dataset(data: RerankData):
+    """(query, document, label) rows."""
+    import datasets
+
+    return _dataset(
+        {"query": data.queries, "document": data.documents, "label": data.labels},
+        {"query": data.query_feature, "document": data.document_feature, "label": datasets.Value("float32")},
+    )
+
+
+def listwise_dataset(data: RerankData):
+    """One (query, [documents], [labels]) row per query."""
+    import datasets
+
+    queries, documents, labels = [], [], []
+    for _, rows in data.by_query():
+        queries.append(data.queries[rows[0]])
+        documents.append([data.documents[row] for row in rows])
+        labels.append([data.labels[row] for row in rows])
+    return _dataset(
+        {"query": queries, "documents": documents, "labels": labels},
+        {
+            "query": data.query_feature,
+            "documents": datasets.List(data.document_feature),
+            "labels": datasets.List(datasets.Value("float32")),
+        },
+    )
+
+
+def contrastive_dataset(data: RerankData, negatives_per_positive: int | None) -> tuple[Any, int, int]:
+    """(query, positive, negative_1..k) rows: one per relevant document, negatives from its query.
+
+    Every row needs the same number of hard negatives: ``k`` is the fewest any query with a
+    positive has (capped by ``negatives_per_positive``); a query with more hands them out in turn.
+    Returns the dataset, ``k`` and the number of queries without a relevant document (dropped).
+    """
+    per_query = []
+    dropped = 0
+    for _, rows in data.by_query():
+        positives = [row for row in rows if relevance(data.labels[row]) >= 1]
+        negatives = [row for row in rows if relevance(data.labels[row]) < 1]
+        if not positives:
+            dropped += 1
+            continue
+        per_query.append((rows[0], positives, negatives))
+    if not per_query:
+        raise MmstError(
+            f"data {data.source!r}: no query has a relevant document (label >= 1, or >= 0.5 for fractions); "
+            "cmnrl needs positives"
+        )
+    k = min(len(negatives) for _, _, negatives in per_query)
+    if negatives_per_positive is not None:
+        k = min(k, negatives_per_positive)
+    columns: dict[str, list] = {"query": [], "positive": [], **{f"negative_{i + 1}": [] for i in range(k)}}
+    for query_row, positives, negatives in per_query:
+        for index, positive in enumerate(positives):
+            columns["query"].append(data.queries[query_row])
+            columns["positive"].append(data.documents[positive])
+            for i in range(k):
+                columns[f"negative_{i + 1}"].append(data.documents[negatives[(index * k + i) % len(negatives)]])
+    features = {"query": data.query_feature, **{name: data.document_feature for name in columns if name != "query"}}
+    return _dataset(columns, features), k, dropped
+
+
+def training_dataset(data: RerankData, loss: str, negatives_per_positive: int | None, log=print):
+    """The training data in the shape ``loss`` reads (see the module docstring)."""
+    if any(label < 0 for label in data.labels):
+        raise MmstError(f"data {data.source!r} has negative labels; labels must be 0 or more")
+    if loss == "bce":
+        high = max(data.labels)
+        if high > 1:
+            raise MmstError(
+                f"--loss bce needs labels between 0 and 1, but data {data.source!r} has labels up to {high:g}; "
+                "use a listwise loss (lambda, listnet, plistmle) for graded labels, or rescale them"
+            )
+        dataset = pointwise_dataset(data)
+        log(f"bce: {len(dataset)} (query, document, label) rows")
+        return dataset
+    if loss == "cmnrl":
+        dataset, k, dropped = contrastive_dataset(data, negatives_per_positive)
+        log(
+            f"cmnrl: {len(dataset)} (query, positive, {k} hard negatives) rows"
+            + (f"; {dropped} queries without a relevant document left out" if dropped else "")
+        )
+        return dataset
+    dataset = listwise_dataset(data)
+    informative = sum(
+        1 for _, rows in data.by_query() if len({data.labels[row] for row in rows}) > 1
+    )
+    if informative == 0:
+        raise MmstError(
+            f"--loss {loss} learns from the order within each query's list, but no query in {data.source!r} has two "
+            "documents with different labels; add negatives (pair data or more rows per query) or use --loss bce"
+        )
+    lengths = [len(rows) for _, rows in data.by_query()]
+    log(f"{loss}: {len(dataset)} query lists of {min(lengths)}-{max(lengths)} documents")
+    return dataset
+
+
+def build_rerank_loss(model, name: str, mini_batch_size: int):
+    """The Sentence Transformers CrossEncoder loss for ``--loss``."""
+    from sentence_transformers.cross_encoder import losses
+
+    if name == "bce":
+        return losses.BinaryCrossEntropyLoss(model)
+    if name == "cmnrl":
+        return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch_size)
+    factory = {"lambda": losses.LambdaLoss, "listnet": losses.ListNetLoss, "plistmle": losses.PListMLELoss}[name]
+    return factory(model, mini_batch_size=mini_batch_size)
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------
+
+
+def _decoder(feature):
+    import datasets
+
+    if isinstance(feature, datasets.Image):
+        return feature.decode_example
+    if isinstance(feature, dict) and "array" in feature:  # audio decoded by prepare_media
+
+        def audio(value):
+            import numpy as np
+
+            return {"array": np.asarray(value["array"], dtype=np.float32), "sampling_rate": value["sampling_rate"]}
+
+        return audio
+    return lambda value: value
+
+
+def reranker_scores(model, data: RerankData, batch_size: int = 32, chunk: int = 256) -> list[float]:
+    """The raw score (no activation) of every (query, document) row, decoding media a chunk at a time."""
+    import numpy as np
+    import torch
+
+    decode_query, decode_document = _decoder(data.query_feature), _decoder(data.document_feature)
+    scores: list[float] = []
+    for start in range(0, len(data.queries), chunk):
+        pairs = [
+            (decode_query(query), decode_document(document))
+            for query, document in zip(data.queries[start : start + chunk], data.documents[start : start + chunk])
+        ]
+        predicted = model.predict(
+            pairs, batch_size=batch_size, activation_fn=torch.nn.Identity(), convert_to_numpy=True, show_progress_bar=False
+        )
+        scores.extend(np.asarray(predicted, dtype=np.float64).reshape(len(pairs), -1)[:, 0].tolist())
+    return scores
+
+
+def reranking_metrics(data: RerankData, scores: list[float]) -> tuple[dict[str, float], dict[str, int]]:
+    """NDCG@10, MRR@10, MAP (over all candidates) and accuracy@1 of ``scores``, and query counts."""
+    from mmst_cli.core.metrics import compute_metrics
+
+    run: dict[str, dict[str, float]] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    # Fixed-width ids: equal scores are broken by document id descending (trec_eval's rule), i.e.
+    # the later candidate of a query first, whatever the number of rows.
+    width = len(str(len(scores)))
+    for row, (group, label, score) in enumerate(zip(data.groups, data.labels, scores)):
+        doc_id = f"d{row:0{width}d}"
+        run.setdefault(f"q{group}", {})[doc_id] = float(score)
+        qrels.setdefault(f"q{group}", {})[doc_id] = relevance(label)
+    if not any(value >= 1 for judged in qrels.values() for value in judged.values()):
+        raise MmstError(
+            f"evaluation data {data.source!r} has no relevant document (label >= 1, or >= 0.5 for fractions): nothing to rank"
+        )
+    depth = max(len(judged) for judged in qrels.values())
+    result = compute_metrics(run, qrels, ks=sorted({1, 10, depth}), metrics=("ndcg", "mrr", "map", "accuracy"))
+    metrics = {
+        "ndcg@10": result.means["ndcg@10"],
+        "mrr@10": result.means["mrr@10"],
+        "map": result.means[f"map@{depth}"],
+        "accuracy@1": result.means["accuracy@1"],
+    }
+    counts = {"evaluated": result.num_queries, "skipped_no_relevant": result.num_skipped_no_relevant}
+    return metrics, counts
+
+
+def reranking_evaluator(data: RerankData, name: str = "eval", batch_size: int = 32):
+    """A Sentence Transformers evaluator that reranks each evaluation query's candidates.
+
+    The trainer calls it during training (``--eval-steps``); ``.scores(model)`` gives the metrics
+    without a name prefix (before and after training), and ``.counts`` the query counts. Built on
+    demand so that importing this module (option validation) does not import the ML stack.
+    """
+    from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
+
+    class RerankingEvaluator(BaseEvaluator):
+        def __init__(self):
+            super().__init__()
+            self.data = data
+            self.name = name
+            self.batch_size = batch_size
+            self.primary_metric = MAIN_METRIC
+            self.counts: dict[str, int] = {}
+
+        def scores(self, model) -> dict[str, float]:
+            metrics, self.counts = reranking_metrics(self.data, reranker_scores(model, self.data, self.batch_size))
+            return metrics
+
+        def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+            metrics = self.prefix_name_to_metrics(self.scores(model), self.name)
+            self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
+            return metrics
+
+    return RerankingEvaluator()
+
+
+@dataclass
+class RerankResult:
+    """What a train-rerank run produced (shaped like train-embed's ``TrainingResult``).
+
+    Attributes:
+        summary: ``{"model", "arch", "output_dir", "model_dir", "data", "base", "final", "train", ...}``,
+            also written to ``metrics.json``.
+        model: The trained CrossEncoder, as saved to ``summary["model_dir"]``.
+    """
+
+    summary: dict[str, Any]
+    model: Any
+
+
+# ------------------------------------------------------------------------------------------------
+# The job
+# ------------------------------------------------------------------------------------------------
+
+
+def _load_training_data(options: TrainRerankOptions, audio_rate: int | None) -> tuple[RerankData, RerankData | None]:
+    common = {
+        "columns": options.columns,
+        "label_column": options.label_column,
+        "negatives_per_positive": options.negatives_per_positive,
+        "media_root": Path(options.media_root).expanduser() if options.media_root else None,
+        "audio_sampling_rate": audio_rate,
+        "skip_bad": options.skip_bad,
+        "allow_remote_media": options.allow_remote_media,
+        "allow_outside_root": options.allow_outside_root,
+    }
+    train = load_rerank_data(options.data, config=options.data_config, split=options.split, **common)
+    if options.eval_data:
+        return train, load_rerank_data(options.eval_data, config=options.data_config, split=options.eval_data_split, **common)
+    if options.eval_split:
+        return split_queries(train, options.eval_split, options.seed)
+    return train, None
+
+
+def _describe(data: RerankData) -> str:
+    return (
+        f"{data.num_queries} queries, {len(data.labels)} (query, document) pairs "
+        f"({data.layout}, {data.column_modalities['query']} -> {data.column_modalities['document']})"
+    )
+
+
+def train_reranker(options: TrainRerankOptions, *, progress_console=None, log=print) -> RerankResult:
+    """Run a whole train-rerank job: see the module docstring.
+
+    Args:
+        options: What to train, on what, and how.
+        progress_console: Rich console for the progress bar (stderr when ``None``).
+        log: Receives one-line status messages for the user (from the main process only).
+    """
+    options.validate()
+    if not is_main_process():
+        log = silent
+    from transformers import set_seed
+
+    from mmst_cli.core.rerankers import build_reranker, instruction_of
+
+    output_dir, model_dir = prepare_run_folder(options)
+    set_seed(options.seed)
+    built = build_reranker(
+        options.model,
+        arch=options.arch,
+        true_token=options.true_token,
+        false_token=options.false_token,
+        prompt=options.prompt,
+        pair_template=options.pair_template,
+        max_pixels=options.max_pixels,
+        attn_implementation=options.attn_implementation,
+        trust_remote_code=options.trust_remote_code,
+        log=log,
+    )
+    model = built.model
+    ensure_disk_space(output_dir, model)
+    log(f"reranker: {built.description}; attention: {built.attention}")
+    for note in built.notes:
+        log(note)
+    if options.lora.enabled:
+        trainable = add_lora(model, options.lora)
+        log(f"LoRA r={options.lora.r}: {trainable:,} trainable parameters")
+
+    train_data, eval_data = _load_training_data(options, built.audio_sampling_rate)
+    check_modalities(model, train_data.as_pair_data())
+    if eval_data is not None:
+        check_modalities(model, eval_data.as_pair_data())
+    log(
+        f"data: {_describe(train_data)} from {train_data.source}"
+        + (f"; evaluation: {_describe(eval_data)}" if eval_data else "; no evaluation data")
+        + (f" ({train_data.skipped_rows} rows with bad media skipped)" if train_data.skipped_rows else "")
+    )
+    for note in train_data.notes:
+        log(note)
+    train_dataset = training_dataset(train_data, options.loss, options.negatives_per_positive, log)
+    loss = build_rerank_loss(model, options.loss, options.mini_batch_size)
+
+    evaluator = reranking_evaluator(eval_data, batch_size=options.batch_size) if eval_data is not None else None
+    base_metrics = evaluator.scores(model) if evaluator else {}
+    if base_metrics:
+        log(f"before training: NDCG@10 {base_metrics[MAIN_METRIC]:.4f}")
+
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+
+    # CMNRL's in-batch negatives must not be the anchor's own positive: no duplicates in a batch
+    # (hashing decoded media once instead of comparing it row by row).
+    has_media = any(modality != "text" for modality in train_data.column_modalities.values())
+    sampler = ("no_duplicates_hashed" if has_media else "no_duplicates") if options.loss == "cmnrl" else "batch_sampler"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    args = CrossEncoderTrainingArguments(
+        **common_training_arguments(options, output_dir / "checkpoints", rows=len(train_dataset), has_eval=evaluator is not None),
+        batch_sampler=sampler,
+        # The loss sees the instruction only through the trainer: a model's default prompt applies to
+        # predict(), not to training batches.
+        prompts=instruction_of(model) or None,
+    )
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator)
+    output, runtime = train_with_progress(trainer, options, progress_console)
+    if options.lora.enabled:
+        merge_lora(model)
+    final_metrics = evaluator.scores(model) if evaluator else {}
+
+    summary = {
+        "model": built.description,
+        "arch": built.arch,
+        "pair_template": built.pair_template,
+        "instruction": instruction_of(model),
+        "output_dir": str(output_dir),
+        "model_dir": str(model_dir),
+        "data": train_data.source,
+        "data_layout": train_data.layout,
+        "train_queries": train_data.num_queries,
+        "train_pairs": len(train_data.labels),
+        "train_rows": len(train_dataset),
+        "eval_data": eval_data.source if eval_data else None,
+        "eval_queries": eval_data.num_queries if eval_data else 0,
+        "eval_pairs": len(eval_data.labels) if eval_data else 0,
+        "eval_counts": evaluator.counts if evaluator else {},
+        "loss": options.loss,
+        "base": base_metrics,
+        "final": final_metrics,
+        "train": train_summary(trainer, output, runtime),
+        "options": options.as_json(),
+    }
+    save_run(model, model_dir, output_dir, summary)
+    return RerankResult(summary, model)
