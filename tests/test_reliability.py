@@ -74,9 +74,14 @@ def test_media_that_escapes_the_data_folder_is_refused(tmp_path, tiny_models):
 def test_bad_audio(tmp_path, tiny_models):
     data = write_tone_pairs(tmp_path, count=3)
     (tmp_path / "audio" / "001.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVE")  # truncated header
+    import numpy as np
+    import soundfile
+
+    soundfile.write(tmp_path / "audio" / "002.wav", np.zeros(0, dtype="float32"), 16000)  # no samples
     result = run_mmst("train-embed", "--text-encoder", str(tiny_models["bert"]), "--audio-encoder",
                       str(tiny_models["wav2vec2"]), "--dim", "8", "--data", str(data), "--output-dir", str(tmp_path / "o"))  # fmt: skip
-    assert_one_line_error(result, 2, "row 2", "does not decode as audio")
+    assert_one_line_error(result, 2, "2 of 3 rows", "row 2", "does not decode as audio")
+    assert "row 3" in result.stderr and ("no samples" in result.stderr or "file is empty" in result.stderr)
 
 
 def test_retrieval_inputs(tmp_path, tiny_models):
@@ -161,3 +166,13 @@ def test_sigkill_then_resume_from_the_last_saved_checkpoint(tmp_path, tiny_model
     resumed = run_json(*args, "--resume")
     assert resumed["train"]["steps"] == 400
     assert (out / "model" / "modules.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["train-embed", "train-rerank"])
+def test_data_is_checked_before_any_model_is_loaded(tmp_path, command):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"query": "a", "answer": \n')
+    # The model does not even exist: the data error must come first, as it would for a 7B model.
+    result = run_mmst(command, "--model", str(tmp_path / "no-model-here"), "--data", str(broken),
+                      "--output-dir", str(tmp_path / "out"))  # fmt: skip
+    assert_one_line_error(result, 2, "line 1: not valid JSON")

@@ -264,3 +264,40 @@ def audio_sampling_rate(modules) -> int | None:
         if rate:
             return int(rate)
     return None
+
+
+#: Processor files that record an audio feature extractor's sampling rate.
+_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "feature_extractor_config.json")
+
+
+def peek_audio_sampling_rate(reference: str | None) -> int | None:
+    """The audio rate a model's feature extractor expects, read from its JSON files without loading it.
+
+    This lets data be validated (and audio resampled) before any weights are loaded, so bad data
+    fails in seconds even for a large model. Looks in the folder and one level of module folders
+    (a Router's routes), or the Hub repository's root; ``None`` when nothing records a rate.
+    """
+    if reference is None:
+        return None
+    folder = Path(reference).expanduser()
+    if not folder.is_dir():
+        candidates = [path for path in (_small_hub_file(reference, name) for name in _PROCESSOR_FILES) if path]
+    else:
+        candidates = [path for name in _PROCESSOR_FILES for path in (folder / name, *folder.glob(f"*/{name}"))]
+    for path in candidates:
+        if path.is_file():
+            text = json.loads(path.read_text(encoding="utf8"))
+            extractor = text.get("feature_extractor", text)
+            if isinstance(extractor, dict) and extractor.get("sampling_rate"):
+                return int(extractor["sampling_rate"])
+    return None
+
+
+def _small_hub_file(repo_id: str, filename: str) -> Path | None:
+    """One small file of a Hub model (cached or downloaded), or ``None`` when it cannot be had."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id, filename))
+    except Exception:  # absent, offline, unknown repository: the caller falls back to "unknown"
+        return None

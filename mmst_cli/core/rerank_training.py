@@ -36,6 +36,7 @@ from typing import Any
 from mmst_cli.core.data import NON_CONTENT_COLUMNS, PairData, load_table, prepare_media, select_columns
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.lora import add_lora, merge_lora
+from mmst_cli.core.models import peek_audio_sampling_rate
 from mmst_cli.core.trainer_common import (
     TrainingOptions,
     check_modalities,
@@ -737,6 +738,8 @@ def train_reranker(options: TrainRerankOptions, *, progress_console=None, log=pr
     from mmst_cli.core.rerankers import build_reranker, instruction_of
 
     output_dir, model_dir = prepare_run_folder(options)
+    # Data first: bad media fails in seconds, before any weights are loaded.
+    train_data, eval_data = _load_training_data(options, peek_audio_sampling_rate(options.model))
     set_seed(options.seed)
     built = build_reranker(
         options.model,
@@ -759,7 +762,6 @@ def train_reranker(options: TrainRerankOptions, *, progress_console=None, log=pr
         trainable = add_lora(model, options.lora)
         log(f"LoRA r={options.lora.r}: {trainable:,} trainable parameters")
 
-    train_data, eval_data = _load_training_data(options, built.audio_sampling_rate)
     check_modalities(model, train_data.as_pair_data())
     if eval_data is not None:
         check_modalities(model, eval_data.as_pair_data())

@@ -15,6 +15,7 @@ from mmst_cli.core.data import PairData, load_pair_data, split_off_eval
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.lora import add_lora, merge_lora
 from mmst_cli.core.losses import LossOptions, build_loss
+from mmst_cli.core.models import peek_audio_sampling_rate
 from mmst_cli.core.retrieval import MAIN_METRIC, pairs_to_retrieval_task
 from mmst_cli.core.trainer_common import (
     TrainingOptions,
@@ -171,6 +172,8 @@ def train_embedding_model(options: TrainEmbedOptions, *, progress_console=None, 
         output_dir, model_dir = options.resolved_output_dir(), options.resolved_output_dir() / "model"
     else:
         output_dir, model_dir = prepare_run_folder(options)
+    # Data first: bad media fails in seconds, before any weights are loaded.
+    train_data, eval_data = _load_training_data(options, peek_audio_sampling_rate(options.audio_encoder or options.model))
     set_seed(options.seed)
     built = build_training_model(options)
     model = built.model
@@ -181,7 +184,6 @@ def train_embedding_model(options: TrainEmbedOptions, *, progress_console=None, 
     if options.lora.enabled:
         trainable = add_lora(model, options.lora)
         log(f"LoRA r={options.lora.r}: {trainable:,} trainable parameters")
-    train_data, eval_data = _load_training_data(options, built.audio_sampling_rate)
     check_modalities(model, train_data)
     if eval_data is not None:
         check_modalities(model, eval_data)
