@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.mmst-installed
 # Nothing in the demo or the tests may reach the Hugging Face Hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 install: $(INSTALLED)
 
@@ -21,6 +21,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# mmst against plain Sentence Transformers baselines, side by side (see docs/benchmarks.md).
+bench: install
+	BENCH_PYTHON=$(BIN)/python sh bench/run_all.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,293 @@
+"""Encoding throughput: the ``mmst encode`` job against ``model.encode``, and image decoding vs model time.
+
+Model: the embedded default Router (all-MiniLM-L6-v2 for text, EfficientNet-Lite0 at 96 px for
+images), loaded once and shared by both sides, in one process. Inputs, written to a temporary
+folder:
+
+* ``text``: 1,000 sentences of 5 to 80 words (seeded), one per line in a ``.txt`` file;
+* ``image``: the 1,061 emoji training images (96 x 96 PNG) as files in a folder;
+* ``photo``: 200 larger images (640 x 480 JPEG, emoji upscaled onto a noisy background): photo-sized
+  files, where decoding and resizing cost more;
+* ``mixed``: a jsonl ``input`` column with 500 of the sentences and 500 emoji image paths, shuffled.
+
+Side A is mmst's encode job in-process (``mmst_cli.core.encode_job.run_encode`` with the loaded
+model: reading and checking the inputs, encoding in chunks, writing the ``.npy`` output; no model
+loading, no CLI start-up). Side B is what a user writes by hand: read the inputs, ``model.encode``
+(image paths are passed as strings; Sentence Transformers hands them to the image module, which
+opens them), ``np.save``. For the mixed list, side B splits the inputs by modality itself (a
+Router refuses a batch that mixes them), encodes each group and puts the rows back in order. Both
+use batch size 32 and give the same vectors (checked).
+
+Each side runs once to warm up, then ``--repeats`` times, alternating (A B, B A, ...); the table
+shows median wall times and the throughput ratio plain time / mmst time. Target: >= 1.0.
+
+The second table splits the plain image encoding into decoding (open, decode, convert to RGB,
+resize, normalise: what the image module does per image in the main process) and the model
+(``model.encode`` on images already decoded at 96 px). Where decoding is a large share, decoding in
+parallel workers (a DataLoader with ``num_workers``) while the model runs would help.
+
+The third table is the evidence behind the first one's differences, measured the same way: plain
+``model.encode`` on the texts in calls of 256 inputs (the call size mmst's encode job uses on one
+device, ``min(chunk_size, max(256, 8 x batch_size))``) against one call, with the padded tokens
+each gives (Sentence Transformers sorts by length within a call, so smaller calls pad more); and
+the seconds mmst spends before the model on the image inputs: its input checks (``read_inputs``,
+which opens and verifies every image) and the modality pass of ``encode_inputs`` (``modality_of``
+on every input, which checks every image file again), against the plain encoding time.
+
+    .venv/bin/python bench/encode_throughput.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tempfile
+from pathlib import Path
+
+from _common import (
+    Row,
+    Table,
+    common_arguments,
+    interleaved,
+    machine_description,
+    median,
+    parse_arguments,
+    print_machine,
+    report_tables,
+    timed,
+)
+
+BATCH_SIZE = 32
+SEED = 0
+TARGET = (">=", 1.0)
+TEXTS = 1000
+PHOTOS = 200
+MIXED_TEXTS, MIXED_IMAGES = 500, 500
+#: Inputs per ``model.encode`` call in mmst's encode job on one device with batch size 32.
+MMST_CALL_SIZE = 256
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def prepare_inputs(folder: Path) -> dict[str, Path]:
+    """Write the text, image, photo and mixed inputs; return the path mmst encode reads for each."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    from mmst_cli.core.composition import EMOJI_TRAIN
+
+    table = datasets.load_dataset("parquet", data_files=str(EMOJI_TRAIN), split="train")
+    rng = random.Random(SEED)
+    words = " ".join(table["caption"]).split()
+    texts = [" ".join(rng.choices(words, k=rng.randint(5, 80))) for _ in range(TEXTS)]
+    text_file = folder / "texts.txt"
+    text_file.write_text("".join(text + "\n" for text in texts))
+
+    images = folder / "images"
+    images.mkdir()
+    image_paths = []
+    for index, image in enumerate(table["image"]):
+        path = images / f"{index:04d}.png"
+        image.convert("RGB").save(path)
+        image_paths.append(str(path.resolve()))
+
+    photos = folder / "photos"
+    photos.mkdir()
+    noise = np.random.default_rng(SEED)
+    for index, image in enumerate(table["image"][:PHOTOS]):
+        background = Image.fromarray(noise.integers(0, 256, (480, 640, 3), dtype=np.uint8))
+        background.paste(image.convert("RGB").resize((400, 400)), (120, 40))
+        background.save(photos / f"{index:04d}.jpg", quality=90)
+
+    mixed = [{"input": text} for text in texts[:MIXED_TEXTS]] + [{"input": path} for path in image_paths[:MIXED_IMAGES]]
+    rng.shuffle(mixed)
+    mixed_file = folder / "mixed.jsonl"
+    mixed_file.write_text("".join(json.dumps(row) + "\n" for row in mixed))
+    return {"text": text_file, "image": images, "photo": photos, "mixed": mixed_file}
+
+
+# ------------------------------------------------------------------------------- side B: plain ST
+
+
+def is_image_path(value: str) -> bool:
+    return value.lower().endswith((".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tiff", ".webp"))
+
+
+def plain_inputs(kind: str, source: Path) -> list[str]:
+    """The inputs as a user's script would read them: lines, sorted file paths, or a jsonl column."""
+    if kind == "text":
+        return [line for line in source.read_text().splitlines() if line.strip()]
+    if kind in ("image", "photo"):
+        return sorted(str(path) for path in source.rglob("*") if is_image_path(path.name))
+    return [json.loads(line)["input"] for line in source.read_text().splitlines() if line.strip()]
+
+
+def plain_encode(model, kind: str, source: Path, output: Path):
+    """Read, ``model.encode`` (one modality at a time for mixed inputs), ``np.save``; returns the matrix."""
+    import numpy as np
+
+    inputs = plain_inputs(kind, source)
+    if kind != "mixed":
+        vectors = model.encode(inputs, batch_size=BATCH_SIZE, convert_to_numpy=True, show_progress_bar=False)
+    else:
+        groups: dict[bool, list[int]] = {}
+        for index, value in enumerate(inputs):
+            groups.setdefault(is_image_path(value), []).append(index)
+        vectors = None
+        for indices in groups.values():
+            encoded = model.encode([inputs[i] for i in indices], batch_size=BATCH_SIZE, convert_to_numpy=True,
+                                   show_progress_bar=False)
+            if vectors is None:
+                vectors = np.empty((len(inputs), encoded.shape[1]), dtype=np.float32)
+            vectors[indices] = encoded
+    np.save(output, vectors)
+    return vectors
+
+
+# ---------------------------------------------------------------------------------- side A: mmst
+
+
+def mmst_encode(model, source: Path, output: Path):
+    """The mmst encode job in-process with the already loaded model; returns the written matrix."""
+    import numpy as np
+    from rich.console import Console
+
+    from mmst_cli.core.encode_job import EncodeOptions, run_encode
+
+    options = EncodeOptions(inputs=str(source), output=str(output), batch_size=BATCH_SIZE)
+    run_encode(options, model=model, console=Console(file=io.StringIO()), log=lambda line: None)
+    return np.load(output)
+
+
+# ------------------------------------------------------------------------------ decoding vs model
+
+
+def decode_vs_model(model, kind: str, source: Path, repeats: int) -> Row:
+    """Seconds to decode + preprocess every image, against ``model.encode`` on decoded images."""
+    from PIL import Image
+
+    image_module = next(module for module in model.modules() if hasattr(module, "image_to_tensor"))
+    paths = plain_inputs(kind, source)
+    size = (image_module.image_size, image_module.image_size)
+
+    decoded = [Image.open(path).convert("RGB").resize(size) for path in paths]
+
+    def decode():
+        for start in range(0, len(paths), BATCH_SIZE):
+            image_module.preprocess(paths[start : start + BATCH_SIZE])
+
+    def encode_decoded():
+        model.encode(decoded, batch_size=BATCH_SIZE, show_progress_bar=False)
+
+    times = interleaved({"decode": lambda: timed(decode)[0], "model": lambda: timed(encode_decoded)[0]}, repeats,
+                        log=False)
+    decode_s, model_s = median(times["decode"]), median(times["model"])
+    per_image_ms = {"decode": 1000 * decode_s / len(paths), "model": 1000 * model_s / len(paths)}
+    return Row(f"{kind} ({len(paths)} files): decode vs model", decode_s, model_s, "s", decode_s / (decode_s + model_s),
+               "decode share of the time", extra={"per_image_ms": per_image_ms})
+
+
+# ------------------------------------------------------------------------------------- diagnosis
+
+
+def padded_tokens(model, texts: list[str], call_size: int) -> int:
+    """Tokens the text route computes (padding included) when ``texts`` go in calls of ``call_size``:
+    Sentence Transformers sorts each call by length and pads each batch to its longest text."""
+    tokenizer = next(module.tokenizer for module in model.modules() if getattr(module, "tokenizer", None) is not None)
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True)["input_ids"]]
+    total = 0
+    for start in range(0, len(lengths), call_size):
+        ordered = sorted(lengths[start : start + call_size], reverse=True)
+        total += sum(max(ordered[b : b + BATCH_SIZE]) * len(ordered[b : b + BATCH_SIZE])
+                     for b in range(0, len(ordered), BATCH_SIZE))
+    return total
+
+
+def diagnose(model, sources: dict[str, Path], repeats: int) -> list[Row]:
+    from mmst_cli.core.encode_job import read_inputs
+    from mmst_cli.core.encoding import modality_of
+
+    texts = plain_inputs("text", sources["text"])
+
+    def encode_in_calls(call_size: int):
+        for start in range(0, len(texts), call_size):
+            model.encode(texts[start : start + call_size], batch_size=BATCH_SIZE, show_progress_bar=False)
+
+    # A difference of a few percent: at least 5 runs per side to see it through other jobs' noise.
+    times = interleaved({"calls": lambda: timed(lambda: encode_in_calls(MMST_CALL_SIZE))[0],
+                         "one": lambda: timed(lambda: encode_in_calls(len(texts)))[0]}, max(repeats, 5), log=False)
+    calls, one = median(times["calls"]), median(times["one"])
+    padded_calls, padded_one = padded_tokens(model, texts, MMST_CALL_SIZE), padded_tokens(model, texts, len(texts))
+
+    paths = plain_inputs("image", sources["image"])
+    checks = median([timed(lambda: read_inputs(str(sources["image"])))[0] for _ in range(repeats)])
+    modality_pass = median([timed(lambda: [modality_of(path) for path in paths])[0] for _ in range(repeats)])
+    plain_images = median([timed(lambda: model.encode(paths, batch_size=BATCH_SIZE, show_progress_bar=False))[0]
+                           for _ in range(repeats)])
+    return [
+        Row(f"text: model.encode in calls of {MMST_CALL_SIZE} vs one call", calls, one, "s", calls / one,
+            "time, calls / one"),
+        Row(f"text: padded tokens, calls of {MMST_CALL_SIZE} vs one call", padded_calls, padded_one, "tokens",
+            padded_calls / padded_one, "tokens, calls / one"),
+        Row("image: mmst input checks (read_inputs) vs plain encode", checks, plain_images, "s",
+            checks / plain_images, "share of plain time"),
+        Row("image: encode_inputs modality pass vs plain encode", modality_pass, plain_images, "s",
+            modality_pass / plain_images, "share of plain time"),
+    ]
+
+
+# ---------------------------------------------------------------------------------------- driver
+
+
+def compare(model, kind: str, source: Path, scratch: Path, repeats: int) -> Row:
+    """Time both sides on one input kind, after a warm-up run that checks they give the same vectors."""
+    import numpy as np
+
+    count = len(plain_inputs(kind, source))
+    print(f"{kind}: {count} inputs", flush=True)
+    sides = {
+        "mmst": lambda: mmst_encode(model, source, scratch / "mmst.npy"),
+        "plain": lambda: plain_encode(model, kind, source, scratch / "plain.npy"),
+    }
+    warm = {name: side() for name, side in sides.items()}
+    difference = float(np.abs(warm["mmst"] - warm["plain"]).max())
+    if difference > 1e-5:
+        raise SystemExit(f"{kind}: mmst and plain vectors differ (by up to {difference})")
+    times = interleaved({name: (lambda side=side: timed(side)[0]) for name, side in sides.items()}, repeats)
+    mmst, plain = median(times["mmst"]), median(times["plain"])
+    return Row(f"{kind}: {count} inputs, wall time", mmst, plain, "s", plain / mmst, "plain time / mmst time", TARGET,
+               extra={"runs": times, "inputs_per_s": {"mmst": count / mmst, "plain": count / plain}})
+
+
+def main() -> None:
+    args = parse_arguments(common_arguments(__doc__, repeats=3))
+    machine = machine_description()
+    print_machine(machine)
+
+    from mmst_cli.core.models import load_model, locate_model
+
+    model = load_model(locate_model(None))
+    model.eval()
+    with tempfile.TemporaryDirectory(prefix="mmst-bench-encode-") as scratch_name:
+        scratch = Path(scratch_name)
+        sources = prepare_inputs(scratch)
+        rows = [compare(model, kind, source, scratch, args.repeats) for kind, source in sources.items()]
+        print("decoding vs model", flush=True)
+        decode_rows = [decode_vs_model(model, kind, sources[kind], args.repeats) for kind in ("image", "photo")]
+        print("diagnosis", flush=True)
+        diagnosis_rows = diagnose(model, sources, args.repeats)
+    settings = {"batch_size": BATCH_SIZE, "repeats": args.repeats, "threads": args.threads,
+                "model": "embedded default Router", "texts": TEXTS, "photos": PHOTOS,
+                "mixed": f"{MIXED_TEXTS} texts + {MIXED_IMAGES} images"}
+    report_tables([
+        Table("Encoding throughput", rows, ("mmst encode job", "plain model.encode")),
+        Table("Image decoding (decode + resize + normalise) vs model", decode_rows, ("decode", "model")),
+        Table("Where the differences come from", diagnosis_rows, ("measured", "compared with")),
+    ], machine, settings, args.json_path)
+
+
+if __name__ == "__main__":
+    main()
