@@ -104,6 +104,7 @@ def prepare_vlm(folder: Path) -> tuple[Path, Path]:
 def plain_train(model_name: str, data: str, model_dir: str | None, steps: int, output_dir: str) -> dict:
     """Train with Sentence Transformers directly, as mmst train-embed would; return the trainer's numbers."""
     import datasets
+    import torch
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
     from transformers import set_seed
@@ -154,7 +155,7 @@ def plain_train(model_name: str, data: str, model_dir: str | None, steps: int, o
         logging_steps=max(1, steps // 20),
         report_to="none",
         disable_tqdm=True,
-        dataloader_pin_memory=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
         dataloader_drop_last=False,
         learning_rate_mapping=learning_rate_mapping,
         batch_sampler="no_duplicates_hashed",
