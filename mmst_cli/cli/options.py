@@ -99,3 +99,12 @@ AllowOutsideRootOption = Annotated[
         rich_help_panel=DATA_PANEL,
     ),
 ]
+
+
+def precision_from_flags(bf16: bool, fp16: bool) -> str:
+    """``--bf16`` / ``--fp16`` -> ``bf16``, ``fp16`` or ``fp32``; both at once is a usage error."""
+    from mmst_cli.core.errors import MmstError
+
+    if bf16 and fp16:
+        raise MmstError("--bf16 and --fp16 exclude each other; pick one")
+    return "bf16" if bf16 else "fp16" if fp16 else "fp32"

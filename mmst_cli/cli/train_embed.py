@@ -35,6 +35,7 @@ from mmst_cli.cli.options import (
     PrintConfigOption,
     SkipBadOption,
     TrustRemoteCodeOption,
+    precision_from_flags,
 )
 from mmst_cli.cli.output import console, emit
 from mmst_cli.cli.training_view import print_resolved_config, render_training_summary
@@ -134,8 +135,7 @@ def train_embed(
     from mmst_cli.core.losses import LossOptions
     from mmst_cli.core.training import TrainEmbedOptions
 
-    if bf16 and fp16:
-        raise MmstError("--bf16 and --fp16 exclude each other; pick one")
+    precision = precision_from_flags(bf16, fp16)
     options = TrainEmbedOptions(
         model=model,
         text_encoder=text_encoder,
@@ -174,7 +174,7 @@ def train_embed(
         lr=lr,
         head_lr=head_lr,
         warmup=warmup,
-        precision="bf16" if bf16 else "fp16" if fp16 else "fp32",
+        precision=precision,
         seed=seed,
         gradient_checkpointing=gradient_checkpointing,
         attn_implementation=attn_implementation,

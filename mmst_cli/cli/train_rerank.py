@@ -30,10 +30,10 @@ from mmst_cli.cli.options import (
     PrintConfigOption,
     SkipBadOption,
     TrustRemoteCodeOption,
+    precision_from_flags,
 )
 from mmst_cli.cli.output import console, emit
 from mmst_cli.cli.training_view import print_resolved_config, render_training_summary
-from mmst_cli.core.errors import MmstError
 
 MODEL = "Model"
 DATA = "Data"
@@ -93,8 +93,7 @@ def train_rerank(
     from mmst_cli.core.lora import LoraOptions
     from mmst_cli.core.rerank_training import TrainRerankOptions
 
-    if bf16 and fp16:
-        raise MmstError("--bf16 and --fp16 exclude each other; pick one")
+    precision = precision_from_flags(bf16, fp16)
     options = TrainRerankOptions(
         model=model,
         arch=arch,
@@ -125,7 +124,7 @@ def train_rerank(
         batch_size=batch_size,
         lr=lr,
         warmup=warmup,
-        precision="bf16" if bf16 else "fp16" if fp16 else "fp32",
+        precision=precision,
         seed=seed,
         gradient_checkpointing=gradient_checkpointing,
         attn_implementation=attn_implementation,
