@@ -70,3 +70,27 @@ def write_tone_pairs(folder: Path, count: int = 8, rate: int = 8000) -> Path:
     path = folder / "tones.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf8")
     return path
+
+
+def write_frame_clips(folder: Path, count: int = 8, frames: int = 4) -> Path:
+    """Write ``count`` (caption, frame list) pairs as ``clips.jsonl``: each clip is a square moving
+    across a coloured background, its frames PNGs in ``clips/NNN/``, listed relative to the jsonl."""
+    from PIL import Image, ImageDraw
+
+    rows = []
+    for index in range(count):
+        name = COLOUR_NAMES[index % len(COLOUR_NAMES)]
+        background = tuple(round(255 * c) for c in colorsys.hsv_to_rgb(index / count, 0.9, 0.9))
+        clip = folder / "clips" / f"{index:03d}"
+        clip.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for frame in range(frames):
+            image = Image.new("RGB", (32, 32), background)
+            offset = 4 + frame * 6
+            ImageDraw.Draw(image).rectangle([offset, offset, offset + 8, offset + 8], fill=(255, 255, 255))
+            image.save(clip / f"{frame}.png")
+            paths.append(f"clips/{index:03d}/{frame}.png")
+        rows.append({"caption": f"a white square sliding over {name}", "clip": paths})
+    path = folder / "clips.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf8")
+    return path

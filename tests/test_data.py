@@ -148,3 +148,38 @@ def test_remote_media_is_refused_unless_allowed_then_fetched_and_checked(tmp_pat
     with pytest.raises(MmstError, match=r"2 of 2 rows.*HTTP 404.*does not decode as an image"):
         load_pair_data(str(broken), allow_remote_media=True)
     assert not [p for p in (tmp_path / "cache" / "media").iterdir() if p.name.startswith(".")]  # no partial files
+
+
+def test_frame_lists_become_videos_of_checked_rgb_frames(tmp_path):
+    from tests.data_factory import write_frame_clips
+
+    data = load_pair_data(str(write_frame_clips(tmp_path, count=3, frames=3)))
+    assert data.column_modalities == {"caption": "text", "clip": "video"}
+    video = data.dataset[1]["clip"]["video"]
+    assert [frame.size for frame in video] == [(32, 32)] * 3 and video[0].mode == "RGB"
+    # Frames stored in the dataset itself (an HF List(Image()) column) work the same way, in any mode.
+    embedded = datasets.Dataset.from_dict(
+        {"caption": ["grey then red"], "clip": [[{"bytes": _png("red"), "path": None}] * 2]},
+        features=datasets.Features({"caption": datasets.Value("string"), "clip": datasets.List(datasets.Image())}),
+    )
+    data = prepare_media(embedded, "memory")
+    assert data.column_modalities["clip"] == "video" and len(data.dataset[0]["clip"]["video"]) == 2
+    # Equal clips are one document of the evaluation corpus, however often they are decoded.
+    doubled = datasets.concatenate_datasets([data.dataset, data.dataset])
+    task = pairs_to_retrieval_task(type(data)(doubled, data.column_modalities, "memory"))
+    assert len(task.corpus) == 1
+
+
+def test_bad_frames_name_the_row_and_the_frame(tmp_path):
+    from tests.data_factory import write_frame_clips
+
+    path = write_frame_clips(tmp_path, count=3, frames=3)
+    (tmp_path / "clips" / "001" / "2.png").unlink()
+    Image.new("RGB", (40, 32)).save(tmp_path / "clips" / "002" / "0.png")
+    with pytest.raises(MmstError) as raised:
+        load_pair_data(str(path))
+    message = str(raised.value)
+    assert "2 of 3 rows" in message
+    assert "row 2, column 'clip': frame 3: clips/001/2.png: file not found" in message
+    assert "row 3, column 'clip': 3 frames: frames differ in size (40x32 and 32x32)" in message
+    assert len(load_pair_data(str(path), skip_bad=True).dataset) == 1

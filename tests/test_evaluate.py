@@ -89,6 +89,26 @@ def test_image_corpus_schema_folder(tmp_path, tiny_models):
     assert_one_line_error(missing, 2, "row 3", "pages/2.png: file not found")
 
 
+def test_video_frame_lists_as_pairs_and_as_a_schema_corpus_score_alike(tmp_path, tiny_models):
+    from tests.data_factory import write_frame_clips
+
+    pairs = write_frame_clips(tmp_path, count=4, frames=3)
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    schema = {
+        "corpus": [{"corpus-id": f"c{i}", "video": row["clip"]} for i, row in enumerate(rows)],
+        "queries": [{"query-id": f"q{i}", "query": row["caption"]} for i, row in enumerate(rows)],
+        "qrels": [{"query-id": f"q{i}", "corpus-id": f"c{i}", "score": 1} for i in range(len(rows))],
+    }
+    for name, part in schema.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in part))
+    model = str(tiny_models["qwen2-vl"])
+    as_pairs = run_json("evaluate", "--model", model, "--data", str(pairs))
+    as_schema = run_json("evaluate", "--model", model, "--data", str(tmp_path))
+    assert as_schema["documents"] == as_pairs["documents"] == 4
+    assert 0 < as_pairs["metrics"]["ndcg@10"] <= 1
+    assert as_schema["metrics"] == pytest.approx(as_pairs["metrics"])
+
+
 def test_pairs_sweep_plot_gate_and_reranker(tmp_path, tiny_models, tiny_reranker):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"q": f"about {t}", "pos": f"{t} are great", "neg": f"not {t}"}) + "\n" for t in TOPICS))

@@ -15,7 +15,7 @@ import torch
 from mmst_cli.core.losses import LossOptions
 from mmst_cli.core.models import load_model, locate_model
 from mmst_cli.core.training import TrainEmbedOptions, train_embedding_model
-from tests.data_factory import write_colour_pairs, write_text_pairs, write_tone_pairs
+from tests.data_factory import write_colour_pairs, write_frame_clips, write_text_pairs, write_tone_pairs
 from tests.helpers import assert_one_line_error, run_json, run_mmst
 
 LOSS_VARIANTS = {
@@ -95,6 +95,32 @@ def test_saved_model_reloads_with_identical_embeddings(tmp_path, colour_pairs, m
     for inputs in (["a photo of the colour red", "blue"], images):
         expected = result.model.encode(inputs, convert_to_tensor=True)
         assert torch.equal(reloaded.encode(inputs, convert_to_tensor=True), expected)
+
+
+def test_vlm_trains_on_videos_given_as_frame_lists(tmp_path, model_sources):
+    clips = write_frame_clips(tmp_path / "clips", count=8, frames=4)
+    result = _train(tmp_path, clips, LOSS_VARIANTS["gist"], lr=1e-3, **model_sources["qwen2-vl"])
+    _assert_lowered(_loss_curve(result))
+    reloaded = load_model(locate_model(result.summary["model_dir"]), device="cpu")
+    from PIL import Image
+
+    frames = [Image.open(path).convert("RGB") for path in sorted((tmp_path / "clips" / "clips" / "003").glob("*.png"))]
+    inputs = [{"video": frames}, {"video": frames[:2]}, "a white square sliding over red"]
+    assert torch.equal(reloaded.encode(inputs, convert_to_tensor=True), result.model.encode(inputs, convert_to_tensor=True))
+
+
+def test_video_needs_a_model_that_takes_video_and_files_need_a_decoder(tmp_path, tiny_models):
+    import importlib.util
+
+    clips = write_frame_clips(tmp_path, count=2, frames=2)
+    refused = run_mmst("train-embed", "--model", str(tiny_models["clip"]), "--data", str(clips), "--dry-run")
+    assert_one_line_error(refused, 2, "column 'clip' holds video", "the model takes text, image")
+    if any(importlib.util.find_spec(name) for name in ("torchcodec", "av")):
+        return  # the decoder check below only speaks on installs without one
+    (tmp_path / "a.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    (tmp_path / "files.jsonl").write_text('{"caption": "a clip", "video": "a.mp4"}\n')
+    refused = run_mmst("train-embed", "--model", str(tiny_models["qwen2-vl"]), "--data", str(tmp_path / "files.jsonl"), "--dry-run")
+    assert_one_line_error(refused, 2, "no video decoder is installed", "list of frame images")
 
 
 def test_audio_router_resamples_and_trains(tmp_path, tiny_models):

@@ -9,6 +9,11 @@ root, or does not decode is reported with its row and column, and never silently
 Relative paths resolve against the data file's folder, or ``media_root`` when given. Audio is
 decoded and resampled to the model's rate here, because bare feature extractors take arrays at
 their own rate and resample nothing.
+
+A video is a video file path, or a list of frames: image paths (a jsonl list) or an HF
+``List(Image())`` column. Frame lists need no video decoder; they reach the model as
+``{"video": [frame, ...]}``, the form Sentence Transformers reads as one video, with every frame
+checked and of one size (video processors stack the frames into one array).
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ class PairData:
         dataset: A ``datasets.Dataset`` with only the used columns, in order: anchor, positive,
             then negatives. Image columns hold PIL images (HF Image feature) or absolute paths;
             audio columns hold ``{"array", "sampling_rate"}`` at the model's rate.
-        column_modalities: Column name -> ``text``, ``image``, ``audio`` or ``video``.
+        column_modalities: Column name -> ``text``, ``image``, ``audio`` or ``video``. Video
+            columns hold file paths, or ``{"video": [PIL frames]}`` for frame lists.
         source: Where the data came from, for messages and metrics.
         skipped_rows: Rows dropped because of bad media (only with ``skip_bad``).
     """
@@ -250,6 +256,99 @@ def _image_feature_problems(table, column: str) -> list[tuple[int, str, str]]:
     return problems
 
 
+def _is_frame_list_feature(feature) -> bool:
+    """A list of image paths or of HF images: one video given as its frames."""
+    import datasets
+
+    if not isinstance(feature, (datasets.List, datasets.LargeList)):
+        return False
+    inner = feature.feature
+    return isinstance(inner, datasets.Image) or (
+        isinstance(inner, datasets.Value) and inner.dtype in ("string", "large_string")
+    )
+
+
+def _frame_source(frame, root: Path, confine_to: Path | None) -> tuple[Any, str | None]:
+    """Where one frame's pixels are (a path or a bytes stream), or why the frame is unusable."""
+    import io
+
+    if isinstance(frame, dict):  # an undecoded HF Image cell
+        if frame.get("bytes"):
+            return io.BytesIO(frame["bytes"]), None
+        frame = frame.get("path")
+    if not isinstance(frame, str):
+        return None, f"{frame!r:.40} is not an image file name"
+    report = classify_string(frame, root, confine_to)
+    if report.modality != "image":
+        return None, f"{frame!r:.60} is not an image file name"
+    if report.source != "file":
+        return None, f"{frame!r:.60}: frames must be local image files"
+    if report.problem:
+        return None, f"{frame}: {report.problem}"
+    return root / Path(frame).expanduser(), None
+
+
+def _frame_list_problems(table, column: str, root: Path, confine_to: Path | None) -> list[tuple[int, str, str]]:
+    """Check every frame of every video in a frame-list column: it decodes, and all are one size."""
+    import datasets
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(table.features[column].feature, datasets.Image):
+        table = table.cast_column(column, datasets.List(datasets.Image(decode=False)))
+    problems = []
+    for row, frames in enumerate(table[column]):
+        if not frames:
+            problems.append((row, "[]", "a video needs at least one frame"))
+            continue
+        sizes: list[tuple[int, int]] = []
+        for number, frame in enumerate(frames, start=1):
+            source, problem = _frame_source(frame, root, confine_to)
+            if problem is None:
+                try:
+                    with Image.open(source) as image:
+                        sizes.append(image.size)
+                        image.verify()
+                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+                    problem = f"does not decode as an image ({_first_line(error)})"
+            if problem:
+                problems.append((row, f"frame {number}", problem))
+                break
+        else:
+            if len(set(sizes)) > 1:
+                first, other = sizes[0], next(size for size in sizes if size != sizes[0])
+                problems.append((
+                    row,
+                    f"{len(frames)} frames",
+                    f"frames differ in size ({first[0]}x{first[1]} and {other[0]}x{other[1]}); "
+                    "give every frame of a video one size",
+                ))
+    return problems
+
+
+def _frames_as_videos(table, frame_columns: list[str], root: Path):
+    """Turn each frame list into ``{"video": [frames]}`` with RGB frames (one array per video)."""
+    import datasets
+
+    features = table.features.copy()
+    for column in frame_columns:
+        if isinstance(features[column].feature, datasets.Image):
+            table = table.cast_column(column, datasets.List(datasets.Image(decode=False)))
+        features[column] = {"video": datasets.List(datasets.Image(mode="RGB"))}
+
+    def absolute(frame):
+        if isinstance(frame, dict) and frame.get("bytes"):
+            return frame
+        path = frame["path"] if isinstance(frame, dict) else frame
+        return str((root / Path(path).expanduser()).resolve())
+
+    def wrap(batch):
+        for column in frame_columns:
+            batch[column] = [{"video": [absolute(frame) for frame in frames]} for frames in batch[column]]
+        return batch
+
+    return table.map(wrap, batched=True, features=features, desc="collecting video frames")
+
+
 def prepare_media(
     table,
     source: str,
@@ -279,7 +378,9 @@ def prepare_media(
 
     source_path = Path(source).expanduser()
     root = media_root or (source_path.parent if source_path.is_file() else source_path if source_path.is_dir() else Path.cwd())
+    confine_to = None if allow_outside_root else root
     column_modalities: dict[str, str] = {}
+    frame_columns: list[str] = []
     bad_rows: dict[int, str] = {}
 
     for column in table.column_names:
@@ -296,10 +397,12 @@ def prepare_media(
             remote_failures: dict[str, str] = {}
             if allow_remote_media:
                 table, remote_failures = _fetch_remote_column(table, column)
-            modality, problems = _string_column_modality(
-                table[column], root, remote_failures, None if allow_outside_root else root
-            )
+            modality, problems = _string_column_modality(table[column], root, remote_failures, confine_to)
             column_modalities[column] = modality
+        elif _is_frame_list_feature(feature):
+            column_modalities[column] = "video"
+            frame_columns.append(column)
+            problems = _frame_list_problems(table, column, root, confine_to)
         elif isinstance(feature, datasets.Value) and feature.dtype in ("binary", "large_binary"):
             modality = _binary_column_modality(table[column][:1])
             if modality is None:
@@ -338,6 +441,8 @@ def prepare_media(
         skipped = len(bad_rows)
 
     table = _absolutise_paths(table, column_modalities, root)
+    if frame_columns:
+        table = _frames_as_videos(table, frame_columns, root)
     if "audio" in column_modalities.values():
         if audio_sampling_rate is None:
             raise MmstError(f"data {source!r} has audio columns but the model takes no audio")

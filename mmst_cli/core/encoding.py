@@ -26,6 +26,8 @@ def modality_of(value: Any) -> str:
         return str(classify_string(value).modality)
     if isinstance(value, dict) and "array" in value:
         return "audio"
+    if isinstance(value, dict) and "video" in value:
+        return "video"
     if hasattr(value, "getpixel"):
         return "image"
     if isinstance(value, dict) and "role" in value:

@@ -121,10 +121,19 @@ def _saved_activation_bytes(model, value, task: str | None, precision: str) -> i
     return total
 
 
+def _input_length(value: Any) -> int:
+    """Characters of a text, frames of a video given as frames; 0 for other media (alike in size)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict) and isinstance(value.get("video"), list):
+        return len(value["video"])
+    return 0
+
+
 def _largest_rows(dataset, column: str) -> list[Any]:
-    """A few sample values of ``column``, the longest texts first (sizes of media rows are alike)."""
+    """The largest of a few sample values of ``column``: the longest text or the longest video."""
     values = [dataset[index][column] for index in range(min(SAMPLE_ROWS, len(dataset)))]
-    return sorted(values, key=lambda value: -len(value) if isinstance(value, str) else 0)[:1] or values[:1]
+    return sorted(values, key=lambda value: -_input_length(value))[:1]
 
 
 def plan_training_memory(model, data, *, batch_size: int, mini_batch_size: int | None, precision: str,
@@ -166,7 +175,7 @@ def plan_training_memory(model, data, *, batch_size: int, mini_batch_size: int |
         components["gradcache_buffers"] = 2 * 4 * batch_size * columns * dimension
     plan = MemoryPlan(device, components, _available(device), in_flight, per_sample)
     if not plan.fits:
-        has_visual_tokens = "image" in data.column_modalities.values() and model.supports("message")
+        has_visual_tokens = bool({"image", "video"} & set(data.column_modalities.values())) and model.supports("message")
         plan.suggestions = _suggestions(plan, mini_batch_size, precision, gradient_checkpointing, has_visual_tokens)
     return plan
 
@@ -190,5 +199,5 @@ def _suggestions(
     if precision == "fp32" and plan.device.startswith("cuda"):
         suggestions.append("--bf16 (halves activations)")
     if has_visual_tokens:
-        suggestions.append("a lower --max-pixels (fewer visual tokens per image)")
+        suggestions.append("a lower --max-pixels (fewer visual tokens per image or frame)")
     return suggestions

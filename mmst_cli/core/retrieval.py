@@ -49,20 +49,32 @@ class RetrievalTask:
 
 
 def content_key(value: Any) -> str:
-    """A stable identity for a text, image or audio value, used to merge duplicates."""
+    """A stable identity for a text, image, audio or video value, used to merge duplicates."""
     if isinstance(value, str):
         return "t:" + value
     digest = hashlib.sha1()
-    if isinstance(value, dict) and "array" in value:
+    _digest_content(digest, value)
+    return "h:" + digest.hexdigest()
+
+
+def _digest_content(digest, value: Any) -> None:
+    if isinstance(value, dict) and "array" in value:  # audio
         import numpy as np
 
         digest.update(np.asarray(value["array"], dtype="float32").tobytes())
         digest.update(str(value["sampling_rate"]).encode())
+    elif isinstance(value, dict):  # {"video": [frames]} or a multimodal input
+        for key in sorted(value):
+            digest.update(key.encode())
+            _digest_content(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"[{len(value)}]".encode())
+        for item in value:
+            _digest_content(digest, item)
     elif hasattr(value, "tobytes"):  # PIL image
         digest.update(value.mode.encode() + str(value.size).encode() + value.tobytes())
     else:
         digest.update(repr(value).encode())
-    return "h:" + digest.hexdigest()
 
 
 def pairs_to_retrieval_task(data: PairData) -> RetrievalTask:
@@ -174,8 +186,8 @@ def _beir_task(folder: Path, split: str, media: MediaOptions) -> RetrievalTask:
         corpus_table = corpus_table.map(
             lambda row: {"text": f"{row['title']} {row['text']}".strip() if row["title"] else row["text"]}
         )
-    corpus = _content(corpus_table, "_id", ("image", "audio", "text"), "corpus", source, media)
-    queries = _content(queries_table, "_id", ("image", "audio", "text"), "queries", source, media)
+    corpus = _content(corpus_table, "_id", ("image", "video", "audio", "text"), "corpus", source, media)
+    queries = _content(queries_table, "_id", ("image", "video", "audio", "text"), "queries", source, media)
     return RetrievalTask(queries, corpus, read_qrels(qrels_path), source)
 
 
@@ -185,8 +197,8 @@ def _schema_task(reference: str, folder: Path | None, split: str, config: str | 
             return load_table(str(_find_part(folder, name)), split=split)
         return load_table(reference, config=name, split=split)
 
-    corpus = _content(part("corpus"), "corpus-id", ("image", "audio", "text"), "corpus", reference, media)
-    queries = _content(part("queries"), "query-id", ("query", "image", "audio", "text"), "queries", reference, media)
+    corpus = _content(part("corpus"), "corpus-id", ("image", "video", "audio", "text"), "corpus", reference, media)
+    queries = _content(part("queries"), "query-id", ("query", "image", "video", "audio", "text"), "queries", reference, media)
     return RetrievalTask(queries, corpus, _qrels_from_table(part("qrels"), reference), reference)
 
 

@@ -200,12 +200,15 @@ def ensure_disk_space(folder: Path, model, flag: str = "--output-dir") -> None:
 
 
 def check_modalities(model, data: PairData) -> None:
-    """Every data column must hold a modality the model takes (and video needs a decoder)."""
+    """Every data column must hold a modality the model takes (and video files need a decoder)."""
+    import datasets
+
     for column, modality in data.column_modalities.items():
-        if modality == "video" and not any(importlib.util.find_spec(name) for name in ("torchcodec", "av")):
+        holds_files = isinstance(data.dataset.features[column], datasets.Value)
+        if modality == "video" and holds_files and not any(importlib.util.find_spec(name) for name in ("torchcodec", "av")):
             raise MmstError(
                 f"data {data.source!r}: column {column!r} holds video files, but no video decoder is installed; "
-                "pip install av (or torchcodec)"
+                "pip install av (or torchcodec), or give each video as a list of frame images"
             )
         if not model.supports(modality):
             raise MmstError(
