@@ -19,7 +19,7 @@ import soundfile
 
 from mmst_cli.core.encode_job import EncodeOptions, parts_folder, pick_column, run_encode
 from mmst_cli.core.errors import MmstError
-from tests.data_factory import write_colour_pairs, write_tone_pairs
+from tests.data_factory import write_colour_pairs, write_frame_clips, write_tone_pairs
 from tests.helpers import MMST, assert_one_line_error, run_json, run_mmst
 
 TEXTS = [f"a photo of thing number {index}, {'very ' * (index % 4)}colourful" for index in range(7)]
@@ -140,6 +140,19 @@ def test_audio_equals_model_encode_on_the_decoded_clips(tiny_models, tmp_path):
     clips = [{"array": soundfile.read(str(tmp_path / f"audio/{i:03d}.wav"), dtype="float32")[0], "sampling_rate": 16000}
              for i in range(3)]  # fmt: skip
     np.testing.assert_allclose(np.load(output), model.encode(clips), atol=1e-5)
+
+
+def test_video_frame_lists_equal_model_encode_on_the_frames(tiny_models, tmp_path):
+    from PIL import Image
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_models["qwen2-vl"]))
+    clips = write_frame_clips(tmp_path, count=3, frames=2)
+    output = tmp_path / "clips.npy"
+    result, _ = encode(model, tiny_models["qwen2-vl"], clips, output, column="clip")
+    assert result.summary["modalities"] == {"video": 3}
+    videos = [{"video": [Image.open(tmp_path / f"clips/{i:03d}/{f}.png").convert("RGB") for f in range(2)]} for i in range(3)]
+    np.testing.assert_allclose(np.load(output), model.encode(videos), atol=1e-5)
 
 
 def test_column_choice():

@@ -256,7 +256,7 @@ def _image_feature_problems(table, column: str) -> list[tuple[int, str, str]]:
     return problems
 
 
-def _is_frame_list_feature(feature) -> bool:
+def is_frame_list_feature(feature) -> bool:
     """A list of image paths or of HF images: one video given as its frames."""
     import datasets
 
@@ -399,7 +399,7 @@ def prepare_media(
                 table, remote_failures = _fetch_remote_column(table, column)
             modality, problems = _string_column_modality(table[column], root, remote_failures, confine_to)
             column_modalities[column] = modality
-        elif _is_frame_list_feature(feature):
+        elif is_frame_list_feature(feature):
             column_modalities[column] = "video"
             frame_columns.append(column)
             problems = _frame_list_problems(table, column, root, confine_to)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from mmst_cli.core.data import DATA_FILE_BUILDERS, NON_CONTENT_COLUMNS, PROBLEMS_SHOWN
+from mmst_cli.core.data import DATA_FILE_BUILDERS, NON_CONTENT_COLUMNS, PROBLEMS_SHOWN, is_frame_list_feature
 from mmst_cli.core.errors import EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.media import classify_string, media_modality_of_name
 
@@ -288,7 +288,7 @@ class ReferenceInputs(EncodeInputs):
 
 @dataclass
 class FeatureInputs(EncodeInputs):
-    """Inputs in a dataset column of images, audio or media bytes (HF ``Image`` / ``Audio`` features).
+    """Inputs in a dataset column of images, audio, media bytes or video frame lists (HF features).
 
     The column is checked by :func:`mmst_cli.core.data.prepare_media` in :meth:`bind`, because audio
     is decoded there at the model's rate.
@@ -517,7 +517,7 @@ def _table_inputs(
         inputs.column, inputs.notes = chosen, notes
         return inputs
     is_bytes = isinstance(feature, datasets.Value) and feature.dtype in ("binary", "large_binary")
-    if isinstance(feature, (datasets.Image, datasets.Audio)) or is_bytes:
+    if isinstance(feature, (datasets.Image, datasets.Audio)) or is_bytes or is_frame_list_feature(feature):
         return FeatureInputs(
             source=source,
             ids=ids,
