@@ -69,6 +69,8 @@ PrintConfigOption = Annotated[
 
 
 DATA_PANEL = "Data"
+MODEL_PANEL = "Model"
+TRAINING_PANEL = "Training"
 
 MediaRootOption = Annotated[
     str | None,
@@ -99,6 +101,71 @@ AllowOutsideRootOption = Annotated[
         rich_help_panel=DATA_PANEL,
     ),
 ]
+
+
+DataConfigOption = Annotated[
+    str | None, typer.Option(help="Hub dataset configuration.", rich_help_panel=DATA_PANEL, show_default=False)
+]
+SplitOption = Annotated[
+    str | None, typer.Option(help="Split to train on. Default: train.", rich_help_panel=DATA_PANEL, show_default=False)
+]
+EvalDataSplitOption = Annotated[
+    str | None,
+    typer.Option(help="Split of --eval-data to read. Default: train.", rich_help_panel=DATA_PANEL, show_default=False),
+]
+
+# Options that train-embed and train-rerank share, with the same meaning and default.
+MaxPixelsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Pixel budget per image for VLM image processors (Qwen2-VL family), e.g. 360000 for 600x600.",
+        rich_help_panel=MODEL_PANEL,
+        show_default=False,
+    ),
+]
+AttnImplementationOption = Annotated[
+    str,
+    typer.Option(
+        help="auto (flash_attention_2 when installed and on CUDA, else sdpa), sdpa, eager or flash_attention_2.",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+LoraAlphaOption = Annotated[
+    float | None,
+    typer.Option(help="LoRA scale. Default: 2 x --lora-r.", rich_help_panel=TRAINING_PANEL, show_default=False),
+]
+LoraDropoutOption = Annotated[float, typer.Option(help="Dropout on the LoRA path.", rich_help_panel=TRAINING_PANEL)]
+EpochsOption = Annotated[float, typer.Option(help="Training epochs.", rich_help_panel=TRAINING_PANEL)]
+MaxStepsOption = Annotated[
+    int,
+    typer.Option(
+        help="Stop after this many optimiser steps (overrides --epochs); -1 for no limit.", rich_help_panel=TRAINING_PANEL
+    ),
+]
+WarmupOption = Annotated[
+    float, typer.Option(help="Fraction of steps for linear learning-rate warm-up.", rich_help_panel=TRAINING_PANEL)
+]
+Bf16Option = Annotated[bool, typer.Option(help="Train in bfloat16 mixed precision.", rich_help_panel=TRAINING_PANEL)]
+Fp16Option = Annotated[
+    bool, typer.Option(help="Train in float16 mixed precision (CUDA).", rich_help_panel=TRAINING_PANEL)
+]
+SeedOption = Annotated[
+    int, typer.Option(help="Random seed for initialisation, shuffling and splits.", rich_help_panel=TRAINING_PANEL)
+]
+EvalStepsOption = Annotated[
+    int | None,
+    typer.Option(help="Also evaluate every N steps during training.", rich_help_panel=TRAINING_PANEL, show_default=False),
+]
+SaveStepsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Save a resumable checkpoint every N steps. Default: 500.", rich_help_panel=TRAINING_PANEL, show_default=False
+    ),
+]
+ResumeOption = Annotated[
+    bool, typer.Option(help="Continue from the latest checkpoint in --output-dir.", rich_help_panel=TRAINING_PANEL)
+]
+ReportToOption = Annotated[str, typer.Option(help="none or tensorboard.", rich_help_panel=TRAINING_PANEL)]
 
 
 def precision_from_flags(bf16: bool, fp16: bool) -> str:
