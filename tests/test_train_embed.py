@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -182,6 +183,27 @@ def test_impossible_options_fail_before_any_work(tmp_path, args, fragment):
     result = run_mmst("train-embed", *args, "--output-dir", str(tmp_path / "run"))
     assert_one_line_error(result, 2, fragment)
     assert not (tmp_path / "run").exists()
+
+
+def test_bf16_trains_and_attention_is_chosen_and_reported(tmp_path, colour_pairs, tiny_models):
+    common = ["--model", str(tiny_models["qwen2-vl"]), "--data", str(colour_pairs), "--loss", "mnrl",
+              "--batch-size", "4", "--max-steps", "2"]  # fmt: skip
+    result = run_mmst("train-embed", *common, "--bf16", "--output-dir", str(tmp_path / "bf16"), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["options"]["precision"] == "bf16" and summary["train"]["steps"] == 2
+    assert all(math.isfinite(loss) for _, loss in summary["train"]["loss_curve"])
+    # auto takes flash_attention_2 only with the package and a GPU, and says what it took.
+    from mmst_cli.core.attention import flash_attention_unavailable_reason
+
+    expected = "sdpa" if flash_attention_unavailable_reason() else "flash_attention_2"
+    assert f"attention: {expected}" in result.stderr
+    if flash_attention_unavailable_reason():
+        refused = run_mmst("train-embed", *common, "--attn-implementation", "flash_attention_2",
+                           "--output-dir", str(tmp_path / "fa2"))  # fmt: skip
+        assert_one_line_error(refused, 2, "flash_attention_2 cannot run here", "mmst[flash]" if "not installed" in
+                              flash_attention_unavailable_reason() else "no CUDA device")  # fmt: skip
+        assert not (tmp_path / "fa2").exists()
 
 
 def test_missing_media_fails_fast_naming_the_row(tmp_path, tiny_models):

@@ -125,6 +125,23 @@ def planned_steps(options: TrainingOptions, rows: int) -> int:
     return max(1, math.ceil(options.epochs * per_epoch))
 
 
+def _precision_placement(precision: str) -> dict[str, Any]:
+    """Where bf16 runs: transformers refuses bf16 without a bf16-capable accelerator unless told to
+    train on the CPU, which is what a machine without one does anyway (with CPU autocast). A CUDA
+    GPU without bf16 (before Ampere) is refused rather than silently left idle."""
+    if precision != "bf16":
+        return {}
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    if is_torch_bf16_gpu_available():
+        return {}
+    if has_cuda():
+        import torch
+
+        raise MmstError(f"--bf16: {torch.cuda.get_device_name()} has no bfloat16 support; use --fp16")
+    return {"use_cpu": True}
+
+
 def common_training_arguments(options: TrainingOptions, checkpoints: Path, *, rows: int, has_eval: bool) -> dict[str, Any]:
     """Keyword arguments for a Sentence Transformers / Cross Encoder ``TrainingArguments``."""
     eval_steps = options.eval_steps if has_eval else None
@@ -132,6 +149,7 @@ def common_training_arguments(options: TrainingOptions, checkpoints: Path, *, ro
     checkpointing = {"gradient_checkpointing": True} if options.gradient_checkpointing else {}
     return dict(
         **checkpointing,
+        **_precision_placement(options.precision),
         output_dir=str(checkpoints),
         num_train_epochs=options.epochs,
         max_steps=options.max_steps,
