@@ -26,13 +26,14 @@ resize, normalise: what the image module does per image in the main process) and
 (``model.encode`` on images already decoded at 96 px). Where decoding is a large share, decoding in
 parallel workers (a DataLoader with ``num_workers``) while the model runs would help.
 
-The third table is the evidence behind the first one's differences, measured the same way: plain
-``model.encode`` on the texts in calls of 256 inputs (the call size mmst's encode job uses on one
-device, ``min(chunk_size, max(256, 8 x batch_size))``) against one call, with the padded tokens
-each gives (Sentence Transformers sorts by length within a call, so smaller calls pad more); and
-the seconds mmst spends before the model on the image inputs: its input checks (``read_inputs``,
-which opens and verifies every image) and the modality pass of ``encode_inputs`` (``modality_of``
-on every input, which checks every image file again), against the plain encoding time.
+The third table is the evidence behind the first one, measured the same way: the padded tokens of
+mmst's text calls (each modality group sorted by length, then calls of 256 inputs, the call size
+mmst's encode job uses on one device, ``min(chunk_size, max(256, 8 x batch_size))``) against one
+``model.encode`` call, and what unsorted calls of 256 would pad (Sentence Transformers sorts by
+length only within a call); the seconds mmst's input checks take (``read_inputs``, which opens and
+verifies every image) against the plain encoding; and ``encode_inputs`` with image files decoded
+ahead in threads against the model decoding them, for the small emoji files and the photos (the
+job decodes ahead only from ``DECODE_AHEAD_MIN_BYTES`` per file on average).
 
     .venv/bin/python bench/encode_throughput.py [--repeats 3]
 """
@@ -193,10 +194,13 @@ def decode_vs_model(model, kind: str, source: Path, repeats: int) -> Row:
 # ------------------------------------------------------------------------------------- diagnosis
 
 
-def padded_tokens(model, texts: list[str], call_size: int) -> int:
+def padded_tokens(model, texts: list[str], call_size: int, *, sort_first: bool) -> int:
     """Tokens the text route computes (padding included) when ``texts`` go in calls of ``call_size``:
-    Sentence Transformers sorts each call by length and pads each batch to its longest text."""
+    Sentence Transformers sorts each call by length and pads each batch to its longest text.
+    ``sort_first`` sorts all texts by length before cutting them into calls, as mmst does."""
     tokenizer = next(module.tokenizer for module in model.modules() if getattr(module, "tokenizer", None) is not None)
+    if sort_first:
+        texts = sorted(texts, key=len, reverse=True)
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True)["input_ids"]]
     total = 0
     for start in range(0, len(lengths), call_size):
@@ -206,36 +210,46 @@ def padded_tokens(model, texts: list[str], call_size: int) -> int:
     return total
 
 
+def decode_ahead_vs_not(model, kind: str, paths: list[str], repeats: int) -> Row:
+    """``encode_inputs`` with image files decoded ahead in threads against the model decoding them."""
+    from mmst_cli.core import encoding
+
+    def run(workers):
+        return timed(lambda: encoding.encode_inputs(model, paths, batch_size=BATCH_SIZE, decode_workers=workers))[0]
+
+    threshold = encoding.DECODE_AHEAD_MIN_BYTES
+    encoding.DECODE_AHEAD_MIN_BYTES = 0  # measure the mechanism on every kind, whatever its file size
+    try:
+        times = interleaved({"ahead": lambda: run(None), "model": lambda: run(0)}, repeats, log=False)
+    finally:
+        encoding.DECODE_AHEAD_MIN_BYTES = threshold
+    ahead, itself = median(times["ahead"]), median(times["model"])
+    mean_kib = sum(Path(path).stat().st_size for path in paths) / len(paths) / 1024
+    return Row(f"{kind} ({mean_kib:.0f} KiB files): decoded ahead vs by the model", ahead, itself, "s",
+               itself / ahead, "speed-up")
+
+
 def diagnose(model, sources: dict[str, Path], repeats: int) -> list[Row]:
     from mmst_cli.core.encode_job import read_inputs
-    from mmst_cli.core.encoding import modality_of
 
     texts = plain_inputs("text", sources["text"])
-
-    def encode_in_calls(call_size: int):
-        for start in range(0, len(texts), call_size):
-            model.encode(texts[start : start + call_size], batch_size=BATCH_SIZE, show_progress_bar=False)
-
-    # A difference of a few percent: at least 5 runs per side to see it through other jobs' noise.
-    times = interleaved({"calls": lambda: timed(lambda: encode_in_calls(MMST_CALL_SIZE))[0],
-                         "one": lambda: timed(lambda: encode_in_calls(len(texts)))[0]}, max(repeats, 5), log=False)
-    calls, one = median(times["calls"]), median(times["one"])
-    padded_calls, padded_one = padded_tokens(model, texts, MMST_CALL_SIZE), padded_tokens(model, texts, len(texts))
+    padded_mmst = padded_tokens(model, texts, MMST_CALL_SIZE, sort_first=True)
+    padded_unsorted = padded_tokens(model, texts, MMST_CALL_SIZE, sort_first=False)
+    padded_one = padded_tokens(model, texts, len(texts), sort_first=False)
 
     paths = plain_inputs("image", sources["image"])
     checks = median([timed(lambda: read_inputs(str(sources["image"])))[0] for _ in range(repeats)])
-    modality_pass = median([timed(lambda: [modality_of(path) for path in paths])[0] for _ in range(repeats)])
     plain_images = median([timed(lambda: model.encode(paths, batch_size=BATCH_SIZE, show_progress_bar=False))[0]
                            for _ in range(repeats)])
     return [
-        Row(f"text: model.encode in calls of {MMST_CALL_SIZE} vs one call", calls, one, "s", calls / one,
-            "time, calls / one"),
-        Row(f"text: padded tokens, calls of {MMST_CALL_SIZE} vs one call", padded_calls, padded_one, "tokens",
-            padded_calls / padded_one, "tokens, calls / one"),
+        Row(f"text: padded tokens, mmst (sorted, calls of {MMST_CALL_SIZE}) vs one call", padded_mmst, padded_one,
+            "tokens", padded_mmst / padded_one, "tokens, mmst / one"),
+        Row(f"text: padded tokens, unsorted calls of {MMST_CALL_SIZE} vs one call", padded_unsorted, padded_one,
+            "tokens", padded_unsorted / padded_one, "tokens, calls / one"),
         Row("image: mmst input checks (read_inputs) vs plain encode", checks, plain_images, "s",
             checks / plain_images, "share of plain time"),
-        Row("image: encode_inputs modality pass vs plain encode", modality_pass, plain_images, "s",
-            modality_pass / plain_images, "share of plain time"),
+        decode_ahead_vs_not(model, "image", paths, repeats),
+        decode_ahead_vs_not(model, "photo", plain_inputs("photo", sources["photo"]), repeats),
     ]
 
 

@@ -142,6 +142,42 @@ def test_audio_equals_model_encode_on_the_decoded_clips(tiny_models, tmp_path):
     np.testing.assert_allclose(np.load(output), model.encode(clips), atol=1e-5)
 
 
+def test_image_files_decoded_ahead_equal_model_encode_on_the_paths(clip, tiny_models, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from mmst_cli.core import encoding
+
+    # Test-sized files are below the size from which decoding ahead pays; the vectors must not depend on it.
+    monkeypatch.setattr(encoding, "DECODE_AHEAD_MIN_BYTES", 0)
+    decoded_ahead = []
+    load = encoding._load_image_file
+    monkeypatch.setattr(encoding, "_load_image_file", lambda path: decoded_ahead.append(path) or load(path))
+
+    rng = np.random.default_rng(0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    paths = []
+    for index in range(11):  # several calls of --batch-size 4, in all the forms a folder may hold
+        pixels = rng.integers(0, 256, (30 + index, 40, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels)
+        path = tmp_path / "images" / f"{index:02d}.{('jpg', 'png', 'gif')[index % 3]}"
+        path.parent.mkdir(exist_ok=True)
+        if index % 3 == 0:
+            image.save(path, exif=exif)  # a phone photo: shown turned
+        elif index % 3 == 1:
+            image.convert("LA").save(path)  # grey with alpha
+        else:
+            image.convert("P").save(path)  # palette
+        paths.append(str(path))
+    expected = clip.encode(paths)
+    for workers in (None, 0, 3):
+        decoded_ahead.clear()
+        output = tmp_path / f"ahead-{workers}.npy"
+        encode(clip, tiny_models["clip"], tmp_path / "images", output, batch_size=4, decode_workers=workers)
+        np.testing.assert_allclose(np.load(output), expected, atol=1e-6)
+        assert sorted(decoded_ahead) == ([] if workers == 0 else sorted(paths))
+
+
 def test_video_frame_lists_equal_model_encode_on_the_frames(tiny_models, tmp_path):
     from PIL import Image
     from sentence_transformers import SentenceTransformer
@@ -309,7 +345,7 @@ def test_resume_after_an_interruption_skips_finished_chunks(clip, tiny_models, t
     monkeypatch.setattr(clip, "encode", lambda inputs, **kw: encoded.extend(inputs) or original(inputs, **kw))
     result, notes = encode(clip, tiny_models["clip"], source, output, chunk_size=3, resume=True, precision="float16")
     assert (result.reused_chunks, result.encoded_chunks) == (1, 2)
-    assert encoded == TEXTS[3:]  # the first chunk was not recomputed
+    assert sorted(encoded) == sorted(TEXTS[3:])  # the first chunk was not recomputed (order: by length)
     assert any("resuming: 1 of 3 chunks" in note for note in notes)
     assert not parts.exists() and sorted(p.name for p in output.parent.iterdir()) == ["vectors.npy"]
     np.testing.assert_array_equal(np.load(output), clip.encode(TEXTS).astype(np.float16))
@@ -386,6 +422,8 @@ def test_cli_usage_errors_and_help_import_no_ml_library(tmp_path):
     assert_one_line_error(result, 2, "--json", "-o -")
     result = run_mmst("encode", "x.jsonl", "-o", str(tmp_path / "out.bin"))
     assert_one_line_error(result, 2, "cannot tell the output format", "--format")
+    result = run_mmst("encode", "x.jsonl", "-o", str(tmp_path / "out.npy"), "--decode-workers", "-1")
+    assert_one_line_error(result, 2, "--decode-workers must be 0 or more")
     from tests.test_cli_startup import HEAVY_MODULES, PROBE
 
     code = PROBE.format(args=["encode", "--help"], heavy=HEAVY_MODULES)

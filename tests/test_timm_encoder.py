@@ -116,6 +116,19 @@ def test_preprocess_opens_paths_and_data_uris_like_pil_images(tmp_path):
         encoder.preprocess(["https://example.com/cat.jpg"])
 
 
+def test_a_file_with_exif_orientation_is_read_upright(tmp_path):
+    from PIL import Image, ImageOps
+
+    encoder = TimmImageEncoder(TINY_TIMM, image_size=32)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    _images()[0].resize((48, 32)).save(tmp_path / "phone.jpg", exif=exif)
+    upright = ImageOps.exif_transpose(Image.open(tmp_path / "phone.jpg"))
+    assert upright.size == (32, 48)  # the orientation really turns it
+    pixels = encoder.preprocess([str(tmp_path / "phone.jpg"), upright.convert("RGB")])["pixel_values"]
+    assert torch.equal(pixels[0], pixels[1])
+
+
 # ---------------------------------------------------------------------------------------- (b) save / reload
 RELOAD_SCRIPT = textwrap.dedent(
     """

@@ -47,6 +47,7 @@ def encode(
     batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.", rich_help_panel=MODEL)] = 32,
     device: Annotated[str | None, typer.Option(help="cuda:0, cpu, ...; several, comma-separated (cuda:0,cuda:1 or cpu,cpu), start one encoding process each. Default: chosen by Sentence Transformers.", rich_help_panel=MODEL, show_default=False)] = None,
     trust_remote_code: TrustRemoteCodeOption = False,
+    decode_workers: Annotated[int | None, typer.Option(help="Threads decoding image files ahead of the model (hides decoding behind the forward pass; helps most for large photos and on GPUs); 0 lets the model decode them. Default: one per core, at most 4.", rich_help_panel=MODEL, show_default=False)] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="Output file: .npy, .parquet, .jsonl or .safetensors (or see --format); - streams jsonl to stdout.", rich_help_panel=OUTPUT, show_default=False)] = ...,
     output_format: Annotated[str | None, typer.Option("--format", help="npy, parquet, jsonl or safetensors. Default: the output's extension.", rich_help_panel=OUTPUT, show_default=False)] = None,
     dim: Annotated[int | None, typer.Option(help="Keep the first N dimensions (Matryoshka truncation). Default: all.", rich_help_panel=OUTPUT, show_default=False)] = None,
@@ -86,6 +87,7 @@ def encode(
         resume=resume,
         device=device,
         trust_remote_code=trust_remote_code,
+        decode_workers=decode_workers,
     )
     options.validate()
     try:

@@ -107,6 +107,9 @@ class EncodeOptions:
             in this process; several, comma-separated (``cuda:0,cuda:1`` or ``cpu,cpu``), start one
             encoding process per entry.
         trust_remote_code: Run custom modelling code from the model's repository; default off.
+        decode_workers: Threads decoding image files ahead of the model; ``None`` (default) for one
+            per core, at most 4; 0 leaves decoding to the model. Unused with several devices (each
+            encoding process decodes its own inputs).
     """
 
     inputs: str
@@ -129,6 +132,7 @@ class EncodeOptions:
     resume: bool = False
     device: str | None = None
     trust_remote_code: bool = False
+    decode_workers: int | None = None
 
     @property
     def to_stdout(self) -> bool:
@@ -180,6 +184,8 @@ class EncodeOptions:
         for flag, value in (("--batch-size", self.batch_size), ("--chunk-size", self.chunk_size), ("--dim", self.dim)):
             if value is not None and value <= 0:
                 raise MmstError(f"{flag} must be a positive whole number, got {value}")
+        if self.decode_workers is not None and self.decode_workers < 0:
+            raise MmstError(f"--decode-workers must be 0 or more, got {self.decode_workers}")
         if self.device is not None and (not self.device.strip() or not all(self.devices)):
             raise MmstError(f"--device {self.device!r} has an empty entry; write e.g. cuda:0,cuda:1 or cpu,cpu")
         if self.media_root is not None and not Path(self.media_root).expanduser().is_dir():
@@ -1140,6 +1146,7 @@ def run_encode(
                         normalize=options.normalize,
                         truncate_dim=options.dim,
                         on_progress=advance,
+                        decode_workers=0 if pool is not None else options.decode_workers,
                     )
                     dim = vectors.shape[1]
                     encoded += 1

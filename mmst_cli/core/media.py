@@ -91,6 +91,17 @@ def check_media_file(path: Path, modality: str) -> str | None:
     return None
 
 
+def string_modality(value: str) -> tuple[str, str]:
+    """The modality and source (``text``, ``file``, ``url``, ``data-uri``) a string names, by name only."""
+    if value.startswith("data:image/"):
+        return "image", "data-uri"
+    if _is_url(value):
+        modality = media_modality_of_name(urlparse(value).path)
+        return (modality, "url") if modality else ("text", "text")
+    modality = media_modality_of_name(value)
+    return (modality, "file") if modality else ("text", "text")
+
+
 def classify_string(value: str, root: Path | None = None, confine_to: Path | None = None) -> InputReport:
     """Classify one string input: plain text, a media file path, a media URL or a data URI.
 
@@ -100,16 +111,9 @@ def classify_string(value: str, root: Path | None = None, confine_to: Path | Non
         confine_to: When set, a media path that resolves outside this folder (``../../etc/passwd``,
             an absolute path elsewhere) is refused: data files must not read arbitrary files.
     """
-    if value.startswith("data:image/"):
-        return InputReport(value, "image", "data-uri")
-    if _is_url(value):
-        modality = media_modality_of_name(urlparse(value).path)
-        if modality is None:
-            return InputReport(value, "text", "text")
-        return InputReport(value, modality, "url")
-    modality = media_modality_of_name(value)
-    if modality is None:
-        return InputReport(value, "text", "text")
+    modality, source = string_modality(value)
+    if source != "file":
+        return InputReport(value, modality, source)
     path = Path(value).expanduser()
     if root is not None and not path.is_absolute():
         path = root / path

@@ -39,7 +39,7 @@ except ImportError:  # Python < 3.11
 import numpy as np
 import timm
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from sentence_transformers.base.modules.input_module import InputModule
 
 from mmst_cli.core.errors import MmstError
@@ -424,7 +424,9 @@ def _open_image(reference: str) -> Image.Image:
         source, shown = path, reference
     try:
         with Image.open(source) as image:
-            return image.convert("RGB")  # convert() reads the pixels, so the file can be closed
+            # Upright as the camera meant it, as transformers' image processors read files; convert()
+            # reads the pixels, so the file can be closed.
+            return ImageOps.exif_transpose(image).convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise MmstError(f"image {shown!r}: does not decode as an image ({error.__class__.__name__})") from error
 
