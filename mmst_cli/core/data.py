@@ -50,6 +50,7 @@ class PairData:
             columns hold file paths, or ``{"video": [PIL frames]}`` for frame lists.
         source: Where the data came from, for messages and metrics.
         skipped_rows: Rows dropped because of bad media (only with ``skip_bad``).
+        frame_list_columns: Video columns given as frame lists (they need no video decoder).
     """
 
     dataset: Any
@@ -57,6 +58,7 @@ class PairData:
     source: str
     skipped_rows: int = 0
     notes: list[str] = field(default_factory=list)
+    frame_list_columns: list[str] = field(default_factory=list)
 
     @property
     def media_columns(self) -> list[str]:
@@ -447,7 +449,7 @@ def prepare_media(
         if audio_sampling_rate is None:
             raise MmstError(f"data {source!r} has audio columns but the model takes no audio")
         table = _decode_audio_columns(table, column_modalities, root, audio_sampling_rate, source)
-    return PairData(table, column_modalities, source, skipped)
+    return PairData(table, column_modalities, source, skipped, frame_list_columns=frame_columns)
 
 
 def _fetch_remote_column(table, column: str):
@@ -560,6 +562,11 @@ def split_off_eval(data: PairData, fraction: float, seed: int) -> tuple[PairData
     parts = data.dataset.train_test_split(test_size=fraction, seed=seed)
     if len(parts["test"]) == 0 or len(parts["train"]) == 0:
         raise MmstError(f"--eval-split {fraction} leaves an empty split of {len(data.dataset)} rows")
-    train = PairData(parts["train"], data.column_modalities, data.source, data.skipped_rows)
-    held_out = PairData(parts["test"], data.column_modalities, f"{data.source} (held-out {fraction:g})")
+    train = PairData(
+        parts["train"], data.column_modalities, data.source, data.skipped_rows, frame_list_columns=data.frame_list_columns
+    )
+    held_out = PairData(
+        parts["test"], data.column_modalities, f"{data.source} (held-out {fraction:g})",
+        frame_list_columns=data.frame_list_columns,
+    )  # fmt: skip
     return train, held_out

@@ -43,6 +43,7 @@ from mmst_cli.core.trainer_common import (
     common_training_arguments,
     ensure_disk_space,
     is_main_process,
+    load_train_and_eval,
     prepare_run_folder,
     save_run,
     silent,
@@ -83,15 +84,8 @@ class TrainRerankOptions(TrainingOptions):
     pair_template: str = "auto"
     max_pixels: int | None = None
 
-    data: str | None = None
-    data_config: str | None = None
-    split: str | None = None
-    columns: list[str] | None = None
     label_column: str | None = None
     negatives_per_positive: int | None = None
-    eval_data: str | None = None
-    eval_data_split: str | None = None
-    eval_split: float | None = None
 
     loss: str = "bce"
     mini_batch_size: int = 16
@@ -298,7 +292,8 @@ def _validated(table, source: str, media: dict[str, Any]) -> tuple[PairData, lis
     data = prepare_media(tagged, source, **media)
     kept = [int(tag[1:]) for tag in data.dataset[_ROW_TAG]]
     modalities = {column: modality for column, modality in data.column_modalities.items() if column != _ROW_TAG}
-    return PairData(data.dataset.remove_columns(_ROW_TAG), modalities, source, data.skipped_rows), kept
+    table = data.dataset.remove_columns(_ROW_TAG)
+    return PairData(table, modalities, source, data.skipped_rows, frame_list_columns=data.frame_list_columns), kept
 
 
 def _unify_documents(columns: list[tuple[list, Any]], modalities: list[str], source: str, names: list[str]):
@@ -697,22 +692,17 @@ class RerankResult:
 
 
 def _load_training_data(options: TrainRerankOptions, audio_rate: int | None) -> tuple[RerankData, RerankData | None]:
-    common = {
-        "columns": options.columns,
-        "label_column": options.label_column,
-        "negatives_per_positive": options.negatives_per_positive,
-        "media_root": Path(options.media_root).expanduser() if options.media_root else None,
-        "audio_sampling_rate": audio_rate,
-        "skip_bad": options.skip_bad,
-        "allow_remote_media": options.allow_remote_media,
-        "allow_outside_root": options.allow_outside_root,
-    }
-    train = load_rerank_data(options.data, config=options.data_config, split=options.split, **common)
-    if options.eval_data:
-        return train, load_rerank_data(options.eval_data, config=options.data_config, split=options.eval_data_split, **common)
-    if options.eval_split:
-        return split_queries(train, options.eval_split, options.seed)
-    return train, None
+    def load(reference: str, **where) -> RerankData:
+        return load_rerank_data(
+            reference,
+            columns=options.columns,
+            label_column=options.label_column,
+            negatives_per_positive=options.negatives_per_positive,
+            **where,
+            **options.media_options(audio_rate),
+        )
+
+    return load_train_and_eval(options, load, split_queries)
 
 
 def _describe(data: RerankData) -> str:

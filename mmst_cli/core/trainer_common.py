@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -42,11 +42,20 @@ class TrainingOptions:
     Attributes mirror the flags: ``epochs``, ``max_steps`` (overrides epochs when > 0),
     ``batch_size`` (per device), ``lr``, ``warmup`` (fraction of steps), ``precision`` (fp32, bf16,
     fp16), ``seed``, ``gradient_checkpointing``, ``attn_implementation``, ``lora``, ``eval_steps``,
-    ``save_steps``, ``output_dir``, ``resume``, ``report_to``, and the data-safety switches
-    ``media_root``, ``skip_bad``, ``allow_remote_media`` and ``allow_outside_root``.
+    ``save_steps``, ``output_dir``, ``resume``, ``report_to``; the data, ``data`` (``data_config``,
+    ``split``, ``columns``) and ``eval_data`` (``eval_data_split``) or an ``eval_split`` fraction;
+    and the data-safety switches ``media_root``, ``skip_bad``, ``allow_remote_media`` and
+    ``allow_outside_root``.
     """
 
     trust_remote_code: bool = False
+    data: str | None = None
+    data_config: str | None = None
+    split: str | None = None
+    columns: list[str] | None = None
+    eval_data: str | None = None
+    eval_data_split: str | None = None
+    eval_split: float | None = None
     media_root: str | None = None
     skip_bad: bool = False
     allow_remote_media: bool = False
@@ -91,6 +100,16 @@ class TrainingOptions:
         if self.lora.enabled and self.resume:
             raise MmstError("--resume is not supported with --lora-r yet: checkpoints hold adapters only")
 
+    def media_options(self, audio_sampling_rate: int | None) -> dict[str, Any]:
+        """How the data loaders treat media (see :func:`mmst_cli.core.data.prepare_media`)."""
+        return {
+            "media_root": Path(self.media_root).expanduser() if self.media_root else None,
+            "audio_sampling_rate": audio_sampling_rate,
+            "skip_bad": self.skip_bad,
+            "allow_remote_media": self.allow_remote_media,
+            "allow_outside_root": self.allow_outside_root,
+        }
+
     def resolved_output_dir(self) -> Path:
         if self.output_dir:
             return Path(self.output_dir).expanduser()
@@ -115,6 +134,22 @@ def has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def load_train_and_eval(options: TrainingOptions, load: Callable[..., Any], split_off: Callable[..., Any]):
+    """Read ``--data`` and its evaluation part: ``--eval-data``, an ``--eval-split`` hold-out, or none.
+
+    Args:
+        options: The run's options.
+        load: Reads one dataset: ``load(reference, config=..., split=...)``.
+        split_off: Holds out a fraction: ``split_off(train, fraction, seed) -> (train, held_out)``.
+    """
+    train = load(options.data, config=options.data_config, split=options.split)
+    if options.eval_data:
+        return train, load(options.eval_data, config=options.data_config, split=options.eval_data_split)
+    if options.eval_split:
+        return split_off(train, options.eval_split, options.seed)
+    return train, None
 
 
 def planned_steps(options: TrainingOptions, rows: int) -> int:
@@ -219,10 +254,8 @@ def ensure_disk_space(folder: Path, model, flag: str = "--output-dir") -> None:
 
 def check_modalities(model, data: PairData) -> None:
     """Every data column must hold a modality the model takes (and video files need a decoder)."""
-    import datasets
-
     for column, modality in data.column_modalities.items():
-        holds_files = isinstance(data.dataset.features[column], datasets.Value)
+        holds_files = column not in data.frame_list_columns
         if modality == "video" and holds_files and not any(importlib.util.find_spec(name) for name in ("torchcodec", "av")):
             raise MmstError(
                 f"data {data.source!r}: column {column!r} holds video files, but no video decoder is installed; "

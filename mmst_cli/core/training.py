@@ -23,6 +23,7 @@ from mmst_cli.core.trainer_common import (
     common_training_arguments,
     ensure_disk_space,
     is_main_process,
+    load_train_and_eval,
     prepare_run_folder,
     save_run,
     silent,
@@ -60,14 +61,6 @@ class TrainEmbedOptions(TrainingOptions):
     pooling: str | None = None
     freeze: tuple[str, ...] = ()
 
-    data: str | None = None
-    data_config: str | None = None
-    split: str | None = None
-    columns: list[str] | None = None
-    eval_data: str | None = None
-    eval_data_split: str | None = None
-    eval_split: float | None = None
-
     loss: LossOptions = field(default_factory=LossOptions)
     head_lr: float = 2e-3
     batch_sampler: str | None = None
@@ -104,24 +97,12 @@ class TrainEmbedOptions(TrainingOptions):
 def _load_training_data(options: TrainEmbedOptions, audio_rate: int | None) -> tuple[PairData, PairData | None]:
     from mmst_cli.core.composition import EMOJI_EVAL, EMOJI_TRAIN
 
-    common = {
-        "columns": options.columns,
-        "media_root": Path(options.media_root).expanduser() if options.media_root else None,
-        "audio_sampling_rate": audio_rate,
-        "skip_bad": options.skip_bad,
-        "allow_remote_media": options.allow_remote_media,
-        "allow_outside_root": options.allow_outside_root,
-    }
+    def load(reference: str, **where) -> PairData:
+        return load_pair_data(reference, columns=options.columns, **where, **options.media_options(audio_rate))
+
     if options.data is None:
-        return load_pair_data(str(EMOJI_TRAIN), **common), load_pair_data(str(EMOJI_EVAL), **common)
-    train = load_pair_data(options.data, config=options.data_config, split=options.split, **common)
-    if options.eval_data:
-        return train, load_pair_data(
-            options.eval_data, config=options.data_config, split=options.eval_data_split, **common
-        )
-    if options.eval_split:
-        return split_off_eval(train, options.eval_split, options.seed)
-    return train, None
+        return load(str(EMOJI_TRAIN)), load(str(EMOJI_EVAL))
+    return load_train_and_eval(options, load, split_off_eval)
 
 
 def _training_arguments(options: TrainEmbedOptions, checkpoints: Path, built, data: PairData, has_eval: bool):
