@@ -196,17 +196,17 @@ def decode_vs_model(model, kind: str, source: Path, repeats: int) -> Row:
 
 def padded_tokens(model, texts: list[str], call_size: int, *, sort_first: bool) -> int:
     """Tokens the text route computes (padding included) when ``texts`` go in calls of ``call_size``:
-    Sentence Transformers sorts each call by length and pads each batch to its longest text.
-    ``sort_first`` sorts all texts by length before cutting them into calls, as mmst does."""
+    Sentence Transformers sorts each call by length in characters and pads each batch to its
+    longest text. ``sort_first`` sorts all texts that way before cutting them into calls, as mmst does."""
     tokenizer = next(module.tokenizer for module in model.modules() if getattr(module, "tokenizer", None) is not None)
     if sort_first:
         texts = sorted(texts, key=len, reverse=True)
-    lengths = [len(ids) for ids in tokenizer(texts, truncation=True)["input_ids"]]
     total = 0
-    for start in range(0, len(lengths), call_size):
-        ordered = sorted(lengths[start : start + call_size], reverse=True)
-        total += sum(max(ordered[b : b + BATCH_SIZE]) * len(ordered[b : b + BATCH_SIZE])
-                     for b in range(0, len(ordered), BATCH_SIZE))
+    for start in range(0, len(texts), call_size):
+        ordered = sorted(texts[start : start + call_size], key=len, reverse=True)
+        lengths = [len(ids) for ids in tokenizer(ordered, truncation=True)["input_ids"]]
+        total += sum(max(lengths[b : b + BATCH_SIZE]) * len(lengths[b : b + BATCH_SIZE])
+                     for b in range(0, len(lengths), BATCH_SIZE))
     return total
 
 
