@@ -252,14 +252,23 @@ def ensure_disk_space(folder: Path, model, flag: str = "--output-dir") -> None:
         )
 
 
+def video_files_decodable() -> bool:
+    """Whether transformers' video processors can read video files here (as they choose a decoder)."""
+    from transformers.utils.import_utils import is_torchcodec_usable
+    from transformers.video_utils import is_torchvision_video_decoding_available
+
+    return is_torchcodec_usable(decode="video") or is_torchvision_video_decoding_available()
+
+
 def check_modalities(model, data: PairData) -> None:
     """Every data column must hold a modality the model takes (and video files need a decoder)."""
     for column, modality in data.column_modalities.items():
         holds_files = column not in data.frame_list_columns
-        if modality == "video" and holds_files and not any(importlib.util.find_spec(name) for name in ("torchcodec", "av")):
+        if modality == "video" and holds_files and not video_files_decodable():
             raise MmstError(
-                f"data {data.source!r}: column {column!r} holds video files, but no video decoder is installed; "
-                "pip install av (or torchcodec), or give each video as a list of frame images"
+                f"data {data.source!r}: column {column!r} holds video files, but transformers cannot decode video "
+                "here (it needs torchcodec and FFmpeg's libraries: pip install torchcodec); "
+                "or give each video as a list of frame images"
             )
         if not model.supports(modality):
             raise MmstError(
