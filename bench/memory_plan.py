@@ -1,4 +1,4 @@
-"""Memory planner accuracy: ``mmst train-embed --dry-run`` estimates against measured peaks.
+"""Memory planner accuracy: ``mmst train-embed`` / ``train-rerank --dry-run`` estimates against measured peaks.
 
 For each model the planner's total (``--dry-run --json``) is compared with the peak resident set
 size of the same run actually training (a fresh process reporting its own ``VmHWM``, see
@@ -29,7 +29,7 @@ from _common import (
 STEPS = "20"
 
 
-def _cases(scratch: Path) -> list[tuple[str, list[str]]]:
+def _cases(scratch: Path) -> list[tuple[str, str, list[str]]]:
     sys.path.insert(0, str(REPO_ROOT))
     from mmst_cli.testing.tiny_models import build_tiny_bert, build_tiny_clip, build_tiny_qwen2_vl
     from tests.data_factory import write_colour_pairs
@@ -38,11 +38,14 @@ def _cases(scratch: Path) -> list[tuple[str, list[str]]]:
     clip, bert, qwen = (str(build(scratch / name)) for build, name in (
         (build_tiny_clip, "clip"), (build_tiny_bert, "bert"), (build_tiny_qwen2_vl, "qwen")))  # fmt: skip
     return [
-        ("demo router, cached-mnrl, batch 32", []),
-        ("demo router, mnrl, batch 64", ["--loss", "mnrl", "--batch-size", "64"]),
-        ("tiny clip, mnrl, batch 16", ["--model", clip, "--data", data, "--loss", "mnrl", "--batch-size", "16"]),
-        ("tiny router, cached-mnrl", ["--text-encoder", bert, "--image-encoder", clip, "--dim", "16", "--data", data]),
-        ("tiny qwen2-vl, mnrl, batch 16", ["--model", qwen, "--data", data, "--loss", "mnrl", "--batch-size", "16"]),
+        ("demo router, cached-mnrl, batch 32", "train-embed", []),
+        ("demo router, mnrl, batch 64", "train-embed", ["--loss", "mnrl", "--batch-size", "64"]),
+        ("tiny clip, mnrl, batch 16", "train-embed", ["--model", clip, "--data", data, "--loss", "mnrl", "--batch-size", "16"]),
+        ("tiny router, cached-mnrl", "train-embed", ["--text-encoder", bert, "--image-encoder", clip, "--dim", "16", "--data", data]),
+        ("tiny qwen2-vl, mnrl, batch 16", "train-embed", ["--model", qwen, "--data", data, "--loss", "mnrl", "--batch-size", "16"]),
+        ("tiny qwen2-vl reranker, bce, batch 16", "train-rerank", ["--model", qwen, "--data", data, "--batch-size", "16"]),
+        ("tiny qwen2-vl reranker, cmnrl, batch 16", "train-rerank", ["--model", qwen, "--data", data, "--loss", "cmnrl",
+                                                                     "--batch-size", "16", "--mini-batch-size", "4"]),
     ]
 
 
@@ -52,10 +55,10 @@ def main() -> None:
     print_machine(machine)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        for index, (name, extra) in enumerate(_cases(Path(scratch))):
+        for index, (name, command, extra) in enumerate(_cases(Path(scratch))):
             out = ["--output-dir", str(Path(scratch) / f"run{index}"), "--max-steps", STEPS]
-            plan = run_mmst(["train-embed", *extra, *out, "--dry-run", "--json"]).json()["dry_run"]
-            trained = run_mmst(["train-embed", *extra, *out, "--json"], measure_peak=True)
+            plan = run_mmst([command, *extra, *out, "--dry-run", "--json"]).json()["dry_run"]
+            trained = run_mmst([command, *extra, *out, "--json"], measure_peak=True)
             estimate, measured = plan["total_bytes"] / 2**20, trained.peak_rss_mib
             print(f"{name}: estimated {estimate:.0f} MiB, measured peak {measured:.0f} MiB", flush=True)
             rows.append(Row(name, estimate, measured, "MiB", abs(estimate / measured - 1), "|estimate/peak - 1|", ("<=", 0.25)))

@@ -291,11 +291,13 @@ def test_dry_run_plans_memory_without_training(tmp_path, colour_pairs, tiny_mode
     common = ["--model", str(tiny_models["clip"]), "--data", str(colour_pairs), "--output-dir", str(out)]
     plan = run_json("train-embed", *common, "--dry-run", "--loss", "mnrl", "--batch-size", "8")["dry_run"]
     assert plan["fits"] is True and plan["suggestions"] == []
-    assert set(plan["components_bytes"]) == {"resident", "gradients", "optimizer", "activations"}
+    assert set(plan["components_bytes"]) == {"resident", "gradients", "optimizer", "activations", "forward_buffers"}
     trainable = sum(p.numel() for p in load_model(locate_model(str(tiny_models["clip"])), device="cpu").parameters())
     assert plan["components_bytes"]["optimizer"] == 8 * trainable
     assert plan["per_sample_activation_bytes"] > 0
     assert plan["components_bytes"]["activations"] == 8 * plan["per_sample_activation_bytes"]
+    # What a forward pass holds beyond the saved activations (intermediates freed layer by layer).
+    assert plan["components_bytes"]["forward_buffers"] == 8 * plan["per_sample_forward_bytes"] > 0
     assert not out.exists()  # a plan writes nothing
 
     cached = run_json("train-embed", *common, "--dry-run", "--loss", "cached-mnrl", "--mini-batch-size", "2",

@@ -384,6 +384,22 @@ def test_cli_json_refusal_and_resume(tmp_path, tiny_models, text_data):
     assert [step for step, _ in resumed["train"]["loss_curve"]] == [1, 2, 3]
 
 
+def test_dry_run_plans_a_vlm_reranker_on_image_documents(tmp_path, tiny_models, colour_data):
+    common = ["--model", str(tiny_models["qwen2-vl"]), "--data", str(colour_data["pairs"]), "--batch-size", "6",
+              "--mini-batch-size", "2", "--output-dir", str(tmp_path / "run"), "--dry-run"]  # fmt: skip
+    plan = run_json("train-rerank", *common)["dry_run"]
+    # bce scores the whole batch of (query, image) pairs at once, with measured activations.
+    assert plan["fits"] is True and plan["samples_in_flight"] == 6
+    assert plan["per_sample_activation_bytes"] > 0
+    assert plan["components_bytes"]["activations"] == 6 * plan["per_sample_activation_bytes"]
+    trainable = sum(p.numel() for p in load_model(locate_model(str(tiny_models["qwen2-vl"])), device="cpu").parameters())
+    assert plan["components_bytes"]["optimizer"] == 8 * trainable
+    # cmnrl goes mini batch by mini batch; nothing is written either way.
+    cached = run_json("train-rerank", *common, "--loss", "cmnrl")["dry_run"]
+    assert cached["samples_in_flight"] == 2
+    assert not (tmp_path / "run").exists()
+
+
 def test_detect_says_reranker(saved_vlm_reranker):
     described = run_json("detect", str(saved_vlm_reranker))
     assert described["kind"] == "reranker" and described["class"] == "CrossEncoder"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
-from mmst_cli.cli.output import format_bytes
+from mmst_cli.cli.output import emit, format_bytes
+from mmst_cli.core.errors import EXIT_FAILURE
 
 
 def render_memory_plan(console: Console, summary: dict[str, Any]) -> None:
@@ -23,7 +25,8 @@ def render_memory_plan(console: Console, summary: dict[str, Any]) -> None:
     table.add_row("available", format_bytes(plan["available_bytes"]))
     console.print(table)
     console.print(
-        f"activations: {format_bytes(plan['per_sample_activation_bytes'])} per sample, "
+        f"activations: {format_bytes(plan['per_sample_activation_bytes'])} per sample kept for the backward pass "
+        f"(+ {format_bytes(plan['per_sample_forward_bytes'])} during a forward), "
         f"{plan['samples_in_flight']} samples at once",
         markup=False,
         highlight=False,
@@ -34,3 +37,10 @@ def render_memory_plan(console: Console, summary: dict[str, Any]) -> None:
     console.print("[red]does not fit[/red]; try:")
     for suggestion in plan["suggestions"]:
         console.print(f"  {suggestion}", markup=False, highlight=False)
+
+
+def emit_memory_plan(summary: dict[str, Any], *, as_json: bool) -> None:
+    """Print a ``--dry-run`` plan (JSON or table); exit 1 when it does not fit, for launchers."""
+    emit(summary, as_json=as_json, render=render_memory_plan)
+    if not summary["dry_run"]["fits"]:
+        raise typer.Exit(EXIT_FAILURE)

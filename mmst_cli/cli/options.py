@@ -166,6 +166,14 @@ ResumeOption = Annotated[
     bool, typer.Option(help="Continue from the latest checkpoint in --output-dir.", rich_help_panel=TRAINING_PANEL)
 ]
 ReportToOption = Annotated[str, typer.Option(help="none or tensorboard.", rich_help_panel=TRAINING_PANEL)]
+DryRunOption = Annotated[
+    bool,
+    typer.Option(
+        help="Estimate peak memory (weights, gradients, optimizer, measured activations) against the device and "
+        "suggest what fits, without training. Exit 1 when it does not fit.",
+        rich_help_panel="Output",
+    ),
+]
 
 
 def precision_from_flags(bf16: bool, fp16: bool) -> str:

@@ -35,6 +35,7 @@ from mmst_cli.cli.options import (
     Bf16Option,
     ConfigOption,
     DataConfigOption,
+    DryRunOption,
     EpochsOption,
     EvalDataSplitOption,
     EvalStepsOption,
@@ -56,9 +57,10 @@ from mmst_cli.cli.options import (
     WarmupOption,
     precision_from_flags,
 )
+from mmst_cli.cli.memory_plan_view import emit_memory_plan
 from mmst_cli.cli.output import console, emit
 from mmst_cli.cli.training_view import print_resolved_config, render_training_summary
-from mmst_cli.core.errors import EXIT_FAILURE, MmstError
+from mmst_cli.core.errors import MmstError
 
 MODEL = MODEL_PANEL
 DATA = DATA_PANEL
@@ -144,7 +146,7 @@ def train_embed(
     resume: ResumeOption = False,
     report_to: ReportToOption = "none",
     output_dir: Annotated[str | None, typer.Option(help="Run folder: model/, metrics.json and checkpoints/. Default: runs/train-embed-<time>.", rich_help_panel=OUTPUT, show_default=False)] = None,
-    dry_run: Annotated[bool, typer.Option(help="Estimate peak memory (weights, gradients, optimizer, measured activations) against the device and suggest what fits, without training. Exit 1 when it does not fit.", rich_help_panel=OUTPUT)] = False,
+    dry_run: DryRunOption = False,
     json_output: JsonOption = False,
     config: ConfigOption = None,
     print_config: PrintConfigOption = False,
@@ -220,11 +222,7 @@ def train_embed(
     if not is_main_process():
         return
     if dry_run:
-        from mmst_cli.cli.memory_plan_view import render_memory_plan
-
-        emit(result.summary, as_json=json_output, render=render_memory_plan)
-        if not result.summary["dry_run"]["fits"]:
-            raise typer.Exit(EXIT_FAILURE)
+        emit_memory_plan(result.summary, as_json=json_output)
         return
     emit(
         result.summary,

@@ -31,6 +31,7 @@ from mmst_cli.cli.options import (
     Bf16Option,
     ConfigOption,
     DataConfigOption,
+    DryRunOption,
     EpochsOption,
     EvalDataSplitOption,
     EvalStepsOption,
@@ -52,6 +53,7 @@ from mmst_cli.cli.options import (
     WarmupOption,
     precision_from_flags,
 )
+from mmst_cli.cli.memory_plan_view import emit_memory_plan
 from mmst_cli.cli.output import console, emit
 from mmst_cli.cli.training_view import print_resolved_config, render_training_summary
 
@@ -105,6 +107,7 @@ def train_rerank(
     resume: ResumeOption = False,
     report_to: ReportToOption = "none",
     output_dir: Annotated[str | None, typer.Option(help="Run folder: model/, metrics.json and checkpoints/. Default: runs/train-rerank-<time>.", rich_help_panel=OUTPUT, show_default=False)] = None,
+    dry_run: DryRunOption = False,
     json_output: JsonOption = False,
     config: ConfigOption = None,
     print_config: PrintConfigOption = False,
@@ -153,6 +156,7 @@ def train_rerank(
         output_dir=output_dir,
         resume=resume,
         report_to=report_to,
+        dry_run=dry_run,
     )
     if print_config:
         print_resolved_config(ctx)
@@ -165,11 +169,15 @@ def train_rerank(
     result = train_reranker(
         options, progress_console=console, log=lambda line: console.print(line, markup=False, highlight=False)
     )
-    if is_main_process():
-        emit(
-            result.summary,
-            as_json=json_output,
-            render=lambda console, summary: render_training_summary(
-                console, summary, title="reranking each evaluation query's candidates"
-            ),
-        )
+    if not is_main_process():
+        return
+    if dry_run:
+        emit_memory_plan(result.summary, as_json=json_output)
+        return
+    emit(
+        result.summary,
+        as_json=json_output,
+        render=lambda console, summary: render_training_summary(
+            console, summary, title="reranking each evaluation query's candidates"
+        ),
+    )

@@ -11,6 +11,11 @@ The estimate adds up, for the device the run would use:
   the backward pass (parameters excluded). They scale with the samples in flight: the batch for
   plain losses, the GradCache mini batch for cached ones, and every column (anchor, positive,
   negatives) of each sample. Every Router route is in memory at once, since its weights are.
+- **forward buffers**: the same pass also tracks every tensor alive during the forward (a
+  ``TorchDispatchMode``), so the peak beyond the saved activations is known: the intermediates a
+  layer frees before the next one runs, and every activation of a frozen tower (nothing is saved
+  for it, but it still runs). Only one column is in its forward pass at a time, so the largest
+  column's excess counts, times the samples in flight.
 
 ``bench/memory_plan.py`` compares the estimate with measured peaks (docs/benchmarks.md).
 """
@@ -44,6 +49,7 @@ class MemoryPlan:
     available: int
     samples_in_flight: int
     per_sample_activation_bytes: int
+    per_sample_forward_bytes: int = 0
     suggestions: list[str] = field(default_factory=list)
 
     @property
@@ -63,6 +69,7 @@ class MemoryPlan:
             "fits": self.fits,
             "samples_in_flight": self.samples_in_flight,
             "per_sample_activation_bytes": self.per_sample_activation_bytes,
+            "per_sample_forward_bytes": self.per_sample_forward_bytes,
             "suggestions": self.suggestions,
         }
 
@@ -83,23 +90,77 @@ def _available(device: str) -> int:
     return int(psutil.virtual_memory().available + _process_rss())
 
 
-def _saved_activation_bytes(model, value, task: str | None, precision: str) -> int:
-    """Bytes autograd keeps for the backward pass of one input (parameters excluded)."""
+class _LiveBytes:
+    """Bytes of tensors alive during a forward pass, and their peak (parameters excluded).
+
+    Tensor storages are counted once, when an operation first returns them, and released when the
+    last tensor returned on them is collected.
+    """
+
+    def __init__(self, excluded: set[int]) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        self.excluded = excluded
+        self.references: dict[int, int] = {}
+        self.sizes: dict[int, int] = {}
+        self.live = 0
+        self.peak = 0
+        tracker = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                output = func(*args, **(kwargs or {}))
+                tracker.track(output)
+                return output
+
+        self.mode = Mode()
+
+    def track(self, output) -> None:
+        import weakref
+
+        import torch
+        from torch.utils._pytree import tree_flatten
+
+        for tensor in tree_flatten(output)[0]:
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            pointer = storage.data_ptr()
+            if pointer == 0 or pointer in self.excluded:
+                continue
+            if pointer not in self.references:
+                self.references[pointer] = 0
+                self.sizes[pointer] = storage.nbytes()
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+            self.references[pointer] += 1
+            weakref.finalize(tensor, self.release, pointer)
+
+    def release(self, pointer: int) -> None:
+        self.references[pointer] -= 1
+        if not self.references[pointer]:
+            del self.references[pointer]
+            self.live -= self.sizes.pop(pointer)
+
+
+def _activation_bytes(model, value, task: str | None, precision: str) -> tuple[int, int]:
+    """``(saved, forward peak)``: bytes autograd keeps for the backward pass of one input, and the
+    most bytes alive at once during its forward pass (both without parameters)."""
     import contextlib
 
     import torch
 
     parameters = {parameter.untyped_storage().data_ptr() for parameter in model.parameters()}
     seen: set[int] = set()
-    total = 0
+    saved = 0
 
     def pack(tensor):
-        nonlocal total
+        nonlocal saved
         storage = tensor.untyped_storage()
         pointer = storage.data_ptr()
         if pointer not in parameters and pointer not in seen:
             seen.add(pointer)
-            total += storage.nbytes()
+            saved += storage.nbytes()
         return tensor
 
     device = model.device
@@ -110,15 +171,18 @@ def _saved_activation_bytes(model, value, task: str | None, precision: str) -> i
     )
     features = model.preprocess([value], task=task)
     features = {key: item.to(device) if hasattr(item, "to") else item for key, item in features.items()}
+    # The inputs exist before the pass and are counted in what is resident; views of them are not new memory.
+    inputs = {item.untyped_storage().data_ptr() for item in features.values() if isinstance(item, torch.Tensor)}
+    live = _LiveBytes(parameters | inputs)
     was_training = model.training
     model.train()
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast, live.mode:
             output = model(features)
         del output
     finally:
         model.train(was_training)
-    return total
+    return saved, max(saved, live.peak)
 
 
 def _input_length(value: Any) -> int:
@@ -136,47 +200,58 @@ def _largest_rows(dataset, column: str) -> list[Any]:
     return sorted(values, key=lambda value: -_input_length(value))[:1]
 
 
-def plan_training_memory(model, data, *, batch_size: int, mini_batch_size: int | None, precision: str,
-                         is_router: bool, gradient_checkpointing: bool = False) -> MemoryPlan:  # fmt: skip
-    """Estimate the peak memory of training ``model`` on ``data`` (see the module docstring).
+def sample_inputs(data, *, is_router: bool) -> list[tuple[Any, str | None]]:
+    """One input per column of a pair dataset, the largest of a few rows, with its Router task."""
+    return [
+        (_largest_rows(data.dataset, column)[0], modality if is_router else None)
+        for column, modality in data.column_modalities.items()
+    ]
+
+
+def plan_training_memory(model, inputs: list[tuple[Any, str | None]], *, batch_size: int, mini_batch_size: int | None,
+                         precision: str, gradient_checkpointing: bool = False, visual: bool = False,
+                         gradcache_dimension: int | None = None) -> MemoryPlan:  # fmt: skip
+    """Estimate the peak memory of training ``model`` (see the module docstring).
 
     Args:
         model: The model as training would start it (frozen towers frozen, LoRA applied).
-        data: The training :class:`~mmst_cli.core.data.PairData`.
+        inputs: What one training sample sends through the model, one forward each, with the
+            Router task (``None`` for no Router): anchor, positive and negatives for an embedder
+            (:func:`sample_inputs`), a (query, document) pair for a reranker.
         batch_size: Samples per step (per device).
-        mini_batch_size: GradCache mini batch of a cached loss; ``None`` for plain losses.
+        mini_batch_size: Samples per forward pass of a cached or listwise loss; ``None`` when the
+            whole batch goes through at once.
         precision: ``fp32``, ``bf16`` or ``fp16``.
-        is_router: Route each column by its modality (Router models).
         gradient_checkpointing: Activations are recomputed; only about one layer's stay alive.
+        visual: The inputs hold images or videos for a VLM (a lower ``--max-pixels`` would help).
+        gradcache_dimension: Embedding size of a GradCache loss, which keeps every embedding of the
+            batch and its gradient; ``None`` otherwise.
     """
     device = str(model.device)
     trainable = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
     weights = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
     per_sample = 0
-    for column, modality in data.column_modalities.items():
-        task = modality if is_router else None
-        per_sample += max(
-            _saved_activation_bytes(model, value, task, precision) for value in _largest_rows(data.dataset, column)
-        )
+    forward_excess = 0
+    for value, task in inputs:
+        saved, peak = _activation_bytes(model, value, task, precision)
+        per_sample += saved
+        forward_excess = max(forward_excess, peak - saved)
     if gradient_checkpointing:
         # Only layer inputs stay alive between layers; a rough third of the activations.
         per_sample //= 3
     in_flight = min(batch_size, mini_batch_size) if mini_batch_size else batch_size
-    columns = len(data.column_modalities)
     components = {
         "resident": weights + CUDA_OVERHEAD_BYTES if device.startswith("cuda") else _process_rss(),
         "gradients": 4 * trainable,
         "optimizer": 8 * trainable,
         "activations": per_sample * in_flight,
+        "forward_buffers": forward_excess * in_flight,
     }
-    if mini_batch_size:
-        dimension = model.get_embedding_dimension() or 0
-        # GradCache keeps every sample's embedding and its gradient for the whole batch.
-        components["gradcache_buffers"] = 2 * 4 * batch_size * columns * dimension
-    plan = MemoryPlan(device, components, _available(device), in_flight, per_sample)
+    if gradcache_dimension:
+        components["gradcache_buffers"] = 2 * 4 * batch_size * len(inputs) * gradcache_dimension
+    plan = MemoryPlan(device, components, _available(device), in_flight, per_sample, forward_excess)
     if not plan.fits:
-        has_visual_tokens = bool({"image", "video"} & set(data.column_modalities.values())) and model.supports("message")
-        plan.suggestions = _suggestions(plan, mini_batch_size, precision, gradient_checkpointing, has_visual_tokens)
+        plan.suggestions = _suggestions(plan, mini_batch_size, precision, gradient_checkpointing, visual)
     return plan
 
 
@@ -186,8 +261,10 @@ def _suggestions(
     over = plan.total - plan.available
     suggestions = []
     activations = plan.components["activations"]
-    if plan.per_sample_activation_bytes:
-        fitting = max(1, (plan.available - (plan.total - activations)) // plan.per_sample_activation_bytes)
+    per_sample = plan.per_sample_activation_bytes + plan.per_sample_forward_bytes
+    if per_sample:
+        scaled = activations + plan.components["forward_buffers"]
+        fitting = max(1, (plan.available - (plan.total - scaled)) // per_sample)
         if fitting < plan.samples_in_flight:
             action = "--mini-batch-size" if mini_batch_size else "--loss cached-mnrl --mini-batch-size"
             suggestions.append(f"{action} {fitting} (activations for {fitting} samples at a time fit)")

@@ -712,6 +712,34 @@ def _describe(data: RerankData) -> str:
     )
 
 
+def _dry_run(options: TrainRerankOptions, built, train_dataset, data: RerankData) -> RerankResult:
+    """Plan the run's peak memory instead of training (``--dry-run``): one (query, document) pair,
+    the longest of a few training rows, is what each forward pass holds per sample."""
+    from mmst_cli.core.memory_plan import SAMPLE_ROWS, plan_training_memory
+    from mmst_cli.core.trainer_common import has_cuda
+
+    model = built.model.to("cuda" if has_cuda() else "cpu")
+    query, document = train_dataset.column_names[:2]
+
+    def pair(row) -> tuple[Any, Any]:
+        candidate = row[document]
+        return row[query], candidate[0] if isinstance(candidate, list) else candidate
+
+    pairs = [pair(train_dataset[index]) for index in range(min(SAMPLE_ROWS, len(train_dataset)))]
+    longest = max(pairs, key=lambda both: sum(len(side) for side in both if isinstance(side, str)))
+    plan = plan_training_memory(
+        model,
+        [(longest, None)],
+        batch_size=options.batch_size,
+        # bce scores the whole batch at once; cmnrl and the listwise losses go mini batch by mini batch.
+        mini_batch_size=None if options.loss == "bce" else options.mini_batch_size,
+        precision=options.precision,
+        gradient_checkpointing=options.gradient_checkpointing,
+        visual=bool({"image", "video"} & set(data.column_modalities.values())) and model.supports("message"),
+    )
+    return RerankResult({"model": built.description, "data": data.source, "dry_run": plan.as_json()}, model)
+
+
 def train_reranker(options: TrainRerankOptions, *, progress_console=None, log=print) -> RerankResult:
     """Run a whole train-rerank job: see the module docstring.
 
@@ -744,7 +772,8 @@ def train_reranker(options: TrainRerankOptions, *, progress_console=None, log=pr
         log=log,
     )
     model = built.model
-    ensure_disk_space(output_dir, model)
+    if not options.dry_run:
+        ensure_disk_space(output_dir, model)
     log(f"reranker: {built.description}; attention: {built.attention}")
     for note in built.notes:
         log(note)
@@ -763,6 +792,8 @@ def train_reranker(options: TrainRerankOptions, *, progress_console=None, log=pr
     for note in train_data.notes:
         log(note)
     train_dataset = training_dataset(train_data, options.loss, options.negatives_per_positive, log)
+    if options.dry_run:
+        return _dry_run(options, built, train_dataset, train_data)
     loss = build_rerank_loss(model, options.loss, options.mini_batch_size)
 
     evaluator = reranking_evaluator(eval_data, batch_size=options.batch_size) if eval_data is not None else None

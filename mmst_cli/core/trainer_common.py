@@ -42,7 +42,8 @@ class TrainingOptions:
     Attributes mirror the flags: ``epochs``, ``max_steps`` (overrides epochs when > 0),
     ``batch_size`` (per device), ``lr``, ``warmup`` (fraction of steps), ``precision`` (fp32, bf16,
     fp16), ``seed``, ``gradient_checkpointing``, ``attn_implementation``, ``lora``, ``eval_steps``,
-    ``save_steps``, ``output_dir``, ``resume``, ``report_to``; the data, ``data`` (``data_config``,
+    ``save_steps``, ``output_dir``, ``resume``, ``report_to``, ``dry_run`` (plan memory instead of
+    training); the data, ``data`` (``data_config``,
     ``split``, ``columns``) and ``eval_data`` (``eval_data_split``) or an ``eval_split`` fraction;
     and the data-safety switches ``media_root``, ``skip_bad``, ``allow_remote_media`` and
     ``allow_outside_root``.
@@ -75,6 +76,7 @@ class TrainingOptions:
     output_dir: str | None = None
     resume: bool = False
     report_to: str = "none"
+    dry_run: bool = False
 
     #: Names the default run folder: ``runs/<command>-<time>``.
     command = "train"

@@ -65,7 +65,6 @@ class TrainEmbedOptions(TrainingOptions):
     head_lr: float = 2e-3
     batch_sampler: str | None = None
     prompts: str | dict[str, str] | None = None
-    dry_run: bool = False
 
     command = "train-embed"
 
@@ -228,7 +227,7 @@ def train_embedding_model(options: TrainEmbedOptions, *, progress_console=None, 
 
 def _dry_run(options: TrainEmbedOptions, built, train_data: PairData) -> TrainingResult:
     """Plan the run's peak memory instead of training (``--dry-run``)."""
-    from mmst_cli.core.memory_plan import plan_training_memory
+    from mmst_cli.core.memory_plan import plan_training_memory, sample_inputs
 
     from mmst_cli.core.trainer_common import has_cuda
 
@@ -237,12 +236,13 @@ def _dry_run(options: TrainEmbedOptions, built, train_data: PairData) -> Trainin
     cached = options.loss.name.startswith("cached-")
     plan = plan_training_memory(
         built.model,
-        train_data,
+        sample_inputs(train_data, is_router=built.is_router),
         batch_size=options.batch_size,
         mini_batch_size=options.loss.mini_batch_size if cached else None,
         precision=options.precision,
-        is_router=built.is_router,
         gradient_checkpointing=options.gradient_checkpointing,
+        visual=bool({"image", "video"} & set(train_data.column_modalities.values())) and built.model.supports("message"),
+        gradcache_dimension=built.model.get_embedding_dimension() if cached else None,
     )
     summary = {"model": built.description, "data": train_data.source, "dry_run": plan.as_json()}
     return TrainingResult(summary, built.model)
