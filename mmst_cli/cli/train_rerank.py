@@ -13,6 +13,9 @@ Examples:
 
     # Every option from a YAML file, one overridden; see the resolved configuration first
     $ mmst train-rerank --config examples/rerank-qwen3-vl.yaml --epochs 2 --print-config
+
+    # Will it fit? Peak memory estimate and suggestions, without training
+    $ mmst train-rerank --config examples/rerank-qwen3-vl.yaml --dry-run
 """
 
 from __future__ import annotations
