@@ -57,9 +57,8 @@ from mmst_cli.cli.options import (
     WarmupOption,
     precision_from_flags,
 )
-from mmst_cli.cli.memory_plan_view import emit_memory_plan
-from mmst_cli.cli.output import console, emit
-from mmst_cli.cli.training_view import print_resolved_config, render_training_summary
+from mmst_cli.cli.output import console
+from mmst_cli.cli.training_view import emit_training_result, print_resolved_config
 from mmst_cli.core.errors import MmstError
 
 MODEL = MODEL_PANEL
@@ -213,19 +212,9 @@ def train_embed(
         return
     options.validate()
 
-    from mmst_cli.core.trainer_common import is_main_process
     from mmst_cli.core.training import train_embedding_model
 
     result = train_embedding_model(
         options, progress_console=console, log=lambda line: console.print(line, markup=False, highlight=False)
     )
-    if not is_main_process():
-        return
-    if dry_run:
-        emit_memory_plan(result.summary, as_json=json_output)
-        return
-    emit(
-        result.summary,
-        as_json=json_output,
-        render=lambda console, summary: render_training_summary(console, summary, title="retrieval on the evaluation data"),
-    )
+    emit_training_result(result.summary, as_json=json_output, title="retrieval on the evaluation data")

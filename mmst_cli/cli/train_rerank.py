@@ -56,9 +56,8 @@ from mmst_cli.cli.options import (
     WarmupOption,
     precision_from_flags,
 )
-from mmst_cli.cli.memory_plan_view import emit_memory_plan
-from mmst_cli.cli.output import console, emit
-from mmst_cli.cli.training_view import print_resolved_config, render_training_summary
+from mmst_cli.cli.output import console
+from mmst_cli.cli.training_view import emit_training_result, print_resolved_config
 
 MODEL = MODEL_PANEL
 DATA = DATA_PANEL
@@ -167,20 +166,8 @@ def train_rerank(
     options.validate()
 
     from mmst_cli.core.rerank_training import train_reranker
-    from mmst_cli.core.trainer_common import is_main_process
 
     result = train_reranker(
         options, progress_console=console, log=lambda line: console.print(line, markup=False, highlight=False)
     )
-    if not is_main_process():
-        return
-    if dry_run:
-        emit_memory_plan(result.summary, as_json=json_output)
-        return
-    emit(
-        result.summary,
-        as_json=json_output,
-        render=lambda console, summary: render_training_summary(
-            console, summary, title="reranking each evaluation query's candidates"
-        ),
-    )
+    emit_training_result(result.summary, as_json=json_output, title="reranking each evaluation query's candidates")

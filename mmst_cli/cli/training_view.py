@@ -47,3 +47,18 @@ def render_training_summary(console: Console, summary: dict[str, Any], *, title:
         markup=False,
         highlight=False,
     )
+
+
+def emit_training_result(summary: dict[str, Any], *, as_json: bool, title: str) -> None:
+    """A training command's final output, from the main process only: the memory plan of a
+    ``--dry-run``, or the before/after summary (``title`` says what the metrics measure)."""
+    from mmst_cli.cli.memory_plan_view import emit_memory_plan
+    from mmst_cli.cli.output import emit
+    from mmst_cli.core.trainer_common import is_main_process
+
+    if not is_main_process():
+        return
+    if "dry_run" in summary:
+        emit_memory_plan(summary, as_json=as_json)
+        return
+    emit(summary, as_json=as_json, render=lambda console, summary: render_training_summary(console, summary, title=title))
