@@ -63,12 +63,15 @@ def modality_of(value: Any) -> str:
     return type(value).__name__
 
 
-def _input_size(value: Any) -> int:
-    """Characters of a text, samples of an audio clip (what ``model.encode`` sorts by); 0 otherwise."""
+def input_size(value: Any) -> int:
+    """How big an input is, as ``model.encode`` sorts: characters of a text, samples of an audio
+    clip, frames of a video given as frames; 0 for other media (alike in size)."""
     if isinstance(value, str):
         return len(value)
     if isinstance(value, dict) and "array" in value:
         return len(value["array"])
+    if isinstance(value, dict) and isinstance(value.get("video"), list):
+        return len(value["video"])
     return 0
 
 
@@ -113,7 +116,7 @@ def encode_inputs(
     output: np.ndarray | None = None
     try:
         for modality, indices in groups.items():
-            indices.sort(key=lambda index: -_input_size(inputs[index]))  # stable: media keep their order
+            indices.sort(key=lambda index: -input_size(inputs[index]))  # stable: media keep their order
             if pool is not None and modality == "image" and _worth_decoding_ahead([inputs[i] for i in indices]):
                 calls = _decoded_ahead(pool, inputs, indices, batch_size)
             else:

@@ -23,6 +23,7 @@ The estimate adds up, for the device the run would use:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,19 +186,12 @@ def _activation_bytes(model, value, task: str | None, precision: str) -> tuple[i
     return saved, max(saved, live.peak)
 
 
-def _input_length(value: Any) -> int:
-    """Characters of a text, frames of a video given as frames; 0 for other media (alike in size)."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict) and isinstance(value.get("video"), list):
-        return len(value["video"])
-    return 0
-
-
 def _largest_rows(dataset, column: str) -> list[Any]:
-    """The largest of a few sample values of ``column``: the longest text or the longest video."""
+    """The largest of a few sample values of ``column``: the longest text, clip or video."""
+    from mmst_cli.core.encoding import input_size
+
     values = [dataset[index][column] for index in range(min(SAMPLE_ROWS, len(dataset)))]
-    return sorted(values, key=lambda value: -_input_length(value))[:1]
+    return sorted(values, key=lambda value: -input_size(value))[:1]
 
 
 def sample_inputs(data, *, is_router: bool) -> list[tuple[Any, str | None]]:
@@ -209,7 +203,7 @@ def sample_inputs(data, *, is_router: bool) -> list[tuple[Any, str | None]]:
 
 
 def plan_training_memory(model, inputs: list[tuple[Any, str | None]], *, batch_size: int, mini_batch_size: int | None,
-                         precision: str, gradient_checkpointing: bool = False, visual: bool = False,
+                         precision: str, modalities: Iterable[str] = (), gradient_checkpointing: bool = False,
                          gradcache_dimension: int | None = None) -> MemoryPlan:  # fmt: skip
     """Estimate the peak memory of training ``model`` (see the module docstring).
 
@@ -222,11 +216,16 @@ def plan_training_memory(model, inputs: list[tuple[Any, str | None]], *, batch_s
         mini_batch_size: Samples per forward pass of a cached or listwise loss; ``None`` when the
             whole batch goes through at once.
         precision: ``fp32``, ``bf16`` or ``fp16``.
+        modalities: The data's modalities; images or videos for a VLM make a lower
+            ``--max-pixels`` one of the suggestions.
         gradient_checkpointing: Activations are recomputed; only about one layer's stay alive.
-        visual: The inputs hold images or videos for a VLM (a lower ``--max-pixels`` would help).
         gradcache_dimension: Embedding size of a GradCache loss, which keeps every embedding of the
             batch and its gradient; ``None`` otherwise.
     """
+    import torch
+
+    # Plan on the device the trainer would train on.
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     device = str(model.device)
     trainable = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
     weights = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
@@ -251,6 +250,7 @@ def plan_training_memory(model, inputs: list[tuple[Any, str | None]], *, batch_s
         components["gradcache_buffers"] = 2 * 4 * batch_size * len(inputs) * gradcache_dimension
     plan = MemoryPlan(device, components, _available(device), in_flight, per_sample, forward_excess)
     if not plan.fits:
+        visual = bool({"image", "video"} & set(modalities)) and model.supports("message")
         plan.suggestions = _suggestions(plan, mini_batch_size, precision, gradient_checkpointing, visual)
     return plan
 

@@ -716,9 +716,7 @@ def _dry_run(options: TrainRerankOptions, built, train_dataset, data: RerankData
     """Plan the run's peak memory instead of training (``--dry-run``): one (query, document) pair,
     the longest of a few training rows, is what each forward pass holds per sample."""
     from mmst_cli.core.memory_plan import SAMPLE_ROWS, plan_training_memory
-    from mmst_cli.core.trainer_common import has_cuda
 
-    model = built.model.to("cuda" if has_cuda() else "cpu")
     query, document = train_dataset.column_names[:2]
 
     def pair(row) -> tuple[Any, Any]:
@@ -728,16 +726,16 @@ def _dry_run(options: TrainRerankOptions, built, train_dataset, data: RerankData
     pairs = [pair(train_dataset[index]) for index in range(min(SAMPLE_ROWS, len(train_dataset)))]
     longest = max(pairs, key=lambda both: sum(len(side) for side in both if isinstance(side, str)))
     plan = plan_training_memory(
-        model,
+        built.model,
         [(longest, None)],
         batch_size=options.batch_size,
         # bce scores the whole batch at once; cmnrl and the listwise losses go mini batch by mini batch.
         mini_batch_size=None if options.loss == "bce" else options.mini_batch_size,
         precision=options.precision,
+        modalities=data.column_modalities.values(),
         gradient_checkpointing=options.gradient_checkpointing,
-        visual=bool({"image", "video"} & set(data.column_modalities.values())) and model.supports("message"),
     )
-    return RerankResult({"model": built.description, "data": data.source, "dry_run": plan.as_json()}, model)
+    return RerankResult({"model": built.description, "data": data.source, "dry_run": plan.as_json()}, built.model)
 
 
 def train_reranker(options: TrainRerankOptions, *, progress_console=None, log=print) -> RerankResult:

@@ -53,7 +53,8 @@ PROMPT_NAME = "instruction"
 #: true/false token would be generated.
 CHAT_TEMPLATE_KWARGS = {"chat_template": {"add_generation_prompt": True}}
 
-_STRUCTURED_PREAMBLE = (
+# Both preambles first collect the 'query' and 'document' messages, then rebuild one user turn.
+_COLLECT_PAIR = (
     PAIR_TEMPLATE_MARKER
     + "{%- set mmst_pair = namespace(messages=[], query=none, document=none) -%}"
     "{%- for mmst_message in messages -%}"
@@ -62,7 +63,10 @@ _STRUCTURED_PREAMBLE = (
     "{%- else -%}{%- set mmst_pair.messages = mmst_pair.messages + [mmst_message] -%}{%- endif -%}"
     "{%- endfor -%}"
     "{%- if mmst_pair.query is not none and mmst_pair.document is not none -%}"
-    "{%- set mmst_query = [{'type': 'text', 'text': mmst_pair.query}] if mmst_pair.query is string else mmst_pair.query -%}"
+)
+_STRUCTURED_PREAMBLE = (
+    _COLLECT_PAIR
+    + "{%- set mmst_query = [{'type': 'text', 'text': mmst_pair.query}] if mmst_pair.query is string else mmst_pair.query -%}"
     "{%- set mmst_document = [{'type': 'text', 'text': mmst_pair.document}] if mmst_pair.document is string else mmst_pair.document -%}"
     "{%- set messages = mmst_pair.messages + [{'role': 'user', 'content': [{'type': 'text', 'text': '<Query>: '}]"
     " + mmst_query + [{'type': 'text', 'text': '\\n<Document>: '}] + mmst_document}] -%}"
@@ -71,15 +75,8 @@ _STRUCTURED_PREAMBLE = (
 # Flat templates (content is a string) must not see the words Sentence Transformers reads as a
 # sign of structured content, or the reloaded model would switch formats.
 _FLAT_PREAMBLE = (
-    PAIR_TEMPLATE_MARKER
-    + "{%- set mmst_pair = namespace(messages=[], query=none, document=none) -%}"
-    "{%- for mmst_message in messages -%}"
-    "{%- if mmst_message['role'] == 'query' -%}{%- set mmst_pair.query = mmst_message['content'] -%}"
-    "{%- elif mmst_message['role'] == 'document' -%}{%- set mmst_pair.document = mmst_message['content'] -%}"
-    "{%- else -%}{%- set mmst_pair.messages = mmst_pair.messages + [mmst_message] -%}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if mmst_pair.query is not none and mmst_pair.document is not none -%}"
-    "{%- set messages = mmst_pair.messages + [{'role': 'user', 'content': '<Query>: ' + mmst_pair.query"
+    _COLLECT_PAIR
+    + "{%- set messages = mmst_pair.messages + [{'role': 'user', 'content': '<Query>: ' + mmst_pair.query"
     " + '\\n<Document>: ' + mmst_pair.document}] -%}"
     "{%- endif -%}"
 )

@@ -256,9 +256,11 @@ def ensure_disk_space(folder: Path, model, flag: str = "--output-dir") -> None:
 
 def video_files_decodable() -> bool:
     """Whether transformers' video processors can read video files here (as they choose a decoder)."""
-    from transformers.utils.import_utils import is_torchcodec_usable
-    from transformers.video_utils import is_torchvision_video_decoding_available
-
+    try:
+        from transformers.utils.import_utils import is_torchcodec_usable
+        from transformers.video_utils import is_torchvision_video_decoding_available
+    except ImportError:  # a transformers without these checks: only an importable torchcodec can tell
+        return importlib.util.find_spec("torchcodec") is not None
     return is_torchcodec_usable(decode="video") or is_torchvision_video_decoding_available()
 
 

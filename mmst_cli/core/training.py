@@ -229,10 +229,6 @@ def _dry_run(options: TrainEmbedOptions, built, train_data: PairData) -> Trainin
     """Plan the run's peak memory instead of training (``--dry-run``)."""
     from mmst_cli.core.memory_plan import plan_training_memory, sample_inputs
 
-    from mmst_cli.core.trainer_common import has_cuda
-
-    # Plan on the device the trainer would train on.
-    built.model.to("cuda" if has_cuda() else "cpu")
     cached = options.loss.name.startswith("cached-")
     plan = plan_training_memory(
         built.model,
@@ -240,8 +236,8 @@ def _dry_run(options: TrainEmbedOptions, built, train_data: PairData) -> Trainin
         batch_size=options.batch_size,
         mini_batch_size=options.loss.mini_batch_size if cached else None,
         precision=options.precision,
+        modalities=train_data.column_modalities.values(),
         gradient_checkpointing=options.gradient_checkpointing,
-        visual=bool({"image", "video"} & set(train_data.column_modalities.values())) and built.model.supports("message"),
         gradcache_dimension=built.model.get_embedding_dimension() if cached else None,
     )
     summary = {"model": built.description, "data": train_data.source, "dry_run": plan.as_json()}
