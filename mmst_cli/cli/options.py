@@ -71,6 +71,7 @@ PrintConfigOption = Annotated[
 DATA_PANEL = "Data"
 MODEL_PANEL = "Model"
 TRAINING_PANEL = "Training"
+LOSS_PANEL = "Loss"
 
 MediaRootOption = Annotated[
     str | None,
@@ -128,6 +129,15 @@ AttnImplementationOption = Annotated[
     typer.Option(
         help="auto (flash_attention_2 when installed and on CUDA, else sdpa), sdpa, eager or flash_attention_2.",
         rich_help_panel=MODEL_PANEL,
+    ),
+]
+MiniBatchTokensOption = Annotated[
+    int | None,
+    typer.Option(
+        help="GradCache token budget: pack each mini batch up to this many non-padding tokens instead of "
+        "--mini-batch-size rows (steadier memory on mixed lengths). Needs a loss that supports it.",
+        rich_help_panel=LOSS_PANEL,
+        show_default=False,
     ),
 ]
 LoraAlphaOption = Annotated[

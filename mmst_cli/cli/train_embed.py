@@ -41,11 +41,13 @@ from mmst_cli.cli.options import (
     EvalStepsOption,
     Fp16Option,
     JsonOption,
+    LOSS_PANEL,
     LoraAlphaOption,
     LoraDropoutOption,
     MaxPixelsOption,
     MaxStepsOption,
     MediaRootOption,
+    MiniBatchTokensOption,
     PrintConfigOption,
     ReportToOption,
     ResumeOption,
@@ -63,7 +65,7 @@ from mmst_cli.core.errors import MmstError
 
 MODEL = MODEL_PANEL
 DATA = DATA_PANEL
-LOSS = "Loss"
+LOSS = LOSS_PANEL
 TRAINING = TRAINING_PANEL
 OUTPUT = "Output"
 
@@ -120,6 +122,7 @@ def train_embed(
     allow_outside_root: AllowOutsideRootOption = False,
     loss: Annotated[str, typer.Option(help="mnrl, cached-mnrl (GradCache), gist or cached-gist (guided by a frozen copy of the start model).", rich_help_panel=LOSS)] = "cached-mnrl",
     mini_batch_size: Annotated[int, typer.Option(help="GradCache mini batch of the cached losses: lower it to save memory.", rich_help_panel=LOSS)] = 32,
+    mini_batch_tokens: MiniBatchTokensOption = None,
     matryoshka_dims: Annotated[str | None, typer.Option(help="Wrap the loss in MatryoshkaLoss over these comma-separated dimensions, e.g. 384,256,128,64.", rich_help_panel=LOSS, show_default=False)] = None,
     matryoshka_weights: Annotated[str | None, typer.Option(help="One comma-separated weight per Matryoshka dimension. Default: equal.", rich_help_panel=LOSS, show_default=False)] = None,
     hardness_mode: Annotated[str | None, typer.Option(help="LLaVE-style hardness weighting of negatives: in-batch, hard or all.", rich_help_panel=LOSS, show_default=False)] = None,
@@ -181,6 +184,7 @@ def train_embed(
         loss=LossOptions(
             name=loss,
             mini_batch_size=mini_batch_size,
+            mini_batch_tokens=mini_batch_tokens,
             matryoshka_dims=_number_list(matryoshka_dims, "--matryoshka-dims"),
             matryoshka_weights=_number_list(matryoshka_weights, "--matryoshka-weights", float),
             hardness_mode=hardness_mode,

@@ -40,11 +40,13 @@ from mmst_cli.cli.options import (
     EvalStepsOption,
     Fp16Option,
     JsonOption,
+    LOSS_PANEL,
     LoraAlphaOption,
     LoraDropoutOption,
     MaxPixelsOption,
     MaxStepsOption,
     MediaRootOption,
+    MiniBatchTokensOption,
     PrintConfigOption,
     ReportToOption,
     ResumeOption,
@@ -61,7 +63,7 @@ from mmst_cli.cli.training_view import emit_training_result, print_resolved_conf
 
 MODEL = MODEL_PANEL
 DATA = DATA_PANEL
-LOSS = "Loss"
+LOSS = LOSS_PANEL
 TRAINING = TRAINING_PANEL
 OUTPUT = "Output"
 
@@ -92,6 +94,7 @@ def train_rerank(
     allow_outside_root: AllowOutsideRootOption = False,
     loss: Annotated[str, typer.Option(help="bce (pointwise), cmnrl (query vs positive, hard and in-batch negatives; GradCache), or the listwise lambda, listnet, plistmle. Data is reshaped to fit.", rich_help_panel=LOSS)] = "bce",
     mini_batch_size: Annotated[int, typer.Option(help="Pairs per forward pass of cmnrl and the listwise losses: lower it to save memory.", rich_help_panel=LOSS)] = 16,
+    mini_batch_tokens: MiniBatchTokensOption = None,
     lora_r: Annotated[int, typer.Option(help="Train LoRA adapters of this rank instead of all weights; 0 is off. Merged before saving.", rich_help_panel=TRAINING)] = 0,
     lora_alpha: LoraAlphaOption = None,
     lora_dropout: LoraDropoutOption = 0.0,
@@ -143,6 +146,7 @@ def train_rerank(
         allow_outside_root=allow_outside_root,
         loss=loss,
         mini_batch_size=mini_batch_size,
+        mini_batch_tokens=mini_batch_tokens,
         lora=LoraOptions(r=lora_r, alpha=lora_alpha, dropout=lora_dropout),
         epochs=epochs,
         max_steps=max_steps,

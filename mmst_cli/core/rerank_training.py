@@ -35,6 +35,7 @@ from typing import Any
 
 from mmst_cli.core.data import NON_CONTENT_COLUMNS, PairData, load_table, prepare_media, select_columns
 from mmst_cli.core.errors import MmstError
+from mmst_cli.core.losses import gradcache_kwargs, validate_token_budget
 from mmst_cli.core.lora import add_lora, merge_lora
 from mmst_cli.core.models import peek_audio_sampling_rate
 from mmst_cli.core.trainer_common import (
@@ -72,8 +73,9 @@ class TrainRerankOptions(TrainingOptions):
     :data:`mmst_cli.core.rerankers.ARCHITECTURES`), the answer tokens, ``prompt`` (the
     instruction; ``None`` keeps a saved one or uses the default for new LM rerankers),
     ``pair_template`` and ``max_pixels``. Data: ``data`` etc. as in train-embed, plus
-    ``label_column`` and ``negatives_per_positive``. Loss: ``loss`` and ``mini_batch_size`` (pairs
-    per forward pass of the cached and listwise losses).
+    ``label_column`` and ``negatives_per_positive``. Loss: ``loss``, ``mini_batch_size`` (pairs
+    per forward pass of the cached and listwise losses) and ``mini_batch_tokens`` (a token budget
+    per forward pass instead, where the installed loss supports one).
     """
 
     model: str | None = None
@@ -89,6 +91,7 @@ class TrainRerankOptions(TrainingOptions):
 
     loss: str = "bce"
     mini_batch_size: int = 16
+    mini_batch_tokens: int | None = None
     batch_size: int = 16
 
     command = "train-rerank"
@@ -116,6 +119,9 @@ class TrainRerankOptions(TrainingOptions):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise MmstError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.mini_batch_tokens is not None and self.loss == "bce":
+            raise MmstError("--mini-batch-tokens budgets the mini batches of cmnrl and the listwise losses; --loss bce has none")
+        validate_token_budget(self.mini_batch_tokens)
         if self.eval_data and self.eval_split:
             raise MmstError("--eval-data and --eval-split both choose evaluation data; pass one")
         if self.eval_split is not None and not 0 < self.eval_split < 1:
@@ -561,16 +567,19 @@ def training_dataset(data: RerankData, loss: str, negatives_per_positive: int | 
     return dataset
 
 
-def build_rerank_loss(model, name: str, mini_batch_size: int):
+def build_rerank_loss(model, name: str, mini_batch_size: int, mini_batch_tokens: int | None = None):
     """The Sentence Transformers CrossEncoder loss for ``--loss``."""
     from sentence_transformers.cross_encoder import losses
 
     if name == "bce":
         return losses.BinaryCrossEntropyLoss(model)
-    if name == "cmnrl":
-        return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch_size)
-    factory = {"lambda": losses.LambdaLoss, "listnet": losses.ListNetLoss, "plistmle": losses.PListMLELoss}[name]
-    return factory(model, mini_batch_size=mini_batch_size)
+    factory = {
+        "cmnrl": losses.CachedMultipleNegativesRankingLoss,
+        "lambda": losses.LambdaLoss,
+        "listnet": losses.ListNetLoss,
+        "plistmle": losses.PListMLELoss,
+    }[name]
+    return factory(model, **gradcache_kwargs(factory, mini_batch_size, mini_batch_tokens))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -792,7 +801,7 @@ def train_reranker(options: TrainRerankOptions, *, progress_console=None, log=pr
     train_dataset = training_dataset(train_data, options.loss, options.negatives_per_positive, log)
     if options.dry_run:
         return _dry_run(options, built, train_dataset, train_data)
-    loss = build_rerank_loss(model, options.loss, options.mini_batch_size)
+    loss = build_rerank_loss(model, options.loss, options.mini_batch_size, options.mini_batch_tokens)
 
     evaluator = reranking_evaluator(eval_data, batch_size=options.batch_size) if eval_data is not None else None
     base_metrics = evaluator.scores(model) if evaluator else {}
