@@ -10,7 +10,7 @@ folder:
   files, where decoding and resizing cost more;
 * ``mixed``: a jsonl ``input`` column with 500 of the sentences and 500 emoji image paths, shuffled.
 
-Side A is mmst's encode job in-process (``mmst_cli.core.encode_job.run_encode`` with the loaded
+Side A is mmst's encode job in-process (``mmst_cli.core.encode.job.run_encode`` with the loaded
 model: reading and checking the inputs, encoding in chunks, writing the ``.npy`` output; no model
 loading, no CLI start-up). Side B is what a user writes by hand: read the inputs, ``model.encode``
 (image paths are passed as strings; Sentence Transformers hands them to the image module, which
@@ -78,7 +78,7 @@ def prepare_inputs(folder: Path) -> dict[str, Path]:
     import numpy as np
     from PIL import Image
 
-    from mmst_cli.core.composition import EMOJI_TRAIN
+    from mmst_cli.core.models.composition import EMOJI_TRAIN
 
     table = datasets.load_dataset("parquet", data_files=str(EMOJI_TRAIN), split="train")
     rng = random.Random(SEED)
@@ -156,7 +156,7 @@ def mmst_encode(model, source: Path, output: Path):
     import numpy as np
     from rich.console import Console
 
-    from mmst_cli.core.encode_job import EncodeOptions, run_encode
+    from mmst_cli.core.encode.job import EncodeOptions, run_encode
 
     options = EncodeOptions(inputs=str(source), output=str(output), batch_size=BATCH_SIZE)
     run_encode(options, model=model, console=Console(file=io.StringIO()), log=lambda line: None)
@@ -230,7 +230,7 @@ def decode_ahead_vs_not(model, kind: str, paths: list[str], repeats: int) -> Row
 
 
 def diagnose(model, sources: dict[str, Path], repeats: int) -> list[Row]:
-    from mmst_cli.core.encode_job import read_inputs
+    from mmst_cli.core.encode.inputs import read_inputs
 
     texts = plain_inputs("text", sources["text"])
     padded_mmst = padded_tokens(model, texts, MMST_CALL_SIZE, sort_first=True)
@@ -281,7 +281,8 @@ def main() -> None:
     machine = machine_description()
     print_machine(machine)
 
-    from mmst_cli.core.models import load_model, locate_model
+    from mmst_cli.core.models.loading import load_model
+    from mmst_cli.core.models.locate import locate_model
 
     model = load_model(locate_model(None))
     model.eval()

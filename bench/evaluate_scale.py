@@ -8,8 +8,8 @@ the metrics are neither 0 nor 1.
 
 Comparison 1, search + metrics (time and peak memory), each side in a fresh process:
 
-* mmst: ``mmst_cli.core.evaluation.retrieve`` (exact blocked top-100 search, cosine, the depth
-  ``mmst evaluate`` keeps) and ``score_run`` -> ``mmst_cli.core.metrics.compute_metrics`` with
+* mmst: ``mmst_cli.core.retrieval.evaluation.retrieve`` (exact blocked top-100 search, cosine, the depth
+  ``mmst evaluate`` keeps) and ``score_run`` -> ``mmst_cli.core.retrieval.metrics.compute_metrics`` with
   ``ks = 1, 3, 5, 10, 100``, a superset of the evaluator's defaults;
 * Sentence Transformers: ``InformationRetrievalEvaluator`` with its default cut-offs (accuracy /
   precision / recall @ 1, 3, 5, 10, MRR@10, NDCG@10, MAP@100: top-100 search), fed the same
@@ -86,8 +86,8 @@ def make_task(queries: int, docs: int, dim: int):
 
 
 def run_mmst_side(query_ids, query_vectors, corpus_ids, corpus, qrels) -> float:
-    from mmst_cli.core.evaluation import retrieve, score_run
-    from mmst_cli.core.retrieval import RetrievalTask
+    from mmst_cli.core.retrieval.evaluation import retrieve, score_run
+    from mmst_cli.core.retrieval.tasks import RetrievalTask
 
     task = RetrievalTask({}, {}, qrels, "bench")
     run = retrieve(query_ids, query_vectors, corpus_ids, corpus, k=DEPTH, similarity="cosine")
@@ -125,7 +125,7 @@ def run_st_side(query_ids, query_vectors, corpus_ids, corpus, qrels) -> float:
 
 
 def child_search(side: str, queries: int, docs: int, dim: int) -> dict:
-    import mmst_cli.core.evaluation  # noqa: F401  (imports torch and sentence_transformers up front)
+    import mmst_cli.core.retrieval.evaluation  # noqa: F401  (imports torch and sentence_transformers up front)
     import sentence_transformers.sentence_transformer.evaluation  # noqa: F401
 
     task = make_task(queries, docs, dim)
@@ -140,8 +140,8 @@ def child_search(side: str, queries: int, docs: int, dim: int) -> dict:
 def child_metrics(queries: int, docs: int, dim: int, repeats: int) -> dict:
     import pytrec_eval
 
-    from mmst_cli.core.evaluation import retrieve
-    from mmst_cli.core.metrics import compute_metrics
+    from mmst_cli.core.retrieval.evaluation import retrieve
+    from mmst_cli.core.retrieval.metrics import compute_metrics
 
     query_ids, query_vectors, corpus_ids, corpus, qrels = make_task(queries, docs, dim)
     run = retrieve(query_ids, query_vectors, corpus_ids, corpus, k=DEPTH, similarity="cosine")

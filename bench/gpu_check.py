@@ -38,8 +38,8 @@ def _tiny_vlm_data(folder: Path) -> tuple[str, str]:
 def _run(model: str | None, data: str | None, attention: str, out: Path, batch_size: int) -> dict:
     import torch
 
-    from mmst_cli.core.losses import LossOptions
-    from mmst_cli.core.training import TrainEmbedOptions, train_embedding_model
+    from mmst_cli.core.train.losses import LossOptions
+    from mmst_cli.core.train.embed import TrainEmbedOptions, train_embedding_model
 
     common = dict(
         model=model, data=data, precision="bf16", attn_implementation=attention, batch_size=batch_size,

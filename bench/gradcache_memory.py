@@ -57,7 +57,7 @@ def main() -> None:
     args = parse_arguments(parser)
     batches = [int(value) for value in args.batches.split(",")]
 
-    from mmst_cli.core.composition import EMOJI_TRAIN
+    from mmst_cli.core.models.composition import EMOJI_TRAIN
 
     machine = machine_description()
     print_machine(machine)

@@ -111,7 +111,7 @@ def plain_train(model_name: str, data: str, model_dir: str | None, steps: int, o
 
     set_seed(SEED)
     if model_name == "router":
-        from mmst_cli.core.composition import build_default_model
+        from mmst_cli.core.models.composition import build_default_model
 
         built = build_default_model(head_lr=2e-3, seed=SEED)
         model, learning_rate_mapping = built.model, built.learning_rate_mapping
@@ -232,7 +232,7 @@ def main() -> None:
         print(json.dumps(plain_train(args.child_plain, args.data, args.model_dir, args.steps, args.output_dir)))
         return
 
-    from mmst_cli.core.composition import EMOJI_TRAIN
+    from mmst_cli.core.models.composition import EMOJI_TRAIN
 
     machine = machine_description()
     print_machine(machine)

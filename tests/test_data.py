@@ -11,9 +11,9 @@ import pytest
 import soundfile
 from PIL import Image
 
-from mmst_cli.core.data import load_pair_data, prepare_media
+from mmst_cli.core.data.tables import load_pair_data, prepare_media
 from mmst_cli.core.errors import MmstError
-from mmst_cli.core.retrieval import pairs_to_retrieval_task
+from mmst_cli.core.retrieval.tasks import pairs_to_retrieval_task
 from tests.data_factory import write_colour_pairs
 
 

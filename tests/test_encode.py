@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from mmst_cli.core.encode_job import EncodeOptions, parts_folder, pick_column, run_encode
+from mmst_cli.core.encode.job import EncodeOptions, run_encode
+from mmst_cli.core.encode.parts import parts_folder
+from mmst_cli.core.encode.inputs import pick_column
 from mmst_cli.core.errors import MmstError
 from tests.data_factory import write_colour_pairs, write_frame_clips, write_tone_pairs
 from tests.helpers import MMST, assert_one_line_error, run_json, run_mmst

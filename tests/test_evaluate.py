@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmst_cli.core.search import search
+from mmst_cli.core.retrieval.search import search
 from tests.helpers import assert_one_line_error, run_json, run_mmst
 
 TOPICS = ["cats", "dogs", "birds", "fish", "trees", "cars", "boats", "trains"]

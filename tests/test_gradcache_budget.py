@@ -8,8 +8,8 @@ import json
 import pytest
 
 from mmst_cli.core.errors import MmstError
-from mmst_cli.core.losses import LossOptions, gradcache_kwargs
-from mmst_cli.core.training import TrainEmbedOptions, train_embedding_model
+from mmst_cli.core.train.losses import LossOptions, gradcache_kwargs
+from mmst_cli.core.train.embed import TrainEmbedOptions, train_embedding_model
 from tests.data_factory import write_text_pairs
 from tests.helpers import assert_one_line_error, run_mmst
 

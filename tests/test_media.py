@@ -6,7 +6,7 @@ import json
 
 from PIL import Image
 
-from mmst_cli.core.media import classify_input
+from mmst_cli.core.data.media import classify_input
 
 
 def test_plain_text_is_text():

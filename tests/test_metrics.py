@@ -23,7 +23,7 @@ import pytest
 import pytrec_eval
 
 from mmst_cli.core.errors import MmstError
-from mmst_cli.core.metrics import (
+from mmst_cli.core.retrieval.metrics import (
     METRIC_NAMES,
     compute_metrics,
     rank_documents,

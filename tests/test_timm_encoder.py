@@ -18,15 +18,14 @@ import torch
 from PIL import Image
 
 from mmst_cli.core.errors import MmstError
-from mmst_cli.core.timm_encoder import (
+from mmst_cli.core.models.timm_encoder import (
     EFFICIENTNET_LITE0_MEAN,
     EFFICIENTNET_LITE0_MODEL_NAME,
     EFFICIENTNET_LITE0_STD,
     MMST_MODULE_CLASSES,
     TimmImageEncoder,
-    efficientnet_lite0_weights_path,
-    load_timm_weights,
 )
+from mmst_cli.core.models.timm_weights import efficientnet_lite0_weights_path, load_timm_weights
 
 #: A ~100k-parameter timm EfficientNet with BatchNorm: fast stand-in where real weights are not needed.
 TINY_TIMM = "test_efficientnet"
@@ -172,9 +171,9 @@ def test_router_with_timm_route_reloads_identically_in_a_fresh_process(tmp_path,
     for index, image in enumerate(images):
         image.save(f"{folder}_image{index}.png")  # PNG is lossless: the same pixels come back
     router_types = json.loads((folder / "router_config.json").read_text())["types"]
-    assert "mmst_cli.core.timm_encoder.TimmImageEncoder" in router_types.values()
+    assert "mmst_cli.core.models.timm_encoder.TimmImageEncoder" in router_types.values()
     foreign_types = {t for t in router_types.values() if not t.startswith("sentence_transformers.")}
-    assert foreign_types == {"mmst_cli.core.timm_encoder.TimmImageEncoder"} <= set(MMST_MODULE_CLASSES)
+    assert foreign_types == {"mmst_cli.core.models.timm_encoder.TimmImageEncoder"} <= set(MMST_MODULE_CLASSES)
 
     # Without help, Sentence Transformers 6.2 refuses the (installed, importable) class.
     with pytest.raises(ValueError, match="trust_remote_code"):
@@ -197,7 +196,7 @@ def test_router_with_timm_route_reloads_identically_in_a_fresh_process(tmp_path,
 def test_standalone_encoder_round_trip_in_process(tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    from mmst_cli.core.timm_encoder import load_with_mmst_modules
+    from mmst_cli.core.models.timm_encoder import load_with_mmst_modules
 
     torch.manual_seed(0)
     encoder = TimmImageEncoder(f"timm:{TINY_TIMM}", image_size=48, mean=0.5, std=0.25, interpolation="bilinear")

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmst_cli.core.losses import LossOptions
-from mmst_cli.core.models import load_model, locate_model
-from mmst_cli.core.training import TrainEmbedOptions, train_embedding_model
+from mmst_cli.core.train.losses import LossOptions
+from mmst_cli.core.models.loading import load_model
+from mmst_cli.core.models.locate import locate_model
+from mmst_cli.core.train.embed import TrainEmbedOptions, train_embedding_model
 from tests.data_factory import write_colour_pairs, write_frame_clips, write_text_pairs, write_tone_pairs
 from tests.helpers import assert_one_line_error, run_json, run_mmst
 
@@ -111,7 +112,7 @@ def test_vlm_trains_on_videos_given_as_frame_lists(tmp_path, model_sources):
 
 
 def test_video_needs_a_model_that_takes_video_and_files_need_a_decoder(tmp_path, tiny_models):
-    from mmst_cli.core.trainer_common import video_files_decodable
+    from mmst_cli.core.train.common import video_files_decodable
 
     clips = write_frame_clips(tmp_path, count=2, frames=2)
     refused = run_mmst("train-embed", "--model", str(tiny_models["clip"]), "--data", str(clips), "--dry-run")
@@ -194,7 +195,7 @@ def test_bf16_trains_and_attention_is_chosen_and_reported(tmp_path, colour_pairs
     assert summary["options"]["precision"] == "bf16" and summary["train"]["steps"] == 2
     assert all(math.isfinite(loss) for _, loss in summary["train"]["loss_curve"])
     # auto takes flash_attention_2 only with the package and a GPU, and says what it took.
-    from mmst_cli.core.attention import flash_attention_unavailable_reason
+    from mmst_cli.core.models.attention import flash_attention_unavailable_reason
 
     expected = "sdpa" if flash_attention_unavailable_reason() else "flash_attention_2"
     assert f"attention: {expected}" in result.stderr
@@ -250,7 +251,7 @@ def test_embedded_demo_raises_ndcg(tmp_path):
 
 
 def test_lora_trains_adapters_only_and_saves_a_merged_model(tmp_path, colour_pairs, tiny_models):
-    from mmst_cli.core.lora import LoraOptions
+    from mmst_cli.core.models.lora import LoraOptions
 
     lines: list[str] = []
     options = TrainEmbedOptions(

@@ -11,18 +11,12 @@ import pytest
 import torch
 
 from mmst_cli.core.errors import MmstError
-from mmst_cli.core.lora import LoraOptions
-from mmst_cli.core.models import load_model, locate_model
-from mmst_cli.core.rerank_training import (
-    TrainRerankOptions,
-    load_rerank_data,
-    reranker_scores,
-    reranking_metrics,
-    split_queries,
-    train_reranker,
-    training_dataset,
-)
-from mmst_cli.core.rerankers import PAIR_TEMPLATE_MARKER, build_reranker, reranker_arch
+from mmst_cli.core.models.lora import LoraOptions
+from mmst_cli.core.models.loading import load_model
+from mmst_cli.core.models.locate import locate_model
+from mmst_cli.core.train.rerank import TrainRerankOptions, reranker_scores, reranking_metrics, train_reranker
+from mmst_cli.core.train.rerank_data import load_rerank_data, split_queries, training_dataset
+from mmst_cli.core.models.rerankers import PAIR_TEMPLATE_MARKER, build_reranker, reranker_arch
 from mmst_cli.testing.tiny_models import QWEN2_VL_CHAT_TEMPLATE
 from tests.data_factory import COLOUR_NAMES, write_colour_pairs
 from tests.helpers import run_json

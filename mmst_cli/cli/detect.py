@@ -48,7 +48,7 @@ def detect(
     trust_remote_code: TrustRemoteCodeOption = False,
 ) -> None:
     """Show a model's kind, modalities, modules, size, pooling, prompts and usable attention backends."""
-    from mmst_cli.core.model_info import inspect_model
+    from mmst_cli.core.models.description import inspect_model
 
     report = inspect_model(model, inputs=inputs or [], trust_remote_code=trust_remote_code)
     emit(report, as_json=json_output, render=render_report)

@@ -64,7 +64,7 @@ def encode(
     import os
     import sys
 
-    from mmst_cli.core.encode_job import EncodeOptions, run_encode, summary_line
+    from mmst_cli.core.encode.job import EncodeOptions, run_encode, summary_line
 
     options = EncodeOptions(
         inputs=inputs,

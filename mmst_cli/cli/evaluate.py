@@ -73,8 +73,8 @@ def evaluate(
     json_output: JsonOption = False,
 ) -> None:
     """Score retrieval (and reranking): NDCG, MRR, Recall, Precision, MAP and accuracy at k, trec_eval-exact."""
-    from mmst_cli.core.evaluation import EvaluateOptions, run_evaluation
-    from mmst_cli.core.outputs import write_jsonl_atomically
+    from mmst_cli.core.retrieval.evaluation import EvaluateOptions, run_evaluation
+    from mmst_cli.core.retrieval.reports import write_jsonl_atomically
     from mmst_cli.core.progress import progress_bars
 
     options = EvaluateOptions(
@@ -104,13 +104,13 @@ def evaluate(
     with progress_bars(console) as track:
         report, main = run_evaluation(options, track=track)
     if save_run:
-        from mmst_cli.core.metrics import write_trec_run
+        from mmst_cli.core.retrieval.metrics import write_trec_run
 
         write_trec_run(main.run, Path(save_run))
     if per_query:
         write_jsonl_atomically(Path(per_query), ({"query_id": qid, **values} for qid, values in main.per_query.items()))
     if plot:
-        from mmst_cli.core.outputs import plot_matryoshka_sweep
+        from mmst_cli.core.retrieval.reports import plot_matryoshka_sweep
 
         plot_matryoshka_sweep(report["dims"], Path(plot), metric=f"ndcg@{options.ks[0]}")
     for warning in report.get("warnings", []):

@@ -154,9 +154,9 @@ def train_embed(
     print_config: PrintConfigOption = False,
 ) -> None:
     """Finetune an embedding model on (anchor, positive[, negatives]) pairs and report NDCG@10 before and after."""
-    from mmst_cli.core.lora import LoraOptions
-    from mmst_cli.core.losses import LossOptions
-    from mmst_cli.core.training import TrainEmbedOptions
+    from mmst_cli.core.models.lora import LoraOptions
+    from mmst_cli.core.train.losses import LossOptions
+    from mmst_cli.core.train.embed import TrainEmbedOptions
 
     precision = precision_from_flags(bf16, fp16)
     options = TrainEmbedOptions(
@@ -216,7 +216,7 @@ def train_embed(
         return
     options.validate()
 
-    from mmst_cli.core.training import train_embedding_model
+    from mmst_cli.core.train.embed import train_embedding_model
 
     result = train_embedding_model(
         options, progress_console=console, log=lambda line: console.print(line, markup=False, highlight=False)

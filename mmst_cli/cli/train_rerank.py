@@ -118,8 +118,8 @@ def train_rerank(
     print_config: PrintConfigOption = False,
 ) -> None:
     """Train a reranker on pointwise, pair or listwise data and report NDCG@10, MRR@10 and MAP before and after."""
-    from mmst_cli.core.lora import LoraOptions
-    from mmst_cli.core.rerank_training import TrainRerankOptions
+    from mmst_cli.core.models.lora import LoraOptions
+    from mmst_cli.core.train.rerank import TrainRerankOptions
 
     precision = precision_from_flags(bf16, fp16)
     options = TrainRerankOptions(
@@ -169,7 +169,7 @@ def train_rerank(
         return
     options.validate()
 
-    from mmst_cli.core.rerank_training import train_reranker
+    from mmst_cli.core.train.rerank import train_reranker
 
     result = train_reranker(
         options, progress_console=console, log=lambda line: console.print(line, markup=False, highlight=False)

@@ -54,7 +54,7 @@ def emit_training_result(summary: dict[str, Any], *, as_json: bool, title: str) 
     ``--dry-run``, or the before/after summary (``title`` says what the metrics measure)."""
     from mmst_cli.cli.memory_plan_view import emit_memory_plan
     from mmst_cli.cli.output import emit
-    from mmst_cli.core.trainer_common import is_main_process
+    from mmst_cli.core.train.common import is_main_process
 
     if not is_main_process():
         return

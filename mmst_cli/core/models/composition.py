@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from mmst_cli.core.errors import MmstError
-from mmst_cli.core.models import (
-    audio_sampling_rate,
+from mmst_cli.core.models.checkpoints import audio_sampling_rate, load_checkpoint
+from mmst_cli.core.models.locate import (
     hub_or_local_file,
-    load_model,
     locate_model,
     packaged_minilm_path,
 )
@@ -68,7 +67,10 @@ class BuiltModel:
 
 def resolve_attention(requested: str) -> str:
     """``auto`` -> flash_attention_2 when installed with a CUDA device, else sdpa; explicit values are checked."""
-    from mmst_cli.core.attention import ATTENTION_IMPLEMENTATIONS, flash_attention_unavailable_reason
+    from mmst_cli.core.models.attention import (
+        ATTENTION_IMPLEMENTATIONS,
+        flash_attention_unavailable_reason,
+    )
 
     if requested == "auto":
         return "flash_attention_2" if flash_attention_unavailable_reason() is None else "sdpa"
@@ -85,7 +87,10 @@ def resolve_attention(requested: str) -> str:
 
 def _timm_encoder(reference: str, image_size: int | None):
     """``timm:NAME`` or ``timm:NAME@/path/to/weights`` -> a TimmImageEncoder with real weights."""
-    from mmst_cli.core.timm_encoder import EFFICIENTNET_LITE0_MODEL_NAME, TimmImageEncoder
+    from mmst_cli.core.models.timm_encoder import (
+        EFFICIENTNET_LITE0_MODEL_NAME,
+        TimmImageEncoder,
+    )
 
     name, _, weights = reference[len(TIMM_PREFIX) :].partition("@")
     if weights:
@@ -124,7 +129,7 @@ def _encoder_modules(reference: str, *, image_size: int | None, model_kwargs: di
     source = locate_model(reference)
     if source.kind != "embedder":
         raise MmstError(f"encoder {reference!r} is a {source.kind}, not an embedding model")
-    loaded = load_model(source, trust_remote_code=trust_remote_code, device="cpu", model_kwargs=model_kwargs)
+    loaded = load_checkpoint(source, trust_remote_code=trust_remote_code, device="cpu", model_kwargs=model_kwargs)
     return [module for module in loaded if not isinstance(module, Normalize)]
 
 
@@ -302,7 +307,7 @@ def build_training_model(options) -> BuiltModel:
     if not source.is_sentence_transformers_folder and _is_generative_checkpoint(source):
         model = _last_token_embedder(source, model_kwargs, processor_kwargs, options.trust_remote_code)
     else:
-        model = load_model(
+        model = load_checkpoint(
             source,
             trust_remote_code=options.trust_remote_code,
             model_kwargs=model_kwargs,

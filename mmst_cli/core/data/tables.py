@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmst_cli.core.data.media import classify_string
 from mmst_cli.core.errors import MmstError
-from mmst_cli.core.media import classify_string
 
 #: File extension -> the ``datasets`` builder that reads it.
 DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -369,7 +369,7 @@ def prepare_media(
         media_root: Folder that relative media paths resolve against instead (``--media-root``).
         audio_sampling_rate: The model's audio rate; audio columns are decoded and resampled to it.
         skip_bad: Drop rows with unusable media (and count them) instead of failing.
-        allow_remote_media: Download http(s) media (:mod:`mmst_cli.core.remote_media`); refused otherwise.
+        allow_remote_media: Download http(s) media (:mod:`mmst_cli.core.data.remote_media`); refused otherwise.
         allow_outside_root: Accept media paths outside the data folder / ``media_root`` (absolute
             paths elsewhere, ``../..``); refused otherwise.
 
@@ -454,8 +454,8 @@ def prepare_media(
 
 def _fetch_remote_column(table, column: str):
     """Replace media URLs in ``column`` by downloaded local paths; return failures by URL."""
-    from mmst_cli.core.media import classify_string
-    from mmst_cli.core.remote_media import RemoteMediaError, fetch_media
+    from mmst_cli.core.data.media import classify_string
+    from mmst_cli.core.data.remote_media import RemoteMediaError, fetch_media
 
     urls = {value for value in table[column] if isinstance(value, str) and classify_string(value).source == "url"}
     if not urls:

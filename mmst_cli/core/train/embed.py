@@ -11,13 +11,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmst_cli.core.data import PairData, load_pair_data, split_off_eval
+from mmst_cli.core.data.tables import PairData, load_pair_data, split_off_eval
 from mmst_cli.core.errors import MmstError
-from mmst_cli.core.lora import add_lora, merge_lora
-from mmst_cli.core.losses import LossOptions, build_loss
-from mmst_cli.core.models import peek_audio_sampling_rate
-from mmst_cli.core.retrieval import MAIN_METRIC, pairs_to_retrieval_task
-from mmst_cli.core.trainer_common import (
+from mmst_cli.core.models.locate import peek_audio_sampling_rate
+from mmst_cli.core.models.lora import add_lora, merge_lora
+from mmst_cli.core.retrieval.tasks import MAIN_METRIC, pairs_to_retrieval_task
+from mmst_cli.core.train.common import (
     TrainingOptions,
     check_modalities,
     common_training_arguments,
@@ -31,6 +30,7 @@ from mmst_cli.core.trainer_common import (
     train_with_progress,
     world_size,
 )
+from mmst_cli.core.train.losses import LossOptions, build_loss
 
 #: ``--batch-sampler`` values -> Sentence Transformers' batch samplers.
 BATCH_SAMPLERS = {
@@ -48,7 +48,7 @@ class TrainEmbedOptions(TrainingOptions):
     Model: ``model`` (folder or Hub id) or a Router composed from ``text_encoder`` /
     ``image_encoder`` / ``audio_encoder`` projected to ``dim``; neither gives the embedded default.
     Data: ``data`` etc.; no data (with no model) gives the embedded emoji dataset. The schedule and
-    run options are :class:`~mmst_cli.core.trainer_common.TrainingOptions`'.
+    run options are :class:`~mmst_cli.core.train.common.TrainingOptions`'.
     """
 
     model: str | None = None
@@ -94,7 +94,7 @@ class TrainEmbedOptions(TrainingOptions):
 
 
 def _load_training_data(options: TrainEmbedOptions, audio_rate: int | None) -> tuple[PairData, PairData | None]:
-    from mmst_cli.core.composition import EMOJI_EVAL, EMOJI_TRAIN
+    from mmst_cli.core.models.composition import EMOJI_EVAL, EMOJI_TRAIN
 
     def load(reference: str, **where) -> PairData:
         return load_pair_data(reference, columns=options.columns, **where, **options.media_options(audio_rate))
@@ -146,7 +146,7 @@ def train_embedding_model(options: TrainEmbedOptions, *, progress_console=None, 
         log = silent
     from transformers import set_seed
 
-    from mmst_cli.core.composition import build_training_model
+    from mmst_cli.core.models.composition import build_training_model
 
     if options.dry_run:  # plans only: nothing is written, an existing run folder is fine
         output_dir, model_dir = options.resolved_output_dir(), options.resolved_output_dir() / "model"
@@ -185,7 +185,7 @@ def train_embedding_model(options: TrainEmbedOptions, *, progress_console=None, 
 
     evaluator = None
     if eval_data is not None:
-        from mmst_cli.core.evaluation import RetrievalEvaluator
+        from mmst_cli.core.retrieval.evaluation import RetrievalEvaluator
 
         evaluator = RetrievalEvaluator(pairs_to_retrieval_task(eval_data), batch_size=options.batch_size)
     base_metrics = evaluator.scores(model) if evaluator else {}
@@ -227,7 +227,7 @@ def train_embedding_model(options: TrainEmbedOptions, *, progress_console=None, 
 
 def _dry_run(options: TrainEmbedOptions, built, train_data: PairData) -> TrainingResult:
     """Plan the run's peak memory instead of training (``--dry-run``)."""
-    from mmst_cli.core.memory_plan import plan_training_memory, sample_inputs
+    from mmst_cli.core.train.memory_plan import plan_training_memory, sample_inputs
 
     cached = options.loss.name.startswith("cached-")
     plan = plan_training_memory(
@@ -246,7 +246,7 @@ def _dry_run(options: TrainEmbedOptions, built, train_data: PairData) -> Trainin
 
 def _text_batch_path(model) -> str:
     """Which path text-only batches take: unpadded (FlashAttention-2 varlen) or padded."""
-    from mmst_cli.core.models import iter_modules
+    from mmst_cli.core.models.checkpoints import iter_modules
 
     flattening = [getattr(module, "can_flatten_inputs", None) for module in iter_modules(model)]
     if any(flattening):

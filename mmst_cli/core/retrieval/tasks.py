@@ -12,7 +12,7 @@
   relevant; identical documents are one corpus entry, so duplicates neither inflate nor deflate
   the score.
 
-Media in any of them is checked like training data (:mod:`mmst_cli.core.data`).
+Media in any of them is checked like training data (:mod:`mmst_cli.core.data.tables`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmst_cli.core.data import DATA_FILE_BUILDERS, PairData, load_pair_data, load_table, prepare_media
+from mmst_cli.core.data.tables import (
+    DATA_FILE_BUILDERS,
+    PairData,
+    load_pair_data,
+    load_table,
+    prepare_media,
+)
 from mmst_cli.core.errors import MmstError
 
 #: The metric train-embed and evaluate lead with.
@@ -108,7 +114,7 @@ def pairs_to_retrieval_task(data: PairData) -> RetrievalTask:
 
 @dataclass(frozen=True)
 class MediaOptions:
-    """How media references in evaluation data are resolved (see :func:`mmst_cli.core.data.prepare_media`)."""
+    """How media references in evaluation data are resolved (see :func:`mmst_cli.core.data.tables.prepare_media`)."""
 
     media_root: Path | None = None
     audio_sampling_rate: int | None = None
@@ -172,7 +178,7 @@ def _qrels_from_table(table, source: str) -> dict[str, dict[str, int]]:
 
 
 def _beir_task(folder: Path, split: str, media: MediaOptions) -> RetrievalTask:
-    from mmst_cli.core.metrics import read_qrels
+    from mmst_cli.core.retrieval.metrics import read_qrels
 
     source = str(folder)
     corpus_table = load_table(str(folder / "corpus.jsonl"))

@@ -25,9 +25,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from mmst_cli.core.data import PairData
+from mmst_cli.core.data.tables import PairData
 from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MmstError
-from mmst_cli.core.lora import LoraOptions
+from mmst_cli.core.models.lora import LoraOptions
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 REPORT_TARGETS = ("none", "tensorboard")
@@ -103,7 +103,7 @@ class TrainingOptions:
             raise MmstError("--resume is not supported with --lora-r yet: checkpoints hold adapters only")
 
     def media_options(self, audio_sampling_rate: int | None) -> dict[str, Any]:
-        """How the data loaders treat media (see :func:`mmst_cli.core.data.prepare_media`)."""
+        """How the data loaders treat media (see :func:`mmst_cli.core.data.tables.prepare_media`)."""
         return {
             "media_root": Path(self.media_root).expanduser() if self.media_root else None,
             "audio_sampling_rate": audio_sampling_rate,

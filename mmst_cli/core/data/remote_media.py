@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from mmst_cli.core.media import check_media_file, media_modality_of_name
+from mmst_cli.core.data.media import check_media_file, media_modality_of_name
 
 #: Seconds to wait for a server before giving up on one URL.
 TIMEOUT_S = 30

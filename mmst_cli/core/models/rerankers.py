@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from mmst_cli.core.errors import MmstError
-from mmst_cli.core.models import ModelSource, hub_or_local_file, load_model, locate_model
+from mmst_cli.core.models.loading import load_model
+from mmst_cli.core.models.locate import ModelSource, hub_or_local_file, locate_model
 
 #: ``--arch`` values; ``auto`` continues a saved reranker, reads a causal LM / VLM checkpoint as
 #: ``logit-score`` and anything else as ``classifier``.
@@ -439,8 +440,8 @@ def build_reranker(
     from sentence_transformers.cross_encoder.modules import LogitScore
     from sentence_transformers.sentence_transformer.modules import Pooling
 
-    from mmst_cli.core.composition import resolve_attention
-    from mmst_cli.core.models import audio_sampling_rate
+    from mmst_cli.core.models.checkpoints import audio_sampling_rate
+    from mmst_cli.core.models.composition import resolve_attention
 
     if arch not in ARCHITECTURES:
         raise MmstError(f"--arch {arch!r} is unknown; use one of {', '.join(ARCHITECTURES)}")

@@ -48,7 +48,7 @@ def modality_of(value: Any) -> str:
     Strings are classified by name only: inputs reach this point already checked, and opening every
     file again would cost as much as the check did.
     """
-    from mmst_cli.core.media import string_modality
+    from mmst_cli.core.data.media import string_modality
 
     if isinstance(value, str):
         return string_modality(value)[0]
@@ -153,7 +153,7 @@ def _slices(indices: list[int], size: int) -> Iterator[list[int]]:
 
 def _worth_decoding_ahead(values: list[Any]) -> bool:
     """Whether ``values`` are all image files, of :data:`DECODE_AHEAD_MIN_BYTES` or more on average."""
-    from mmst_cli.core.media import string_modality
+    from mmst_cli.core.data.media import string_modality
 
     if not all(isinstance(value, str) and string_modality(value) == ("image", "file") for value in values):
         return False

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmst_cli.core.attention import attention_support
-from mmst_cli.core.media import classify_input
-from mmst_cli.core.models import ModelSource, load_model, locate_model
+from mmst_cli.core.data.media import classify_input
+from mmst_cli.core.models.attention import attention_support
+from mmst_cli.core.models.loading import load_model
+from mmst_cli.core.models.locate import ModelSource, locate_model
 
 #: Modalities reported in the support matrix; the tuple is the combined (image, text) input.
 SUPPORT_MATRIX_MODALITIES: tuple[str | tuple[str, ...], ...] = (
@@ -78,7 +79,7 @@ def describe_model(model, source: ModelSource) -> dict[str, Any]:
 
     Args:
         model: A loaded SentenceTransformer, CrossEncoder, MultiVectorEncoder or SparseEncoder.
-        source: Where it came from (:func:`mmst_cli.core.models.locate_model`).
+        source: Where it came from (:func:`mmst_cli.core.models.locate.locate_model`).
 
     Returns:
         A JSON-ready dict: kind, modalities, support matrix, modules (per route for a Router),

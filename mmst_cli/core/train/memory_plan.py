@@ -188,7 +188,7 @@ def _activation_bytes(model, value, task: str | None, precision: str) -> tuple[i
 
 def _largest_rows(dataset, column: str) -> list[Any]:
     """The largest of a few sample values of ``column``: the longest text, clip or video."""
-    from mmst_cli.core.encoding import input_size
+    from mmst_cli.core.encode.encoding import input_size
 
     values = [dataset[index][column] for index in range(min(SAMPLE_ROWS, len(dataset)))]
     return sorted(values, key=lambda value: -input_size(value))[:1]

@@ -1,0 +1,9 @@
+"""Encode: inputs to embeddings.
+
+Owns mixed-modality encoding in input order (:mod:`.encoding`, used by evaluation and the
+planner too) and the ``mmst encode`` job: reading its inputs (:mod:`.inputs`), resumable parts
+(:mod:`.parts`), output precision and writers (:mod:`.writers`) and the job itself
+(:mod:`.job`). Sentence Transformers' ``encode`` does the encoding.
+
+May import: ``models``, ``data`` and the ground.
+"""

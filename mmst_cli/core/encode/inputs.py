@@ -1,0 +1,441 @@
+"""What ``mmst encode`` reads: a file, folder, stdin or dataset turned into ids plus checked inputs.
+
+Every media reference is checked (and confined) here, before any model loads, so a missing file is
+an error naming its row, never text. ``datasets`` reads the tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from mmst_cli.core.data.media import classify_string, media_modality_of_name
+from mmst_cli.core.data.tables import (
+    DATA_FILE_BUILDERS,
+    NON_CONTENT_COLUMNS,
+    PROBLEMS_SHOWN,
+    is_frame_list_feature,
+)
+from mmst_cli.core.errors import MmstError
+
+#: Column names taken as the input, in this order, when a table has several content columns.
+PREFERRED_COLUMNS = ("input", "text", "sentence", "content", "image", "audio", "path", "file")
+
+#: Plain-text files read like stdin: one text or media path per line.
+LINE_FILE_EXTENSIONS = (".txt",)
+
+#: Media a folder input picks up (by extension, recursively).
+FOLDER_MODALITIES = ("image", "audio")
+
+@dataclass
+class EncodeInputs:
+    """Ids and inputs in order, checked and ready to be materialised a chunk at a time.
+
+    Subclasses hold the inputs; :meth:`chunk` returns what ``model.encode`` takes.
+
+    Attributes:
+        source: The input reference, for messages and the summary.
+        ids: One id per row, in input order (ints or strings).
+        modalities: Modality -> number of rows (known after :meth:`bind` for dataset media columns).
+        first_rows: Modality -> a description of its first row, for messages.
+        fingerprint: A hash of the ids and inputs, recorded in the resume manifest.
+        column: The table column embedded; ``None`` for line and folder inputs.
+        notes: Choices made for the user (which column), shown on stderr.
+    """
+
+    source: str
+    ids: list[Any]
+    modalities: dict[str, int] = field(default_factory=dict)
+    first_rows: dict[str, str] = field(default_factory=dict)
+    fingerprint: str = ""
+    column: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        """Number of rows."""
+        return len(self.ids)
+
+    def bind(self, model) -> None:
+        """Finish the checks that need the loaded model, and check it takes every modality.
+
+        Args:
+            model: The loaded SentenceTransformer.
+
+        Raises:
+            MmstError: when the model cannot take one of the input modalities.
+        """
+        supports = getattr(model, "supports", None)
+        for modality, count in self.modalities.items():
+            if supports is not None and not supports(modality):
+                taken = ", ".join(m if isinstance(m, str) else "+".join(m) for m in model.modalities)
+                raise MmstError(
+                    f"input {self.source!r} has {count} {modality} row(s) (first: {self.first_rows[modality]}), "
+                    f"but the model takes only {taken}; pick another model or other inputs"
+                )
+
+    def chunk(self, start: int, stop: int) -> list[Any]:
+        """The inputs of rows ``start`` to ``stop`` (exclusive), as ``model.encode`` takes them."""
+        raise NotImplementedError
+
+
+@dataclass
+class ReferenceInputs(EncodeInputs):
+    """Inputs given as strings: texts, and media file paths made absolute.
+
+    Audio files are decoded (and resampled to the model's rate) a chunk at a time, so a large
+    audio collection is never held in memory at once.
+
+    Attributes:
+        values: One string per row: the text, or the absolute path of the media file.
+        audio_rows: Rows whose value is an audio file path.
+        sampling_rate: The model's audio rate (set by :meth:`bind`).
+    """
+
+    values: list[str] = field(default_factory=list)
+    audio_rows: set[int] = field(default_factory=set)
+    sampling_rate: int | None = None
+
+    def bind(self, model) -> None:
+        super().bind(model)
+        if self.audio_rows:
+            from mmst_cli.core.models.checkpoints import audio_sampling_rate
+
+            self.sampling_rate = audio_sampling_rate(model)
+            if self.sampling_rate is None:
+                raise MmstError(f"input {self.source!r} has audio but the model has no audio feature extractor")
+
+    def chunk(self, start: int, stop: int) -> list[Any]:
+        if not self.audio_rows:
+            return self.values[start:stop]
+        from mmst_cli.core.data.tables import decode_audio
+
+        batch: list[Any] = []
+        for row in range(start, stop):
+            value = self.values[row]
+            if row in self.audio_rows:
+                array = decode_audio(Path(value), self.sampling_rate)
+                if array.size == 0:
+                    raise MmstError(f"input {self.source!r}: {value} is a zero-length audio clip")
+                value = {"array": array, "sampling_rate": self.sampling_rate}
+            batch.append(value)
+        return batch
+
+
+@dataclass
+class FeatureInputs(EncodeInputs):
+    """Inputs in a dataset column of images, audio, media bytes or video frame lists (HF features).
+
+    The column is checked by :func:`mmst_cli.core.data.tables.prepare_media` in :meth:`bind`, because audio
+    is decoded there at the model's rate.
+
+    Attributes:
+        table: A ``datasets.Dataset`` with only the input column (:attr:`column`).
+        media_root: Passed to ``prepare_media``.
+    """
+
+    table: Any = None
+    media_root: Path | None = None
+
+    def bind(self, model) -> None:
+        from mmst_cli.core.data.tables import prepare_media
+        from mmst_cli.core.models.checkpoints import audio_sampling_rate
+
+        prepared = prepare_media(
+            self.table, self.source, media_root=self.media_root, audio_sampling_rate=audio_sampling_rate(model)
+        )
+        self.table = prepared.dataset
+        modality = prepared.column_modalities[self.column]
+        self.modalities = {modality: len(self.table)}
+        self.first_rows = {modality: f"row 1, column {self.column!r}"}
+        super().bind(model)
+
+    def chunk(self, start: int, stop: int) -> list[Any]:
+        import numpy as np
+
+        batch = self.table[start:stop][self.column]
+        return [
+            {"array": np.asarray(cell["array"], dtype=np.float32), "sampling_rate": cell["sampling_rate"]}
+            if isinstance(cell, dict) and "array" in cell
+            else cell
+            for cell in batch
+        ]
+
+
+def _fingerprint(*sequences: Sequence[Any]) -> str:
+    """A sha256 over every item of ``sequences`` (ids, input texts and paths, table fingerprints)."""
+    digest = hashlib.sha256()
+    for sequence in sequences:
+        digest.update(b"\x1e")
+        for item in sequence:
+            digest.update(json.dumps(item, ensure_ascii=False, default=str).encode("utf8", "surrogatepass") + b"\n")
+    return digest.hexdigest()
+
+
+def _check_references(
+    values: Sequence[Any], labels: Callable[[int], str], root: Path, source: str, confine_to: Path | None = None
+) -> tuple[list[str], dict[str, int], dict[str, str], set[int]]:
+    """Classify every string input, one cell at a time, and make media paths absolute.
+
+    Unlike a training column (one modality per column), each cell may be text, an image or an
+    audio file. A string that names a media file by its extension is media: a missing or
+    undecodable file is an error naming its row, never text.
+
+    Returns:
+        The prepared values, modality counts, the first row of each modality, and the audio rows.
+
+    Raises:
+        MmstError: listing how many rows are unusable and the first few.
+    """
+    prepared: list[str] = []
+    modalities: dict[str, int] = {}
+    first_rows: dict[str, str] = {}
+    audio_rows: set[int] = set()
+    problems: list[str] = []
+    for row, value in enumerate(values):
+        if not isinstance(value, str):
+            kind = "no value" if value is None else f"not a text or path but {type(value).__name__}"
+            problems.append(f"{labels(row)}: {kind}")
+            prepared.append("")
+            continue
+        report = classify_string(value, root, confine_to)
+        modality = str(report.modality)
+        if report.source == "url":
+            problems.append(f"{labels(row)}: {value[:80]}: remote media is not downloaded by mmst encode; "
+                            "download it and pass the local path")
+        elif report.problem:
+            problems.append(f"{labels(row)}: {value[:80]}: {report.problem}")
+        elif report.source == "file":
+            path = Path(value).expanduser()
+            value = str((path if path.is_absolute() else root / path).resolve())
+            if modality == "audio":
+                audio_rows.add(row)
+        prepared.append(value)
+        modalities[modality] = modalities.get(modality, 0) + 1
+        first_rows.setdefault(modality, labels(row))
+    if problems:
+        shown = "; ".join(problems[:PROBLEMS_SHOWN])
+        more = f" and {len(problems) - PROBLEMS_SHOWN} more" if len(problems) > PROBLEMS_SHOWN else ""
+        raise MmstError(
+            f"input {source!r}: {len(problems)} of {len(values)} rows are unusable ({shown}{more}); "
+            "fix them or set --media-root"
+        )
+    return prepared, modalities, first_rows, audio_rows
+
+
+def _reference_inputs(
+    source: str, ids: list[Any], values: Sequence[Any], labels, root: Path, confine_to: Path | None = None
+) -> ReferenceInputs:
+    if not values:
+        raise MmstError(f"input {source!r} has no inputs")
+    prepared, modalities, first_rows, audio_rows = _check_references(values, labels, root, source, confine_to)
+    return ReferenceInputs(
+        source=source,
+        ids=ids,
+        modalities=modalities,
+        first_rows=first_rows,
+        fingerprint=_fingerprint(ids, prepared),
+        values=prepared,
+        audio_rows=audio_rows,
+    )
+
+
+def _line_inputs(source: str, stream: TextIO, root: Path) -> ReferenceInputs:
+    """One input per non-blank line; ids are the 0-based positions, messages name line numbers."""
+    values: list[str] = []
+    line_numbers: list[int] = []
+    for number, line in enumerate(stream, start=1):
+        text = line.rstrip("\r\n")
+        if text.strip():
+            values.append(text)
+            line_numbers.append(number)
+    return _reference_inputs(source, list(range(len(values))), values, lambda row: f"line {line_numbers[row]}", root)
+
+
+def _folder_media(folder: Path) -> list[Path]:
+    """Image and audio files under ``folder`` (recursive, hidden files and folders skipped), sorted."""
+    found = []
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        if path.is_file() and media_modality_of_name(path.name) in FOLDER_MODALITIES:
+            found.append(relative)
+    return sorted(found, key=lambda p: p.as_posix())
+
+
+def _is_dataset_folder(folder: Path) -> bool:
+    if any((folder / name).exists() for name in ("dataset_dict.json", "state.json", "dataset_info.json")):
+        return True
+    return any(child.is_file() and child.suffix.lower() in DATA_FILE_BUILDERS for child in folder.iterdir())
+
+
+def _content_columns(columns: Sequence[str], id_column: str | None) -> list[str]:
+    """Columns that may hold inputs: not the id column, ``id``, ``*_id``, ``label`` or ``score``."""
+    return [
+        name
+        for name in columns
+        if name != id_column and name.lower() not in NON_CONTENT_COLUMNS and not name.lower().endswith("_id")
+    ]
+
+
+def pick_column(columns: Sequence[str], column: str | None, id_column: str | None, source: str) -> str:
+    """Choose the table column to embed.
+
+    Args:
+        columns: The table's columns, in order.
+        column: ``--column``; must exist when given.
+        id_column: ``--id-column``; never the input column by default.
+        source: The input reference, for messages.
+
+    Returns:
+        ``column`` when given; else the only content column (ignoring ``id_column``, ``id``,
+        ``*_id``, ``label`` and ``score`` columns); else the first of :data:`PREFERRED_COLUMNS`
+        (``input``, ``text``, ``sentence``, ``content``, ``image``, ``audio``, ``path``, ``file``,
+        case-insensitive) that exists.
+
+    Raises:
+        MmstError: when the column does not exist or the choice is ambiguous.
+    """
+    if column is not None:
+        if column not in columns:
+            raise MmstError(f"input {source!r} has no column {column!r}; its columns are {list(columns)}; fix --column")
+        return column
+    content = _content_columns(columns, id_column)
+    if len(content) == 1:
+        return content[0]
+    by_name = {name.lower(): name for name in content}
+    for preferred in PREFERRED_COLUMNS:
+        if preferred in by_name:
+            return by_name[preferred]
+    raise MmstError(
+        f"input {source!r} has {'no content columns' if not content else 'several columns ' + str(content)}; "
+        "pick the one to embed with --column"
+    )
+
+
+def _scalar_ids(values: list[Any], id_column: str, source: str) -> list[Any]:
+    for row, value in enumerate(values):
+        if value is None or not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise MmstError(
+                f"input {source!r}: row {row + 1}, id column {id_column!r}: {value!r} is not a string or number"
+            )
+    return values
+
+
+def _table_inputs(
+    table,
+    source: str,
+    *,
+    column: str | None,
+    id_column: str | None,
+    root: Path,
+    media_root: Path | None,
+    allow_outside_root: bool = False,
+) -> EncodeInputs:
+    import datasets
+
+    names = list(table.column_names)
+    if id_column is not None and id_column not in names:
+        raise MmstError(f"input {source!r} has no column {id_column!r}; its columns are {names}; fix --id-column")
+    chosen = pick_column(names, column, id_column, source)
+    notes = []
+    others = [name for name in _content_columns(names, id_column) if name != chosen]
+    if column is None and others:
+        notes.append(f"embedding column {chosen!r} (other columns: {', '.join(others)}); pick another with --column")
+    ids = _scalar_ids(list(table[id_column]), id_column, source) if id_column else list(range(len(table)))
+    feature = table.features[chosen]
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        # Paths in a data file stay inside its folder (or --media-root) unless the user allows otherwise.
+        confine_to = None if allow_outside_root else root
+        labels = lambda row: f"row {row + 1}, column {chosen!r}"  # noqa: E731
+        inputs = _reference_inputs(source, ids, list(table[chosen]), labels, root, confine_to)
+        inputs.column, inputs.notes = chosen, notes
+        return inputs
+    is_bytes = isinstance(feature, datasets.Value) and feature.dtype in ("binary", "large_binary")
+    if isinstance(feature, (datasets.Image, datasets.Audio)) or is_bytes or is_frame_list_feature(feature):
+        return FeatureInputs(
+            source=source,
+            ids=ids,
+            fingerprint=_fingerprint(ids, [str(getattr(table, "_fingerprint", "")), chosen]),
+            column=chosen,
+            notes=notes,
+            table=table.select_columns([chosen]),
+            media_root=media_root,
+        )
+    raise MmstError(
+        f"input {source!r}: column {chosen!r} has type {feature}, which is neither text nor media; "
+        "pick another with --column"
+    )
+
+
+def read_inputs(
+    reference: str,
+    *,
+    column: str | None = None,
+    id_column: str | None = None,
+    split: str | None = None,
+    data_config: str | None = None,
+    media_root: str | Path | None = None,
+    stdin: TextIO | None = None,
+    allow_outside_root: bool = False,
+) -> EncodeInputs:
+    """Read and check the inputs, before any model is loaded.
+
+    Args:
+        reference: ``-`` for stdin; a ``.txt`` file (one input per line); a jsonl / json / csv /
+            parquet file; a folder with ``save_to_disk`` files or data files at its top level (a
+            dataset); any other folder (its image and audio files, recursively, sorted by relative
+            path; ids are the relative paths); or a Hub dataset id.
+        column: The table column to embed; ``None`` picks one with :func:`pick_column`.
+        id_column: The table column of ids; ``None`` (default) for 0-based row numbers.
+        split: Dataset split; ``None`` for ``train``.
+        data_config: Hub dataset configuration; ``None`` for the default.
+        media_root: Folder relative media paths resolve against; ``None`` for the input file's
+            folder, or the current directory for stdin and Hub datasets.
+        stdin: The stream ``-`` reads; ``None`` for ``sys.stdin``.
+        allow_outside_root: Accept media paths in a table that resolve outside its folder (or
+            ``media_root``); refused by default. Stdin lines and folders are the user's own paths.
+
+    Raises:
+        MmstError: for a missing input, a bad column, or unusable media (naming the row).
+    """
+    from mmst_cli.core.data.tables import load_table
+
+    root_override = Path(media_root).expanduser() if media_root is not None else None
+    is_table_input = reference != "-" and Path(reference).expanduser().suffix.lower() not in LINE_FILE_EXTENSIONS
+    if (column is not None or id_column is not None) and not is_table_input:
+        raise MmstError("--column and --id-column apply to tables (jsonl, csv, parquet, datasets), not to line inputs")
+    if reference == "-":
+        return _line_inputs("-", stdin if stdin is not None else sys.stdin, root_override or Path.cwd())
+    path = Path(reference).expanduser()
+    if not path.exists() and path.suffix.lower() in (*DATA_FILE_BUILDERS, *LINE_FILE_EXTENSIONS):
+        raise MmstError(f"input {reference!r} does not exist; check the path")
+    if path.is_file() and path.suffix.lower() in LINE_FILE_EXTENSIONS:
+        with path.open(encoding="utf8") as stream:
+            return _line_inputs(reference, stream, root_override or path.parent)
+    if path.is_dir() and not _is_dataset_folder(path):
+        if column is not None or id_column is not None:
+            raise MmstError(f"--column and --id-column apply to tables; {reference!r} is a folder of media files")
+        files = _folder_media(path)
+        if not files:
+            raise MmstError(
+                f"folder {reference!r} has no image or audio files (by extension) and no dataset or data files"
+            )
+        ids = [file.as_posix() for file in files]
+        return _reference_inputs(reference, ids, ids, lambda row: f"file {ids[row]!r}", path)
+    if split is not None and path.is_file():
+        raise MmstError(f"--split applies to dataset folders and Hub datasets; {reference!r} is one file")
+    table = load_table(reference, config=data_config, split=split)
+    root = root_override or (path.parent if path.is_file() else path if path.is_dir() else Path.cwd())
+    return _table_inputs(
+        table, reference, column=column, id_column=id_column, root=root, media_root=root_override,
+        allow_outside_root=allow_outside_root,
+    )  # fmt: skip
+
+

@@ -1,0 +1,479 @@
+"""The ``mmst encode`` job: texts, images and audio to embeddings on disk (or stdout), in chunks.
+
+The job runs in five steps; this module runs them, the ``encode`` wing's other modules hold them:
+
+1. :func:`~mmst_cli.core.encode.inputs.read_inputs` turns the input reference (a jsonl / csv / parquet / txt file, a folder of
+   images or audio, ``-`` for stdin, a ``save_to_disk`` folder or a Hub dataset) into an
+   :class:`~mmst_cli.core.encode.inputs.EncodeInputs`: ids plus one input per row, every media reference checked before any
+   model work (a missing file is an error naming its row, never text);
+2. the model is located and loaded (:mod:`mmst_cli.core.models.loading`), and the inputs are bound to it
+   (:meth:`~mmst_cli.core.encode.inputs.EncodeInputs.bind`: media columns of a dataset are checked by
+   :func:`~mmst_cli.core.data.tables.prepare_media`, and every modality must be one the model takes);
+3. rows are encoded in chunks of :attr:`EncodeOptions.chunk_size` rows, in input order, by
+   :func:`~mmst_cli.core.encode.encoding.encode_inputs` (which groups each chunk by modality and puts the
+   rows back in order), on one device or on a pool of processes (``--device cuda:0,cuda:1``);
+4. each finished chunk is saved (:mod:`mmst_cli.core.encode.parts`) as a float32 ``.npy`` part in ``.<output name>.parts/`` next to the
+   output, with a ``manifest.json`` of the inputs and options, so ``--resume`` skips finished chunks;
+5. the parts are converted to the output precision and written (:mod:`mmst_cli.core.encode.writers`) to a temporary file in the output's
+   folder, which is then renamed onto the output (never a truncated file under the final name), and
+   the parts folder is deleted. ``-o -`` streams jsonl to stdout instead, chunk by chunk, with no parts.
+
+This module imports no ML library at module level; :mod:`mmst_cli.cli.encode` imports it inside
+the command.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from mmst_cli.core.encode.inputs import read_inputs
+from mmst_cli.core.encode.parts import MANIFEST_VERSION, Parts
+from mmst_cli.core.encode.writers import (
+    JsonlWriter,
+    Writer,
+    convert_precision,
+    output_width,
+    write_output,
+)
+from mmst_cli.core.errors import EXIT_INTERRUPTED, MmstError
+
+#: Output formats, chosen by ``--format`` or by the output's extension.
+FORMATS = ("npy", "parquet", "jsonl", "safetensors")
+
+#: ``--precision`` values. ``int8`` and ``ubinary`` use Sentence Transformers' ``quantize_embeddings``.
+PRECISIONS = ("float32", "float16", "int8", "ubinary")
+
+#: ``--task`` values: ``encode_query`` / ``encode_document`` instead of ``encode``.
+TASKS = ("query", "document")
+
+#: Rows encoded (and saved as one resumable part) at a time.
+DEFAULT_CHUNK_SIZE = 4096
+
+
+# --------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncodeOptions:
+    """Everything ``mmst encode`` was asked to do.
+
+    Attributes:
+        inputs: A jsonl / csv / parquet / txt file, a folder of images or audio (recursive), ``-``
+            for stdin (one text or media path per line), a ``save_to_disk`` folder or a Hub
+            dataset id. Required.
+        output: The output file, or ``-`` to stream jsonl to stdout. Required.
+        model: Model folder or Hub id; ``None`` (the default) for the embedded default model.
+        column: The table column to embed; ``None`` picks one (see :func:`pick_column`).
+        id_column: The table column whose values become the ids; ``None`` (the default) uses the
+            0-based row number. Folders always use relative paths, line inputs the 0-based position.
+        split: Dataset split to read; ``None`` for ``train``.
+        data_config: Hub dataset configuration; ``None`` for the default one.
+        media_root: Folder relative media paths resolve against; ``None`` for the input file's
+            folder (the current directory for stdin and Hub datasets).
+        allow_outside_root: Accept media paths in a table that resolve outside its folder (or
+            ``media_root``); ``False`` (the default) refuses them.
+        task: ``query`` or ``document`` to use ``encode_query`` / ``encode_document``; ``None`` (the
+            default) for plain ``encode``.
+        prompt: Text prepended to every text input (overrides the task's prompt); ``None`` for none.
+        batch_size: Inputs per forward pass; default 32.
+        chunk_size: Rows encoded and saved as one resumable part at a time; default 4096.
+        dim: Keep the first ``dim`` dimensions (Matryoshka truncation); ``None`` keeps all.
+        normalize: L2-normalise the vectors (after truncation); default off.
+        precision: ``float32`` (default), ``float16``, ``int8`` or ``ubinary``.
+        format: ``npy``, ``parquet``, ``jsonl`` or ``safetensors``; ``None`` takes the output's
+            extension (``-o -`` is always jsonl).
+        resume: Continue an interrupted run from its parts folder; default off (start over).
+        device: ``None`` lets Sentence Transformers choose; one device (``cuda:0``, ``cpu``) runs
+            in this process; several, comma-separated (``cuda:0,cuda:1`` or ``cpu,cpu``), start one
+            encoding process per entry.
+        trust_remote_code: Run custom modelling code from the model's repository; default off.
+        decode_workers: Threads decoding image files ahead of the model; ``None`` (default) for one
+            per core, at most 4; 0 leaves decoding to the model. Unused with several devices (each
+            encoding process decodes its own inputs).
+    """
+
+    inputs: str
+    output: str
+    model: str | None = None
+    column: str | None = None
+    id_column: str | None = None
+    split: str | None = None
+    data_config: str | None = None
+    media_root: str | None = None
+    allow_outside_root: bool = False
+    task: str | None = None
+    prompt: str | None = None
+    batch_size: int = 32
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    dim: int | None = None
+    normalize: bool = False
+    precision: str = "float32"
+    format: str | None = None
+    resume: bool = False
+    device: str | None = None
+    trust_remote_code: bool = False
+    decode_workers: int | None = None
+
+    @property
+    def to_stdout(self) -> bool:
+        """Whether the output is ``-`` (jsonl on stdout)."""
+        return self.output == "-"
+
+    @property
+    def output_format(self) -> str:
+        """The resolved output format (valid only after :meth:`validate`)."""
+        if self.to_stdout:
+            return "jsonl"
+        if self.format:
+            return self.format
+        return Path(self.output).suffix.lower().lstrip(".")
+
+    @property
+    def devices(self) -> list[str]:
+        """``--device`` split on commas; empty when not given."""
+        if not self.device:
+            return []
+        return [item.strip() for item in self.device.split(",")]
+
+    def validate(self) -> None:
+        """Check the options on their own, before any file or model is read.
+
+        Raises:
+            MmstError: (exit status 2) naming the flag to fix.
+        """
+        if not self.output:
+            raise MmstError("-o/--output is empty; name an output file, or - for jsonl on stdout")
+        if self.format is not None:
+            self.format = self.format.lower().lstrip(".")
+            if self.format not in FORMATS:
+                raise MmstError(f"--format {self.format!r} is not one of {', '.join(FORMATS)}")
+        if self.to_stdout:
+            if self.format not in (None, "jsonl"):
+                raise MmstError(f"-o - streams jsonl; --format {self.format} needs a file output")
+            if self.resume:
+                raise MmstError("--resume needs a file output: -o - streams as it goes and keeps no parts")
+        elif self.format is None and self.output_format not in FORMATS:
+            raise MmstError(
+                f"cannot tell the output format from {self.output!r}; end it in "
+                f"{', '.join('.' + name for name in FORMATS)} or pass --format"
+            )
+        if self.precision not in PRECISIONS:
+            raise MmstError(f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.task is not None and self.task not in TASKS:
+            raise MmstError(f"--task {self.task!r} is not one of {', '.join(TASKS)}")
+        for flag, value in (("--batch-size", self.batch_size), ("--chunk-size", self.chunk_size), ("--dim", self.dim)):
+            if value is not None and value <= 0:
+                raise MmstError(f"{flag} must be a positive whole number, got {value}")
+        if self.decode_workers is not None and self.decode_workers < 0:
+            raise MmstError(f"--decode-workers must be 0 or more, got {self.decode_workers}")
+        if self.device is not None and (not self.device.strip() or not all(self.devices)):
+            raise MmstError(f"--device {self.device!r} has an empty entry; write e.g. cuda:0,cuda:1 or cpu,cpu")
+        if self.media_root is not None and not Path(self.media_root).expanduser().is_dir():
+            raise MmstError(f"--media-root {self.media_root!r} is not a folder")
+
+
+# --------------------------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------------------------
+
+
+def int8_ranges(blocks) -> Any:
+    """Per-dimension ``(2, dim)`` min/max over every row of ``blocks`` (float32 arrays), as
+    ``quantize_embeddings`` computes them from the whole matrix, without holding it in memory."""
+    import numpy as np
+
+    minimum = maximum = None
+    for block in blocks:
+        low, high = np.min(block, axis=0), np.max(block, axis=0)
+        minimum = low if minimum is None else np.minimum(minimum, low)
+        maximum = high if maximum is None else np.maximum(maximum, high)
+    return np.vstack((minimum, maximum)).astype(np.float32)
+
+
+class PooledModel:
+    """A model whose ``encode*`` calls go to a multi-process pool (``start_multi_process_pool``).
+
+    :func:`~mmst_cli.core.encode.encoding.encode_inputs` calls it one modality at a time, and Sentence
+    Transformers splits each call into sub-chunks for the workers and puts them back in order, so
+    grouping by modality and input order both hold.
+    """
+
+    def __init__(self, model, pool) -> None:
+        self._model = model
+        self._pool = pool
+
+    def encode(self, inputs, **kwargs):
+        return self._model.encode(inputs, pool=self._pool, **kwargs)
+
+    def encode_query(self, inputs, **kwargs):
+        return self._model.encode_query(inputs, pool=self._pool, **kwargs)
+
+    def encode_document(self, inputs, **kwargs):
+        return self._model.encode_document(inputs, pool=self._pool, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+class EncodeInterrupted(MmstError):
+    """Raised (exit status 130) when the run is interrupted; finished chunks are kept for ``--resume``."""
+
+
+@dataclass
+class EncodeResult:
+    """What a run did.
+
+    Attributes:
+        summary: The JSON-ready summary (model, inputs, count, dim, output, precision, seconds, ...).
+        encoded_chunks: Chunks encoded by this run.
+        reused_chunks: Finished chunks taken from an earlier run (``--resume``).
+    """
+
+    summary: dict[str, Any]
+    encoded_chunks: int
+    reused_chunks: int
+
+
+def _chunk_bounds(count: int, chunk_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + chunk_size, count)) for start in range(0, count, chunk_size)]
+
+
+def _model_identity(source) -> str:
+    location = Path(source.location)
+    return str(location.resolve()) if location.is_dir() else source.reference
+
+
+def run_encode(
+    options: EncodeOptions,
+    *,
+    console=None,
+    show_progress: bool = True,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    model=None,
+    on_chunk: Callable[[int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> EncodeResult:
+    """Run ``mmst encode``: read and check the inputs, encode them in chunks, write the output.
+
+    Args:
+        options: What to do; validated here.
+        console: Rich console for the progress bar (stderr); ``None`` for a new stderr console.
+        show_progress: Draw the progress bar; default on.
+        stdin: The stream ``-`` reads; ``None`` for ``sys.stdin``.
+        stdout: Where ``-o -`` writes jsonl; ``None`` for ``sys.stdout``.
+        model: An already loaded model to use instead of loading ``options.model`` (tests, notebooks);
+            ``options.model`` still names it in the manifest and the summary.
+        on_chunk: Called with each chunk's index after it is encoded and saved (a hook for tests and
+            callers that want to stop early: raising there leaves the finished parts for ``--resume``).
+        log: Where notes for the user go; default: stderr.
+
+    Returns:
+        An :class:`EncodeResult`.
+
+    Raises:
+        MmstError: for bad options, inputs or media (exit 2) before anything is written;
+            :class:`EncodeInterrupted` (exit 130) on Ctrl-C, keeping the finished parts.
+    """
+    from mmst_cli.core.encode.encoding import encode_inputs
+    from mmst_cli.core.models.loading import load_model
+    from mmst_cli.core.models.locate import locate_model
+    from mmst_cli.core.progress import progress_bars
+
+    started = time.perf_counter()
+    log = log or (lambda line: sys.stderr.write(line + "\n"))
+    options.validate()
+    source = locate_model(options.model)
+    inputs = read_inputs(
+        options.inputs,
+        column=options.column,
+        id_column=options.id_column,
+        split=options.split,
+        data_config=options.data_config,
+        media_root=options.media_root,
+        stdin=stdin,
+        allow_outside_root=options.allow_outside_root,
+    )
+    for note in inputs.notes:
+        log(note)
+    output = None if options.to_stdout else Path(options.output).expanduser()
+    if output is not None and output.is_dir():
+        example = Path(options.output) / "embeddings.npy"
+        raise MmstError(f"-o {options.output!r} is a folder; name a file such as {example}")
+
+    devices = options.devices
+    if model is None:
+        # A pool copies the model from the CPU into each worker; one device loads straight onto it.
+        device = devices[0] if len(devices) == 1 else "cpu" if devices else None
+        model = load_model(source, trust_remote_code=options.trust_remote_code, device=device)
+    elif len(devices) == 1:
+        model.to(devices[0])
+    inputs.bind(model)
+    model_dim = model.get_embedding_dimension()
+    if options.dim is not None and model_dim and options.dim > model_dim:
+        raise MmstError(f"--dim {options.dim} is larger than the model's embedding dimension {model_dim}")
+    dim = options.dim or model_dim
+
+    bounds = _chunk_bounds(inputs.count, options.chunk_size)
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "inputs": options.inputs,
+        "count": inputs.count,
+        "fingerprint": inputs.fingerprint,
+        "model": _model_identity(source),
+        "task": options.task,
+        "prompt": options.prompt,
+        "dim": options.dim,
+        "normalize": options.normalize,
+        "chunk_size": options.chunk_size,
+    }
+    parts = None
+    done: dict[int, int] = {}
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        parts = Parts(output, manifest)
+        done = parts.open(resume=options.resume, chunk_rows=[stop - start for start, stop in bounds], log=log)
+        if done:
+            dim = next(iter(done.values()))
+            log(f"resuming: {len(done)} of {len(bounds)} chunks already encoded")
+
+    metadata = {
+        "model": source.reference,
+        "inputs": options.inputs,
+        "task": options.task,
+        "prompt": options.prompt,
+        "normalize": options.normalize,
+        "precision": options.precision,
+    }
+    stream = stdout if stdout is not None else sys.stdout
+    # -o - writes each chunk as soon as it is encoded, except int8, whose ranges need every row.
+    held: list[Any] = []
+    stream_writer: Writer | None = None
+    encoded = 0
+    pool = None
+    try:
+        try:
+            encoder = model
+            if len(devices) > 1 and len(done) < len(bounds):
+                pool = model.start_multi_process_pool(devices)
+                encoder = PooledModel(model, pool)
+            # One call per chunk and modality in a pool (it splits the work itself); smaller calls
+            # here, so the bar moves.
+            inner = options.chunk_size if pool is not None else min(options.chunk_size, max(256, 8 * options.batch_size))
+            with progress_bars(console, enabled=show_progress) as track:
+                advance = track("encoding", inputs.count)
+                advance(sum(bounds[index][1] - bounds[index][0] for index in done))
+                for index, (start, stop) in enumerate(bounds):
+                    if index in done:
+                        continue
+                    vectors = encode_inputs(
+                        encoder,
+                        inputs.chunk(start, stop),
+                        task=options.task,
+                        prompt=options.prompt,
+                        batch_size=options.batch_size,
+                        chunk_size=inner,
+                        normalize=options.normalize,
+                        truncate_dim=options.dim,
+                        on_progress=advance,
+                        decode_workers=0 if pool is not None else options.decode_workers,
+                    )
+                    dim = vectors.shape[1]
+                    encoded += 1
+                    if parts is not None:
+                        parts.save(index, vectors)
+                    elif options.precision == "int8":
+                        held.append(vectors)
+                    else:
+                        if stream_writer is None:
+                            stream_writer = JsonlWriter(
+                                None, count=inputs.count, width=output_width(dim, options.precision),
+                                precision=options.precision, ids=inputs.ids, metadata=metadata, stream=stream,
+                            )  # fmt: skip
+                        stream_writer.write(start, convert_precision(vectors, options.precision))
+                    if on_chunk is not None:
+                        on_chunk(index)
+        finally:
+            if pool is not None:
+                model.stop_multi_process_pool(pool)
+
+        metadata["dim"] = dim
+        ranges = None
+        if options.precision == "int8":
+            ranges = int8_ranges(held if parts is None else (parts.load(index) for index in range(len(bounds))))
+        writer_kwargs = dict(
+            count=inputs.count, width=output_width(dim, options.precision), precision=options.precision,
+            ids=inputs.ids, metadata=metadata, ranges=ranges,
+        )  # fmt: skip
+        if parts is None:
+            if held:
+                writer = JsonlWriter(None, stream=stream, **writer_kwargs)
+                for (start, _), vectors in zip(bounds, held):
+                    writer.write(start, convert_precision(vectors, options.precision, ranges))
+        else:
+
+            def converted() -> Iterator[tuple[int, Any]]:
+                for index, (start, _) in enumerate(bounds):
+                    yield start, convert_precision(parts.load(index), options.precision, ranges)
+
+            write_output(output, options.output_format, converted, writer_kwargs=writer_kwargs)
+            parts.remove()
+    except KeyboardInterrupt as error:
+        hint = ""
+        if parts is not None:
+            hint = f"; {len(done) + encoded} of {len(bounds)} chunks are saved, rerun with --resume to continue"
+        raise EncodeInterrupted(f"interrupted{hint}", exit_code=EXIT_INTERRUPTED) from error
+
+    counts = dict(sorted(inputs.modalities.items()))
+    summary = {
+        "model": source.reference,
+        "inputs": options.inputs,
+        "column": inputs.column,
+        "count": inputs.count,
+        "modalities": counts,
+        "dim": dim,
+        "output": options.output,
+        "format": options.output_format,
+        "precision": options.precision,
+        "normalize": options.normalize,
+        "task": options.task,
+        "chunks": len(bounds),
+        "reused_chunks": len(done),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return EncodeResult(summary, encoded_chunks=encoded, reused_chunks=len(done))
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The one-line human summary: count, modalities, dim, precision, output and seconds."""
+    modalities = ", ".join(f"{count} {name}" for name, count in summary["modalities"].items())
+    reused = f", {summary['reused_chunks']} of {summary['chunks']} chunks resumed" if summary["reused_chunks"] else ""
+    where = "stdout (jsonl)" if summary["output"] == "-" else f"{summary['output']} ({summary['format']})"
+    return (
+        f"encoded {summary['count']} inputs ({modalities}) -> {summary['dim']}-d {summary['precision']} "
+        f"to {where} in {summary['seconds']:.1f} s{reused}"
+    )
+
+
+__all__ = [
+    "EncodeInputs",
+    "EncodeInterrupted",
+    "EncodeOptions",
+    "EncodeResult",
+    "FORMATS",
+    "PRECISIONS",
+    "Parts",
+    "convert_precision",
+    "parts_folder",
+    "pick_column",
+    "read_inputs",
+    "run_encode",
+    "summary_line",
+]

@@ -1,0 +1,8 @@
+"""Retrieval: tasks, search, metrics and evaluation.
+
+Owns retrieval tasks in BEIR, ViDoRe/mteb and pair layouts (:mod:`.tasks`), exact search
+(:mod:`.search`), trec_eval-exact metrics and TREC files (:mod:`.metrics`), the evaluation of a
+model or a run (:mod:`.evaluation`) and result files and plots (:mod:`.reports`).
+
+May import: ``encode``, ``models``, ``data`` and the ground.
+"""
