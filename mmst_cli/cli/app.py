@@ -21,7 +21,7 @@ from mmst_cli.cli.encode import encode
 from mmst_cli.cli.evaluate import evaluate
 from mmst_cli.cli.train_embed import train_embed
 from mmst_cli.cli.train_rerank import train_rerank
-from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MmstError
+from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, MmstError
 
 app = typer.Typer(
     name="mmst",
@@ -92,11 +92,34 @@ def _hoist_debug(argv: list[str]) -> tuple[list[str], bool]:
     return ["--debug"] + [arg for arg in argv[:end] if arg != "--debug"] + argv[end:], True
 
 
+try:  # Typer 0.2x ships its own copy of Click and raises that copy's exceptions.
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # older Typer runs on Click itself
+    from click import exceptions as click_exceptions
+
+#: Click raises this (a UsageError) for a bare ``mmst``; older Click printed the help itself.
+_NoArgsIsHelp = getattr(click_exceptions, "NoArgsIsHelpError", ())
+
+
 def main() -> None:
     """Console-script entry point: run the app and turn every failure into one line on stderr."""
     argv, debug = _hoist_debug(sys.argv[1:])
     try:
-        app(args=argv, prog_name="mmst")
+        # Not standalone: Click's usage errors come here and print as one line, not as a box.
+        status = app(args=argv, prog_name="mmst", standalone_mode=False)
+    except _NoArgsIsHelp as error:
+        # A bare `mmst`: Typer has printed the help already.
+        sys.exit(error.exit_code)
+    except click_exceptions.UsageError as error:
+        command = error.ctx.command_path if error.ctx else "mmst"
+        sys.stderr.write(f"Error: {error.format_message()} (see '{command} --help')\n")
+        sys.exit(EXIT_USAGE)
+    except click_exceptions.ClickException as error:
+        sys.stderr.write(f"Error: {error.format_message()}\n")
+        sys.exit(error.exit_code)
+    except typer.Abort:
+        sys.stderr.write("Error: aborted\n")
+        sys.exit(EXIT_FAILURE)
     except MmstError as error:
         if debug:
             traceback.print_exc()
@@ -113,3 +136,5 @@ def main() -> None:
             f"Error: unexpected {type(error).__name__}: {detail} (rerun with --debug for the traceback)\n"
         )
         sys.exit(EXIT_FAILURE)
+    # typer.Exit(code) and --help / --version end here in non-standalone mode.
+    sys.exit(status if isinstance(status, int) else 0)

@@ -211,6 +211,9 @@ def parse_thresholds(values: tuple[str, ...], ks: tuple[int, ...]) -> dict[str, 
             raise MmstError(f"--fail-under {value!r}: write METRIC=VALUE, e.g. ndcg@10=0.85")
         if metric not in computed:
             raise MmstError(f"--fail-under {metric}: not a computed metric; use one of {', '.join(computed)}")
+        # nan would never fail (every comparison with it is false) and scores live in [0, 1].
+        if not 0 <= thresholds[metric] <= 1:
+            raise MmstError(f"--fail-under {value!r}: the threshold must be a number from 0 to 1")
     return thresholds
 
 

@@ -90,6 +90,9 @@ class TrainingOptions:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise MmstError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            # transformers reads 0 as "use --epochs" and would train; -1 is the "off" default.
+            raise MmstError(f"--max-steps must be a positive number of steps, got {self.max_steps}")
         if not 0 <= self.warmup < 1:
             raise MmstError(f"--warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         if self.precision not in PRECISIONS:
