@@ -212,7 +212,7 @@ def padded_tokens(model, texts: list[str], call_size: int, *, sort_first: bool) 
 
 def decode_ahead_vs_not(model, kind: str, paths: list[str], repeats: int) -> Row:
     """``encode_inputs`` with image files decoded ahead in threads against the model decoding them."""
-    from mmst_cli.core import encoding
+    from mmst_cli.core.encode import encoding
 
     def run(workers):
         return timed(lambda: encoding.encode_inputs(model, paths, batch_size=BATCH_SIZE, decode_workers=workers))[0]

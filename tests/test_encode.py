@@ -147,7 +147,7 @@ def test_audio_equals_model_encode_on_the_decoded_clips(tiny_models, tmp_path):
 def test_image_files_decoded_ahead_equal_model_encode_on_the_paths(clip, tiny_models, tmp_path, monkeypatch):
     from PIL import Image
 
-    from mmst_cli.core import encoding
+    from mmst_cli.core.encode import encoding
 
     # Test-sized files are below the size from which decoding ahead pays; the vectors must not depend on it.
     monkeypatch.setattr(encoding, "DECODE_AHEAD_MIN_BYTES", 0)

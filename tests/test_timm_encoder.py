@@ -134,7 +134,7 @@ RELOAD_SCRIPT = textwrap.dedent(
     import sys
     import numpy as np
     from PIL import Image
-    from mmst_cli.core.timm_encoder import load_with_mmst_modules
+    from mmst_cli.core.models.timm_encoder import load_with_mmst_modules
 
     folder, texts_file, out = sys.argv[1:4]
     texts = open(texts_file, encoding="utf-8").read().splitlines()

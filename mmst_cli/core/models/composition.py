@@ -25,7 +25,7 @@ from mmst_cli.core.models.locate import (
     packaged_minilm_path,
 )
 
-EMOJI_DIR = Path(__file__).resolve().parent.parent / "assets" / "emoji"
+EMOJI_DIR = Path(__file__).resolve().parents[2] / "assets" / "emoji"
 EMOJI_TRAIN = EMOJI_DIR / "train.parquet"
 EMOJI_EVAL = EMOJI_DIR / "eval.parquet"
 

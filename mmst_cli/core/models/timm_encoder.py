@@ -277,7 +277,7 @@ class TimmImageEncoder(InputModule):
             **kwargs: Ignored.
 
         Returns:
-            ``features`` with ``"sentence_embedding"``: a ``(batch, getbackbone_dimension())`` tensor.
+            ``features`` with ``"sentence_embedding"``: a ``(batch, get_embedding_dimension())`` tensor.
         """
         pixel_values = features["pixel_values"]
         parameter = next(self.backbone.parameters(), None)
@@ -286,7 +286,7 @@ class TimmImageEncoder(InputModule):
         features["sentence_embedding"] = self.backbone(pixel_values)
         return features
 
-    def getbackbone_dimension(self) -> int:
+    def get_embedding_dimension(self) -> int:
         """Size of the pooled features (1280 for EfficientNet-Lite0)."""
         return backbone_dimension(self.backbone)
 
