@@ -1,34 +1,95 @@
-"""Shared helpers for the test suite: run the real ``mmst`` console script in a subprocess."""
+"""Shared helpers for the test suite: run ``mmst`` in this process, or as a real console script.
+
+``run_mmst`` calls the same entry point the console script calls (``mmst_cli.cli.app.main``) in the
+test process, with its own argv, stdin, stdout, stderr, working folder and environment. That skips
+the 5-10 s of importing torch and transformers that each subprocess pays, which made up most of the
+suite's time. ``run_mmst_process`` runs the installed ``mmst`` script in a subprocess; each command
+keeps tests that use it where the process boundary matters: exit statuses as the shell sees them,
+signals, start-up imports, stdout purity and pipes (docs/testing.md lists them).
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 MMST = str(Path(sys.executable).with_name("mmst"))
 
 
-def run_mmst(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None):
-    """Run ``mmst ARGS`` as a user would and return the completed process (text mode)."""
+@dataclass
+class MmstResult:
+    """What one ``mmst`` run left: its exit status and everything it wrote (like ``CompletedProcess``)."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@contextmanager
+def _environment(cwd: Path | None, env: dict | None):
+    previous_cwd = os.getcwd()
+    previous_env = dict(os.environ)
+    os.environ.update(env or {})
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        yield
+    finally:
+        os.chdir(previous_cwd)
+        os.environ.clear()
+        os.environ.update(previous_env)
+
+
+def run_mmst(*args: str, cwd: Path | None = None, env: dict | None = None, input: str | None = None) -> MmstResult:
+    """Run ``mmst ARGS`` in this process, as the console script would, and return what it left."""
+    from mmst_cli.cli.app import main
+
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="")  # has .buffer, like a real stdout
+    stderr = io.StringIO()
+    stdin = io.StringIO(input or "")
+    streams = sys.argv, sys.stdin, sys.stdout, sys.stderr
+    sys.argv, sys.stdin, sys.stdout, sys.stderr = [MMST, *args], stdin, stdout, stderr
+    try:
+        with _environment(cwd, env):
+            main()
+        returncode = 0
+    except SystemExit as exit_:
+        code = exit_.code
+        returncode = code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        sys.argv, sys.stdin, sys.stdout, sys.stderr = streams
+    stdout.flush()
+    return MmstResult(list(args), returncode, stdout.buffer.getvalue().decode("utf-8"), stderr.getvalue())
+
+
+def run_mmst_process(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None,
+                     input: str | None = None):  # fmt: skip
+    """Run the installed ``mmst ARGS`` in a subprocess as a user would; return the completed process (text)."""
     full_env = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
     return subprocess.run(
-        [MMST, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+        [MMST, *args], cwd=cwd, env=full_env, input=input, capture_output=True, text=True, timeout=timeout,
+        check=False,
+    )  # fmt: skip
 
 
 def run_json(*args: str, **kwargs) -> dict[str, Any]:
-    """Run ``mmst ARGS --json``, assert success and return the parsed stdout."""
+    """Run ``mmst ARGS --json`` in process, assert success and return the parsed stdout."""
     result = run_mmst(*args, "--json", **kwargs)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
 def assert_one_line_error(result, exit_code: int, *fragments: str) -> None:
-    """Assert the process failed with ``exit_code`` and one clean ``Error:`` line naming ``fragments``."""
+    """Assert the run failed with ``exit_code`` and one clean ``Error:`` line naming ``fragments``."""
     assert result.returncode == exit_code, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]

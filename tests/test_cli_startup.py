@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.helpers import run_mmst
+from tests.helpers import run_mmst_process
 
 HEAVY_MODULES = ("torch", "transformers", "datasets", "sentence_transformers")
 
@@ -32,15 +32,15 @@ def test_help_and_version_import_no_ml_library(args):
 
 
 def test_console_script_help_and_version():
-    help_result = run_mmst("--help")
+    help_result = run_mmst_process("--help")
     assert help_result.returncode == 0
     assert "detect" in help_result.stdout
-    version = run_mmst("--version")
+    version = run_mmst_process("--version")
     assert version.returncode == 0
     assert version.stdout.startswith("mmst ")
 
 
 def test_unknown_command_is_a_usage_error():
-    result = run_mmst("no-such-command")
+    result = run_mmst_process("no-such-command")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

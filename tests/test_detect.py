@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from tests.helpers import assert_one_line_error, run_json, run_mmst
+from tests.helpers import assert_one_line_error, run_json, run_mmst, run_mmst_process
 
 EXPECTED_MODALITIES = {
     "bert": ["text"],
@@ -111,7 +111,8 @@ def test_detect_inputs_unsupported_modality(tiny_models, tmp_path):
 
 
 def test_detect_errors_are_one_line_with_exit_2(tmp_path):
-    assert_one_line_error(run_mmst("detect", str(tmp_path / "missing")), 2, "does not exist")
+    # The console script in a real process: the exit status and stderr the shell sees.
+    assert_one_line_error(run_mmst_process("detect", str(tmp_path / "missing")), 2, "does not exist")
     assert_one_line_error(run_mmst("detect", str(tmp_path)), 2, "neither modules.json nor config.json")
     assert_one_line_error(
         run_mmst("detect", "sentence-transformers/all-MiniLM-L6-v2"), 2, "offline", "all-MiniLM-L6-v2"

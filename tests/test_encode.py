@@ -22,7 +22,7 @@ from mmst_cli.core.encode.parts import parts_folder
 from mmst_cli.core.encode.inputs import pick_column
 from mmst_cli.core.errors import MmstError
 from tests.data_factory import write_colour_pairs, write_frame_clips, write_tone_pairs
-from tests.helpers import MMST, assert_one_line_error, run_json, run_mmst
+from tests.helpers import MMST, assert_one_line_error, run_json, run_mmst, run_mmst_process
 
 TEXTS = [f"a photo of thing number {index}, {'very ' * (index % 4)}colourful" for index in range(7)]
 
@@ -419,7 +419,7 @@ def test_cli_missing_media_is_one_line_error_naming_the_row_and_leaves_nothing(t
     path = colours.parent / "missing.csv"
     path.write_text("text\na caption\nimages/001.png\nimages/nope.png\n")
     output = tmp_path / "out.parquet"
-    result = run_mmst("encode", str(path), "--model", str(tiny_models["clip"]), "-o", str(output))
+    result = run_mmst_process("encode", str(path), "--model", str(tiny_models["clip"]), "-o", str(output))
     assert_one_line_error(result, 2, "row 3, column 'text'", "images/nope.png", "file not found")
     assert list(tmp_path.iterdir()) == []
 

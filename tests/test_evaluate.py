@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mmst_cli.core.retrieval.search import search
-from tests.helpers import assert_one_line_error, run_json, run_mmst
+from tests.helpers import assert_one_line_error, run_json, run_mmst, run_mmst_process
 
 TOPICS = ["cats", "dogs", "birds", "fish", "trees", "cars", "boats", "trains"]
 
@@ -122,7 +122,7 @@ def test_pairs_sweep_plot_gate_and_reranker(tmp_path, tiny_models, tiny_reranker
     ndcg = swept["metrics"]["ndcg@10"]
     passing = run_mmst("evaluate", "--model", str(tiny_models["bert"]), "--data", str(pairs), "--fail-under", f"ndcg@10={ndcg - 0.01}")
     assert passing.returncode == 0 and "pass ndcg@10" in passing.stderr
-    failing = run_mmst("evaluate", "--model", str(tiny_models["bert"]), "--data", str(pairs), "--fail-under", f"ndcg@10={ndcg + 0.01}", "--json")
+    failing = run_mmst_process("evaluate", "--model", str(tiny_models["bert"]), "--data", str(pairs), "--fail-under", f"ndcg@10={ndcg + 0.01}", "--json")
     assert failing.returncode == 1 and json.loads(failing.stdout)["passed"] is False
     unknown = run_mmst("evaluate", "--run", str(pairs), "--qrels", str(pairs), "--fail-under", "ndcg10=1")
     assert_one_line_error(unknown, 2, "ndcg10: not a computed metric", "ndcg@10")

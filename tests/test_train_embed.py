@@ -18,7 +18,7 @@ from mmst_cli.core.models.loading import load_model
 from mmst_cli.core.models.locate import locate_model
 from mmst_cli.core.train.embed import TrainEmbedOptions, train_embedding_model
 from tests.data_factory import write_colour_pairs, write_frame_clips, write_text_pairs, write_tone_pairs
-from tests.helpers import assert_one_line_error, run_json, run_mmst
+from tests.helpers import assert_one_line_error, run_json, run_mmst, run_mmst_process
 
 LOSS_VARIANTS = {
     "mnrl": LossOptions(name="mnrl"),
@@ -210,8 +210,8 @@ def test_bf16_trains_and_attention_is_chosen_and_reported(tmp_path, colour_pairs
 def test_missing_media_fails_fast_naming_the_row(tmp_path, tiny_models):
     data = write_colour_pairs(tmp_path / "data", count=4)
     (tmp_path / "data" / "images" / "002.png").unlink()
-    result = run_mmst("train-embed", "--model", str(tiny_models["clip"]), "--data", str(data),
-                      "--output-dir", str(tmp_path / "run"))  # fmt: skip
+    result = run_mmst_process("train-embed", "--model", str(tiny_models["clip"]), "--data", str(data),
+                              "--output-dir", str(tmp_path / "run"))  # fmt: skip
     assert_one_line_error(result, 2, "row 3", "'image'", "images/002.png: file not found", "--skip-bad")
     assert not (tmp_path / "run").exists()
     skipped = run_json("train-embed", "--model", str(tiny_models["clip"]), "--data", str(data), "--skip-bad",

@@ -19,7 +19,7 @@ from mmst_cli.core.train.rerank_data import load_rerank_data, split_queries, tra
 from mmst_cli.core.models.rerankers import PAIR_TEMPLATE_MARKER, build_reranker, reranker_arch
 from mmst_cli.testing.tiny_models import QWEN2_VL_CHAT_TEMPLATE
 from tests.data_factory import COLOUR_NAMES, write_colour_pairs
-from tests.helpers import run_json
+from tests.helpers import assert_one_line_error, run_json, run_mmst_process
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -367,12 +367,9 @@ def test_cli_json_refusal_and_resume(tmp_path, tiny_models, text_data):
     assert first["arch"] == "classifier" and first["data_layout"] == "pairs" and first["eval_queries"] == 2
     assert first["base"].keys() == first["final"].keys() == {"ndcg@10", "mrr@10", "map", "accuracy@1"}
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == first
-    # A finished run is never overwritten (checked in-process: a third CLI start costs ~10 s here).
-    with pytest.raises(MmstError, match="already holds a trained model; .* pass --resume"):
-        train_reranker(
-            TrainRerankOptions(model=str(tiny_models["bert"]), data=str(text_data["pairs"]), output_dir=str(tmp_path / "run")),
-            log=lambda line: None,
-        )
+    # A finished run is never overwritten; the console script in a real process says so with exit 2.
+    refused = run_mmst_process("train-rerank", *common, "--max-steps", "3")
+    assert_one_line_error(refused, 2, "already holds a trained model", "pass --resume")
     resumed = run_json("train-rerank", *common, "--max-steps", "3", "--resume")
     assert resumed["train"]["steps"] == 3
     assert [step for step, _ in resumed["train"]["loss_curve"]] == [1, 2, 3]
