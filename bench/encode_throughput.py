@@ -1,6 +1,6 @@
 """Encoding throughput: the ``mmst encode`` job against ``model.encode``, and image decoding vs model time.
 
-Model: the embedded default Router (all-MiniLM-L6-v2 for text, EfficientNet-Lite0 at 96 px for
+Model: the embedded default Router (all-MiniLM-L6-v2 for text, EfficientNet-Lite0 at 128 px for
 images), loaded once and shared by both sides, in one process. Inputs, written to a temporary
 folder:
 
@@ -23,7 +23,7 @@ shows median wall times and the throughput ratio plain time / mmst time. Target:
 
 The second table splits the plain image encoding into decoding (open, decode, convert to RGB,
 resize, normalise: what the image module does per image in the main process) and the model
-(``model.encode`` on images already decoded at 96 px). Where decoding is a large share, decoding in
+(``model.encode`` on images already decoded at the input size). Where decoding is a large share, decoding in
 parallel workers (a DataLoader with ``num_workers``) while the model runs would help.
 
 The third table is the evidence behind the first one, measured the same way: the padded tokens of

@@ -3,7 +3,7 @@
 Two models, each trained for a fixed number of optimiser steps with cached MNRL, batch 32, seed 42
 and no evaluation:
 
-* ``router``: the embedded default Router (all-MiniLM-L6-v2 + frozen EfficientNet-Lite0 at 96 px)
+* ``router``: the embedded default Router (all-MiniLM-L6-v2 + frozen EfficientNet-Lite0 at 128 px)
   on the emoji caption -> image pairs shipped with mmst;
 * ``vlm``: a tiny random-weight Qwen2-VL (``mmst_cli.testing.tiny_models``) that mmst turns into a
   last-token embedder, on a small image-caption set written to a temporary folder.

@@ -243,11 +243,30 @@ def test_two_process_ddp_run_completes(tmp_path, colour_pairs, tiny_models):
 def test_embedded_demo_raises_ndcg(tmp_path):
     summary = run_json("train-embed", "--output-dir", str(tmp_path / "demo"))
     assert summary["train_rows"] == 1061 and summary["eval_rows"] == 300
-    assert summary["final"]["ndcg@10"] >= summary["base"]["ndcg@10"] + 0.15, summary
+    # Seeded: 0.022 -> 0.351 on the development machine; the README promises at least +0.30.
+    assert summary["final"]["ndcg@10"] >= summary["base"]["ndcg@10"] + 0.30, summary
     shutil.rmtree(tmp_path / "demo" / "checkpoints", ignore_errors=True)
     detect = run_json("detect", str(tmp_path / "demo" / "model"))
     assert detect["routes"].keys() == {"text", "image"}
     assert detect["embedding_dimension"] == 384
+
+
+def test_demo_recipe_yields_to_the_command_line_and_config_files(tmp_path):
+    import yaml
+
+    def resolved(*args):
+        return yaml.safe_load(run_mmst("train-embed", *args, "--print-config").stdout)
+
+    demo = resolved()
+    assert (demo["loss"], demo["epochs"], demo["batch_size"]) == ("mnrl", 3.0, 64)
+    assert resolved("--epochs", "1")["epochs"] == 1.0 and resolved("--epochs", "1")["loss"] == "mnrl"
+    config = tmp_path / "run.yaml"
+    config.write_text("loss: cached-mnrl\n")
+    from_config = resolved("--config", str(config))
+    assert (from_config["loss"], from_config["epochs"]) == ("cached-mnrl", 3.0)
+    assert resolved("--mini-batch-size", "16")["loss"] == "cached-mnrl"  # a GradCache flag keeps GradCache
+    own_data = resolved("--data", "pairs.jsonl")  # the recipe is for the demo only
+    assert (own_data["loss"], own_data["epochs"], own_data["batch_size"]) == ("cached-mnrl", 1.0, 32)
 
 
 def test_lora_trains_adapters_only_and_saves_a_merged_model(tmp_path, colour_pairs, tiny_models):

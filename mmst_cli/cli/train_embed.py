@@ -96,6 +96,12 @@ def _prompts(value: str | None) -> str | dict[str, str] | None:
     return parsed
 
 
+def _chosen_options(ctx: typer.Context) -> set[str]:
+    """Options the user set, on the command line or in a ``--config`` file (not left at their default)."""
+    # By name: recent Typer releases carry their own copy of Click, with its own ParameterSource enum.
+    return {name for name in ctx.params if ctx.get_parameter_source(name).name != "DEFAULT"}
+
+
 def train_embed(
     ctx: typer.Context,
     model: Annotated[str | None, typer.Option(help="Model folder or Hub id to finetune. Default: the embedded MiniLM + EfficientNet-Lite0 Router.", rich_help_panel=MODEL, show_default=False)] = None,
@@ -153,10 +159,14 @@ def train_embed(
     config: ConfigOption = None,
     print_config: PrintConfigOption = False,
 ) -> None:
-    """Finetune an embedding model on (anchor, positive[, negatives]) pairs and report NDCG@10 before and after."""
+    """Finetune an embedding model on (anchor, positive[, negatives]) pairs and report NDCG@10 before and after.
+
+    With no --model and no --data it runs the offline demo, whose schedule is --loss mnrl --epochs 3
+    --batch-size 64 wherever the command line or --config does not set them.
+    """
     from mmst_cli.core.models.lora import LoraOptions
     from mmst_cli.core.train.losses import LossOptions
-    from mmst_cli.core.train.embed import TrainEmbedOptions
+    from mmst_cli.core.train.embed import TrainEmbedOptions, with_demo_recipe
 
     precision = precision_from_flags(bf16, fp16)
     options = TrainEmbedOptions(
@@ -211,6 +221,8 @@ def train_embed(
         report_to=report_to,
         dry_run=dry_run,
     )
+    options, applied = with_demo_recipe(options, chosen=_chosen_options(ctx))
+    ctx.params.update(applied)
     if print_config:
         print_resolved_config(ctx)
         return

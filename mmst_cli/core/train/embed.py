@@ -7,7 +7,7 @@ model, its card and ``metrics.json`` without ever leaving a half-written file un
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,13 @@ BATCH_SAMPLERS = {
     "default": "batch_sampler",
 }
 TOWERS = ("text", "image", "audio")
+
+#: The demo's schedule, where it differs from the general defaults (option name -> value). Tuned on
+#: an 800/261 split of the emoji training pairs only; the 300 held-out pairs went from 0.022 to 0.351
+#: NDCG@10 in 93 s on 2 cores. The frozen image tower makes three epochs cheap, and plain MNRL at 64
+#: pairs needs no GradCache on this small model. The general defaults (one epoch, 32 pairs,
+#: cached MNRL) stay what a first run on a user's own, larger data should start from.
+DEMO_RECIPE: dict[str, Any] = {"loss": "mnrl", "epochs": 3.0, "batch_size": 64}
 
 
 @dataclass
@@ -91,6 +98,33 @@ class TrainEmbedOptions(TrainingOptions):
         if self.data is None and (self.model or self.text_encoder or self.image_encoder or self.audio_encoder):
             raise MmstError("--data is required when you choose a model (the emoji demo data goes with the default model)")
         self.loss.validate(gradient_checkpointing=self.gradient_checkpointing)
+
+    @property
+    def is_demo(self) -> bool:
+        """No model and no data: the embedded default trains on the embedded emoji pairs."""
+        return not (self.model or self.text_encoder or self.image_encoder or self.audio_encoder or self.data)
+
+
+def with_demo_recipe(options: TrainEmbedOptions, chosen: set[str]) -> tuple[TrainEmbedOptions, dict[str, Any]]:
+    """Apply :data:`DEMO_RECIPE` to a demo run, except to the options the user chose.
+
+    Args:
+        options: The run's options.
+        chosen: Names of the options set on the command line or in a config file; they always win,
+            and a GradCache flag (``mini_batch_size``, ``mini_batch_tokens``) keeps the cached loss.
+
+    Returns:
+        The options to run with, and the recipe values applied (empty unless ``options.is_demo``).
+    """
+    if not options.is_demo:
+        return options, {}
+    if chosen & {"mini_batch_size", "mini_batch_tokens"}:
+        chosen = chosen | {"loss"}  # GradCache flags ask for the cached loss, the general default
+    applied = {name: value for name, value in DEMO_RECIPE.items() if name not in chosen}
+    changes = {name: value for name, value in applied.items() if name != "loss"}
+    if "loss" in applied:
+        changes["loss"] = replace(options.loss, name=applied["loss"])
+    return replace(options, **changes), applied
 
 
 def _load_training_data(options: TrainEmbedOptions, audio_rate: int | None) -> tuple[PairData, PairData | None]:
