@@ -10,6 +10,7 @@ This module imports no ML library at module level.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -44,6 +45,35 @@ class InputReport:
     modality: str | tuple[str, ...]
     source: str
     problem: str | None = None
+
+
+def media_cache_dir() -> Path:
+    """Where downloaded media is kept: ``$MMST_CACHE/media`` or ``~/.cache/mmst/media``."""
+    root = os.environ.get("MMST_CACHE") or Path.home() / ".cache" / "mmst"
+    return Path(root) / "media"
+
+
+def confinement_problem(path: Path, confine_to: Path | None) -> str | None:
+    """The one gate every local media reference passes before mmst reads it, whatever its source.
+
+    String cells, text-file and stdin lines, files found in a folder, HF ``Image`` / ``Audio`` cells
+    that hold a path, and video frames all come here. The path is resolved with symlinks followed,
+    so a link inside the folder that points outside it is refused like ``../..`` or an absolute path
+    elsewhere. Files mmst downloaded itself (``--allow-remote-media``) live in its media cache and pass.
+
+    Args:
+        path: The file as it will be opened (already joined to its folder when relative).
+        confine_to: The folder media must stay in; ``None`` (``--allow-outside-root``) lets all through.
+
+    Returns:
+        Why the path is refused, or ``None``.
+    """
+    if confine_to is None:
+        return None
+    resolved = path.expanduser().resolve()
+    if resolved.is_relative_to(confine_to.resolve()) or resolved.is_relative_to(media_cache_dir().resolve()):
+        return None
+    return f"{OUTSIDE_ROOT_PROBLEM} {confine_to}"
 
 
 def media_modality_of_name(name: str) -> str | None:
@@ -109,7 +139,7 @@ def classify_string(value: str, root: Path | None = None, confine_to: Path | Non
         value: The string as a user would pass it to ``model.encode``.
         root: Folder that relative paths are resolved against; the current directory when ``None``.
         confine_to: When set, a media path that resolves outside this folder (``../../etc/passwd``,
-            an absolute path elsewhere) is refused: data files must not read arbitrary files.
+            an absolute path elsewhere, a symlink out) is refused: see :func:`confinement_problem`.
     """
     modality, source = string_modality(value)
     if source != "file":
@@ -117,9 +147,7 @@ def classify_string(value: str, root: Path | None = None, confine_to: Path | Non
     path = Path(value).expanduser()
     if root is not None and not path.is_absolute():
         path = root / path
-    if confine_to is not None and not path.resolve().is_relative_to(confine_to.resolve()):
-        return InputReport(value, modality, "file", f"{OUTSIDE_ROOT_PROBLEM} {confine_to}")
-    return InputReport(value, modality, "file", check_media_file(path, modality))
+    return InputReport(value, modality, "file", confinement_problem(path, confine_to) or check_media_file(path, modality))
 
 
 def classify_input(value: str, root: Path | None = None) -> InputReport:

@@ -14,19 +14,13 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from mmst_cli.core.data.media import check_media_file, media_modality_of_name
+from mmst_cli.core.data.media import check_media_file, media_cache_dir, media_modality_of_name
 
 #: Seconds to wait for a server before giving up on one URL.
 TIMEOUT_S = 30
 #: Largest download accepted for one media file.
 MAX_BYTES = 64 * 2**20
 _CHUNK = 2**16
-
-
-def media_cache_dir() -> Path:
-    """Where downloaded media is kept: ``$MMST_CACHE/media`` or ``~/.cache/mmst/media``."""
-    root = os.environ.get("MMST_CACHE") or Path.home() / ".cache" / "mmst"
-    return Path(root) / "media"
 
 
 class RemoteMediaError(Exception):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmst_cli.core.data.media import classify_string
+from mmst_cli.core.data.media import check_media_file, classify_string, confinement_problem
 from mmst_cli.core.errors import MmstError
 
 #: File extension -> the ``datasets`` builder that reads it.
@@ -108,8 +108,12 @@ def load_table(reference: str, *, config: str | None = None, split: str | None =
                     table = table[split]
             else:
                 table = datasets.load_dataset(str(path), split=split)
-        elif reference.startswith((".", "/", "~")) or reference.count("/") > 1:
-            raise MmstError(f"data {reference!r} does not exist; check the path")
+        elif (
+            reference.startswith((".", "/", "~"))
+            or reference.count("/") > 1
+            or path.suffix.lower() in DATA_FILE_BUILDERS  # a file name, never a Hub dataset id
+        ):
+            raise MmstError(f"data {reference!r} does not exist (looked in {Path.cwd()}); check the path")
         else:
             table = datasets.load_dataset(reference, config, split=split)
     except MmstError:
@@ -237,7 +241,28 @@ def _binary_column_modality(first_cells: list) -> str | None:
         return None
 
 
-def _image_feature_problems(table, column: str) -> list[tuple[int, str, str]]:
+def _feature_path_problem(cell: dict, modality: str, confine_to: Path | None) -> str | None:
+    """Why the file an undecoded HF Image / Audio cell points to (when it holds no bytes) is unusable.
+
+    ``datasets`` opens such a path as it stands, relative to the working folder, so it is checked so.
+    """
+    if cell.get("bytes") or not cell.get("path"):
+        return None if cell.get("bytes") else "no bytes and no path"
+    path = Path(cell["path"])
+    return confinement_problem(path, confine_to) or check_media_file(path, modality)
+
+
+def _audio_feature_problems(table, column: str, confine_to: Path | None) -> list[tuple[int, str, str]]:
+    """Check the paths of an undecoded HF Audio column (decoding happens later, at the model's rate)."""
+    problems = []
+    for row, cell in enumerate(table[column]):
+        problem = "no audio" if cell is None else _feature_path_problem(cell, "audio", confine_to)
+        if problem:
+            problems.append((row, str((cell or {}).get("path") or "None"), problem))
+    return problems
+
+
+def _image_feature_problems(table, column: str, confine_to: Path | None) -> list[tuple[int, str, str]]:
     """Decode-check every image of an HF Image column without keeping the pixels."""
     import io
 
@@ -248,6 +273,10 @@ def _image_feature_problems(table, column: str) -> list[tuple[int, str, str]]:
     for row, cell in enumerate(raw):
         if cell is None:
             problems.append((row, "None", "no image"))
+            continue
+        problem = _feature_path_problem(cell, "image", confine_to)
+        if problem:
+            problems.append((row, str(cell.get("path")), problem))
             continue
         try:
             source = io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"]
@@ -389,12 +418,12 @@ def prepare_media(
         feature = table.features[column]
         if isinstance(feature, datasets.Image):
             column_modalities[column] = "image"
-            problems = _image_feature_problems(table, column)
+            problems = _image_feature_problems(table, column, confine_to)
         elif isinstance(feature, datasets.Audio):
             column_modalities[column] = "audio"
             # Decoded with soundfile below: datasets' own audio decoding needs an optional backend.
             table = table.cast_column(column, datasets.Audio(decode=False))
-            problems = []
+            problems = _audio_feature_problems(table, column, confine_to)
         elif isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
             remote_failures: dict[str, str] = {}
             if allow_remote_media:
@@ -416,7 +445,7 @@ def prepare_media(
             # audio is decoded below.
             if modality == "image":
                 table = table.cast_column(column, datasets.Image())
-                problems = _image_feature_problems(table, column)
+                problems = _image_feature_problems(table, column, confine_to)
             else:
                 table = table.cast_column(column, datasets.Audio(decode=False))
                 problems = []

@@ -137,18 +137,21 @@ class FeatureInputs(EncodeInputs):
     Attributes:
         table: A ``datasets.Dataset`` with only the input column (:attr:`column`).
         media_root: Passed to ``prepare_media``.
+        allow_outside_root: Passed to ``prepare_media``: media paths in the cells may leave the folder.
     """
 
     table: Any = None
     media_root: Path | None = None
+    allow_outside_root: bool = False
 
     def bind(self, model) -> None:
         from mmst_cli.core.data.tables import prepare_media
         from mmst_cli.core.models.checkpoints import audio_sampling_rate
 
         prepared = prepare_media(
-            self.table, self.source, media_root=self.media_root, audio_sampling_rate=audio_sampling_rate(model)
-        )
+            self.table, self.source, media_root=self.media_root, audio_sampling_rate=audio_sampling_rate(model),
+            allow_outside_root=self.allow_outside_root,
+        )  # fmt: skip
         self.table = prepared.dataset
         modality = prepared.column_modalities[self.column]
         self.modalities = {modality: len(self.table)}
@@ -178,7 +181,7 @@ def _fingerprint(*sequences: Sequence[Any]) -> str:
 
 
 def _check_references(
-    values: Sequence[Any], labels: Callable[[int], str], root: Path, source: str, confine_to: Path | None = None
+    values: Sequence[Any], labels: Callable[[int], str], root: Path, source: str, confine_to: Path | None
 ) -> tuple[list[str], dict[str, int], dict[str, str], set[int]]:
     """Classify every string input, one cell at a time, and make media paths absolute.
 
@@ -229,7 +232,7 @@ def _check_references(
 
 
 def _reference_inputs(
-    source: str, ids: list[Any], values: Sequence[Any], labels, root: Path, confine_to: Path | None = None
+    source: str, ids: list[Any], values: Sequence[Any], labels, root: Path, confine_to: Path | None
 ) -> ReferenceInputs:
     if not values:
         raise MmstError(f"input {source!r} has no inputs")
@@ -245,7 +248,7 @@ def _reference_inputs(
     )
 
 
-def _line_inputs(source: str, stream: TextIO, root: Path) -> ReferenceInputs:
+def _line_inputs(source: str, stream: TextIO, root: Path, confine_to: Path | None) -> ReferenceInputs:
     """One input per non-blank line; ids are the 0-based positions, messages name line numbers."""
     values: list[str] = []
     line_numbers: list[int] = []
@@ -254,7 +257,8 @@ def _line_inputs(source: str, stream: TextIO, root: Path) -> ReferenceInputs:
         if text.strip():
             values.append(text)
             line_numbers.append(number)
-    return _reference_inputs(source, list(range(len(values))), values, lambda row: f"line {line_numbers[row]}", root)
+    labels = lambda row: f"line {line_numbers[row]}"  # noqa: E731
+    return _reference_inputs(source, list(range(len(values))), values, labels, root, confine_to)
 
 
 def _folder_media(folder: Path) -> list[Path]:
@@ -336,7 +340,7 @@ def _table_inputs(
     id_column: str | None,
     root: Path,
     media_root: Path | None,
-    allow_outside_root: bool = False,
+    confine_to: Path | None,
 ) -> EncodeInputs:
     import datasets
 
@@ -351,8 +355,6 @@ def _table_inputs(
     ids = _scalar_ids(list(table[id_column]), id_column, source) if id_column else list(range(len(table)))
     feature = table.features[chosen]
     if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
-        # Paths in a data file stay inside its folder (or --media-root) unless the user allows otherwise.
-        confine_to = None if allow_outside_root else root
         labels = lambda row: f"row {row + 1}, column {chosen!r}"  # noqa: E731
         inputs = _reference_inputs(source, ids, list(table[chosen]), labels, root, confine_to)
         inputs.column, inputs.notes = chosen, notes
@@ -367,6 +369,7 @@ def _table_inputs(
             notes=notes,
             table=table.select_columns([chosen]),
             media_root=media_root,
+            allow_outside_root=confine_to is None,
         )
     raise MmstError(
         f"input {source!r}: column {chosen!r} has type {feature}, which is neither text nor media; "
@@ -399,8 +402,9 @@ def read_inputs(
         media_root: Folder relative media paths resolve against; ``None`` for the input file's
             folder, or the current directory for stdin and Hub datasets.
         stdin: The stream ``-`` reads; ``None`` for ``sys.stdin``.
-        allow_outside_root: Accept media paths in a table that resolve outside its folder (or
-            ``media_root``); refused by default. Stdin lines and folders are the user's own paths.
+        allow_outside_root: Accept media paths that resolve outside their folder (the table's or the
+            text file's folder, the folder given, the current one for stdin, or ``media_root``),
+            including symlinks that point out of a folder; refused by default.
 
     Raises:
         MmstError: for a missing input, a bad column, or unusable media (naming the row).
@@ -411,14 +415,19 @@ def read_inputs(
     is_table_input = reference != "-" and Path(reference).expanduser().suffix.lower() not in LINE_FILE_EXTENSIONS
     if (column is not None or id_column is not None) and not is_table_input:
         raise MmstError("--column and --id-column apply to tables (jsonl, csv, parquet, datasets), not to line inputs")
+    def confined(root: Path) -> Path | None:
+        return None if allow_outside_root else root
+
     if reference == "-":
-        return _line_inputs("-", stdin if stdin is not None else sys.stdin, root_override or Path.cwd())
+        root = root_override or Path.cwd()
+        return _line_inputs("-", stdin if stdin is not None else sys.stdin, root, confined(root))
     path = Path(reference).expanduser()
     if not path.exists() and path.suffix.lower() in (*DATA_FILE_BUILDERS, *LINE_FILE_EXTENSIONS):
         raise MmstError(f"input {reference!r} does not exist; check the path")
     if path.is_file() and path.suffix.lower() in LINE_FILE_EXTENSIONS:
+        root = root_override or path.parent
         with path.open(encoding="utf8") as stream:
-            return _line_inputs(reference, stream, root_override or path.parent)
+            return _line_inputs(reference, stream, root, confined(root))
     if path.is_dir() and not _is_dataset_folder(path):
         if column is not None or id_column is not None:
             raise MmstError(f"--column and --id-column apply to tables; {reference!r} is a folder of media files")
@@ -428,14 +437,14 @@ def read_inputs(
                 f"folder {reference!r} has no image or audio files (by extension) and no dataset or data files"
             )
         ids = [file.as_posix() for file in files]
-        return _reference_inputs(reference, ids, ids, lambda row: f"file {ids[row]!r}", path)
+        return _reference_inputs(reference, ids, ids, lambda row: f"file {ids[row]!r}", path, confined(path))
     if split is not None and path.is_file():
         raise MmstError(f"--split applies to dataset folders and Hub datasets; {reference!r} is one file")
     table = load_table(reference, config=data_config, split=split)
     root = root_override or (path.parent if path.is_file() else path if path.is_dir() else Path.cwd())
     return _table_inputs(
         table, reference, column=column, id_column=id_column, root=root, media_root=root_override,
-        allow_outside_root=allow_outside_root,
+        confine_to=confined(root),
     )  # fmt: skip
 
 

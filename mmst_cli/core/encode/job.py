@@ -77,8 +77,9 @@ class EncodeOptions:
         data_config: Hub dataset configuration; ``None`` for the default one.
         media_root: Folder relative media paths resolve against; ``None`` for the input file's
             folder (the current directory for stdin and Hub datasets).
-        allow_outside_root: Accept media paths in a table that resolve outside its folder (or
-            ``media_root``); ``False`` (the default) refuses them.
+        allow_outside_root: Accept media paths that resolve outside their folder (a table's, a text
+            file's, a folder input's, the current one for stdin, or ``media_root``), symlinks out of
+            a folder included; ``False`` (the default) refuses them.
         task: ``query`` or ``document`` to use ``encode_query`` / ``encode_document``; ``None`` (the
             default) for plain ``encode``.
         prompt: Text prepended to every text input (overrides the task's prompt); ``None`` for none.
