@@ -39,6 +39,7 @@ from mmst_cli.cli.options import (
     EpochsOption,
     EvalDataSplitOption,
     EvalStepsOption,
+    ForceOption,
     Fp16Option,
     JsonOption,
     LOSS_PANEL,
@@ -152,6 +153,7 @@ def train_embed(
     eval_steps: EvalStepsOption = None,
     save_steps: SaveStepsOption = None,
     resume: ResumeOption = False,
+    force: ForceOption = False,
     report_to: ReportToOption = "none",
     output_dir: Annotated[str | None, typer.Option(help="Run folder: model/, metrics.json and checkpoints/. Default: runs/train-embed-<time>.", rich_help_panel=OUTPUT, show_default=False)] = None,
     dry_run: DryRunOption = False,
@@ -218,6 +220,7 @@ def train_embed(
         save_steps=save_steps,
         output_dir=output_dir,
         resume=resume,
+        force=force,
         report_to=report_to,
         dry_run=dry_run,
     )

@@ -38,6 +38,7 @@ from mmst_cli.cli.options import (
     EpochsOption,
     EvalDataSplitOption,
     EvalStepsOption,
+    ForceOption,
     Fp16Option,
     JsonOption,
     LOSS_PANEL,
@@ -110,6 +111,7 @@ def train_rerank(
     eval_steps: EvalStepsOption = None,
     save_steps: SaveStepsOption = None,
     resume: ResumeOption = False,
+    force: ForceOption = False,
     report_to: ReportToOption = "none",
     output_dir: Annotated[str | None, typer.Option(help="Run folder: model/, metrics.json and checkpoints/. Default: runs/train-rerank-<time>.", rich_help_panel=OUTPUT, show_default=False)] = None,
     dry_run: DryRunOption = False,
@@ -161,6 +163,7 @@ def train_rerank(
         save_steps=save_steps,
         output_dir=output_dir,
         resume=resume,
+        force=force,
         report_to=report_to,
         dry_run=dry_run,
     )

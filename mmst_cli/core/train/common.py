@@ -28,6 +28,7 @@ from transformers import TrainerCallback
 from mmst_cli.core.data.tables import PairData
 from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.models.lora import LoraOptions
+from mmst_cli.core.train.run_folder import existing_ancestor, owned_run_folder
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 REPORT_TARGETS = ("none", "tensorboard")
@@ -42,7 +43,8 @@ class TrainingOptions:
     Attributes mirror the flags: ``epochs``, ``max_steps`` (overrides epochs when > 0),
     ``batch_size`` (per device), ``lr``, ``warmup`` (fraction of steps), ``precision`` (fp32, bf16,
     fp16), ``seed``, ``gradient_checkpointing``, ``attn_implementation``, ``lora``, ``eval_steps``,
-    ``save_steps``, ``output_dir``, ``resume``, ``report_to``, ``dry_run`` (plan memory instead of
+    ``save_steps``, ``output_dir``, ``resume``, ``force`` (resume even when the options or data differ
+    from the run's start), ``report_to``, ``dry_run`` (plan memory instead of
     training); the data, ``data`` (``data_config``,
     ``split``, ``columns``) and ``eval_data`` (``eval_data_split``) or an ``eval_split`` fraction;
     and the data-safety switches ``media_root``, ``skip_bad``, ``allow_remote_media`` and
@@ -75,6 +77,7 @@ class TrainingOptions:
     save_steps: int | None = None
     output_dir: str | None = None
     resume: bool = False
+    force: bool = False
     report_to: str = "none"
     dry_run: bool = False
 
@@ -102,6 +105,8 @@ class TrainingOptions:
         if self.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
             raise MmstError("--report-to tensorboard needs the 'tensorboard' package: pip install tensorboard")
         self.lora.validate()
+        if self.force and not self.resume:
+            raise MmstError("--force only applies to --resume (continue a run started with other settings)")
         if self.lora.enabled and self.resume:
             raise MmstError("--resume is not supported with --lora-r yet: checkpoints hold adapters only")
 
@@ -217,38 +222,24 @@ def common_training_arguments(options: TrainingOptions, checkpoints: Path, *, ro
     )
 
 
-def prepare_run_folder(options: TrainingOptions) -> tuple[Path, Path]:
-    """Return ``(output_dir, model_dir)``, refusing to overwrite a finished run unless resuming."""
-    output_dir = options.resolved_output_dir()
-    model_dir = output_dir / "model"
-    if model_dir.exists() and not options.resume:
-        raise MmstError(f"{model_dir} already holds a trained model; choose another --output-dir or pass --resume")
-    if options.resume and not (output_dir / "checkpoints").is_dir():
-        raise MmstError(f"--resume: {output_dir / 'checkpoints'} has no checkpoint to continue from")
-    ensure_writable(output_dir, "--output-dir")
-    return output_dir, model_dir
+def run_in_owned_folder(options: TrainingOptions, train: Callable[..., Any], *, progress_console, log) -> Any:
+    """Validate ``options``, then run ``train(options, output_dir, progress_console, log)`` in a folder it owns.
 
-
-def _existing_ancestor(folder: Path) -> Path:
-    folder = folder.absolute()
-    while not folder.exists():
-        folder = folder.parent
-    return folder
-
-
-def ensure_writable(folder: Path, flag: str) -> None:
-    """Check, without creating anything, that ``folder`` can be created and written to."""
-    existing = _existing_ancestor(folder)
-    if not existing.is_dir():
-        raise MmstError(f"{flag} {folder}: {existing} is a file, not a folder; choose another folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise MmstError(f"{flag} {folder} is not writable ({existing} denies writing); choose another folder")
+    Only the main process logs. ``--dry-run`` plans without writing, so it needs no folder of its own.
+    """
+    options.validate()
+    if not is_main_process():
+        log = silent
+    if options.dry_run:
+        return train(options, options.resolved_output_dir(), progress_console, log)
+    with owned_run_folder(options, main_process=is_main_process()) as output_dir:
+        return train(options, output_dir, progress_console, log)
 
 
 def ensure_disk_space(folder: Path, model, flag: str = "--output-dir") -> None:
     """Refuse to start when ``folder``'s disk cannot hold a checkpoint (weights + Adam state, ~4x)."""
     needed = 4 * sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
-    free = shutil.disk_usage(_existing_ancestor(folder)).free
+    free = shutil.disk_usage(existing_ancestor(folder)).free
     if free < needed:
         raise MmstError(
             f"{flag} {folder} has {free / 2**30:.1f} GiB free, but a checkpoint of this model needs about "
@@ -373,14 +364,15 @@ def save_run(model, model_dir: Path, output_dir: Path, summary: dict[str, Any]) 
     """Write the model and ``metrics.json`` under temporary names, then rename (main process only)."""
     if not is_main_process():
         return
-    temporary = model_dir.with_name(f".{model_dir.name}.tmp")
+    # Names unique per process: two runs never share a temporary folder (the run lock keeps them apart too).
+    temporary = model_dir.with_name(f".{model_dir.name}.{os.getpid()}.tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     model.save(str(temporary))
     if model_dir.exists():
         shutil.rmtree(model_dir)
     temporary.replace(model_dir)
     metrics = output_dir / "metrics.json"
-    pending = metrics.with_name(f".{metrics.name}.tmp")
+    pending = metrics.with_name(f".{metrics.name}.{os.getpid()}.tmp")
     pending.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf8")
     pending.replace(metrics)
 

@@ -21,11 +21,9 @@ from mmst_cli.core.train.common import (
     check_modalities,
     common_training_arguments,
     ensure_disk_space,
-    is_main_process,
     load_train_and_eval,
-    prepare_run_folder,
+    run_in_owned_folder,
     save_run,
-    silent,
     train_summary,
     train_with_progress,
     world_size,
@@ -175,17 +173,16 @@ def train_embedding_model(options: TrainEmbedOptions, *, progress_console=None, 
         progress_console: Rich console for the progress bar (stderr when ``None``).
         log: Receives one-line status messages for the user (from the main process only).
     """
-    options.validate()
-    if not is_main_process():
-        log = silent
+    return run_in_owned_folder(options, _train, progress_console=progress_console, log=log)
+
+
+def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) -> TrainingResult:
+    """The run itself, in a folder it owns: data, model, the score before, training, the score after."""
     from transformers import set_seed
 
     from mmst_cli.core.models.composition import build_training_model
 
-    if options.dry_run:  # plans only: nothing is written, an existing run folder is fine
-        output_dir, model_dir = options.resolved_output_dir(), options.resolved_output_dir() / "model"
-    else:
-        output_dir, model_dir = prepare_run_folder(options)
+    model_dir = output_dir / "model"
     # Data first: bad media fails in seconds, before any weights are loaded.
     train_data, eval_data = _load_training_data(options, peek_audio_sampling_rate(options.audio_encoder or options.model))
     set_seed(options.seed)

@@ -28,6 +28,7 @@ trec_eval would.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mmst_cli.core.errors import MmstError
@@ -38,11 +39,9 @@ from mmst_cli.core.train.common import (
     check_modalities,
     common_training_arguments,
     ensure_disk_space,
-    is_main_process,
     load_train_and_eval,
-    prepare_run_folder,
+    run_in_owned_folder,
     save_run,
-    silent,
     train_summary,
     train_with_progress,
 )
@@ -319,14 +318,16 @@ def train_reranker(options: TrainRerankOptions, *, progress_console=None, log=pr
         progress_console: Rich console for the progress bar (stderr when ``None``).
         log: Receives one-line status messages for the user (from the main process only).
     """
-    options.validate()
-    if not is_main_process():
-        log = silent
+    return run_in_owned_folder(options, _train, progress_console=progress_console, log=log)
+
+
+def _train(options: TrainRerankOptions, output_dir: Path, progress_console, log) -> RerankResult:
+    """The run itself, in a folder it owns: data, reranker, the score before, training, the score after."""
     from transformers import set_seed
 
     from mmst_cli.core.models.rerankers import build_reranker, instruction_of
 
-    output_dir, model_dir = prepare_run_folder(options)
+    model_dir = output_dir / "model"
     # Data first: bad media fails in seconds, before any weights are loaded.
     train_data, eval_data = _load_training_data(options, peek_audio_sampling_rate(options.model))
     set_seed(options.seed)

@@ -1,0 +1,76 @@
+"""A training run owns its output folder: the lock, the resume record and the clean-up on failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.data_factory import write_text_pairs
+from tests.helpers import assert_one_line_error, run_json, run_mmst
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    return write_text_pairs(tmp_path / "data", count=8)
+
+
+def _train(tiny_models, data, out, *extra):
+    return run_mmst("train-embed", "--model", str(tiny_models["bert"]), "--data", str(data), "--batch-size", "4",
+                    "--loss", "mnrl", "--output-dir", str(out), *extra)  # fmt: skip
+
+
+def test_a_folder_held_by_a_live_run_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path, tiny_models, pairs):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        lock = {"pid": holder.pid, "host": socket.gethostname(), "command": "train-embed", "started": "2026-12-03T10:00:00"}
+        (out / ".mmst-run.lock").write_text(json.dumps(lock))
+        refused = _train(tiny_models, pairs, out, "--max-steps", "1")
+        assert_one_line_error(refused, 2, "is in use by mmst train-embed", f"pid {holder.pid}", "choose another --output-dir")
+        assert not (out / "model").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    summary = json.loads(_train(tiny_models, pairs, out, "--max-steps", "1", "--json").stdout)
+    assert summary["train"]["steps"] == 1
+    assert not (out / ".mmst-run.lock").exists()  # released at the end
+    assert not [path.name for path in out.iterdir() if path.name.endswith(".tmp")]
+
+
+def test_resume_refuses_other_options_or_data_unless_forced(tmp_path, tiny_models, pairs):
+    out = tmp_path / "run"
+    first = _train(tiny_models, pairs, out, "--max-steps", "2", "--save-steps", "1")
+    assert first.returncode == 0, first.stderr
+    record = json.loads((out / "run.json").read_text())
+    assert record["command"] == "train-embed" and record["options"]["lr"] == 2e-5
+    mismatched = _train(tiny_models, pairs, out, "--max-steps", "3", "--save-steps", "1", "--resume", "--lr", "1e-4")
+    assert_one_line_error(mismatched, 2, "--resume", "--lr 2e-05 -> 0.0001", "--force")
+    time.sleep(0.01)
+    pairs.write_text(pairs.read_text() + json.dumps({"query": "one more", "answer": "row"}) + "\n")
+    changed = _train(tiny_models, pairs, out, "--max-steps", "3", "--save-steps", "1", "--resume")
+    assert_one_line_error(changed, 2, "the files of --data changed")
+    forced = run_json("train-embed", "--model", str(tiny_models["bert"]), "--data", str(pairs), "--batch-size", "4",
+                      "--loss", "mnrl", "--output-dir", str(out), "--max-steps", "3", "--resume", "--force")  # fmt: skip
+    assert forced["train"]["steps"] == 3  # a longer run is a continuation, not a mismatch
+
+
+def test_unfinished_checkpoints_need_resume_and_force_needs_resume(tmp_path, tiny_models, pairs):
+    out = tmp_path / "run"
+    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    assert_one_line_error(_train(tiny_models, pairs, out, "--max-steps", "1"), 2, "unfinished run", "--resume")
+    assert_one_line_error(_train(tiny_models, pairs, tmp_path / "x", "--force"), 2, "--force only applies to --resume")
+
+
+def test_a_run_that_fails_before_saving_leaves_no_folder(tmp_path, tiny_models):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "a", "answer": null}\n{"query": "b", "answer": "c"}\n')
+    result = _train(tiny_models, bad, tmp_path / "run", "--max-steps", "1")
+    assert result.returncode != 0
+    assert not (tmp_path / "run").exists()
+    assert not os.path.exists(tmp_path / "run" / ".mmst-run.lock")
