@@ -42,13 +42,22 @@ def test_beir_folder_run_round_trip_and_per_query(tmp_path, tiny_models):
     )  # fmt: skip
     assert report["queries"] == 8 and report["documents"] == 12
     assert report["counts"]["evaluated"] == 7  # q7 has no relevant document
-    assert any("not in the corpus" in warning for warning in report["warnings"])
+    assert "1 qrels documents are not in the corpus (e.g. 'not-in-corpus'); their judgements were dropped" in report["warnings"]
     assert {"ndcg@1", "ndcg@10", "mrr@10", "recall@10", "precision@10", "map@10", "accuracy@10"} <= set(report["metrics"])
     rows = [json.loads(line) for line in per_query.read_text().splitlines()]
     assert len(rows) == 7 and abs(np.mean([row["ndcg@10"] for row in rows]) - report["metrics"]["ndcg@10"]) < 1e-12
-    # The saved ranking, scored on its own, gives the same numbers: the run file is what was scored.
-    rescored = run_json("evaluate", "--run", str(run_file), "--qrels", str(beir / "qrels" / "test.tsv"), "--k", "1", "--k", "10")
+    # The saved ranking, scored on its own against the judgements that were kept, gives the same
+    # numbers: the run file is what was scored. With the unknown document still judged (trec_eval
+    # cannot know the corpus), q0 can never reach full recall.
+    full_qrels = (beir / "qrels" / "test.tsv").read_text()
+    kept = tmp_path / "kept.tsv"
+    kept.write_text("".join(line + "\n" for line in full_qrels.splitlines() if "not-in-corpus" not in line))
+    rescored = run_json("evaluate", "--run", str(run_file), "--qrels", str(kept), "--k", "1", "--k", "10")
     assert rescored["metrics"] == pytest.approx(report["metrics"], abs=1e-12)
+    every_document = {"kept": kept, "with_unknown": beir / "qrels" / "test.tsv"}  # the run ranks all 12
+    recall = {name: run_json("evaluate", "--run", str(run_file), "--qrels", str(path), "--k", "12")["metrics"]["recall@12"]
+              for name, path in every_document.items()}  # fmt: skip
+    assert recall["kept"] == 1.0 and recall["with_unknown"] < 1.0
     strict = run_mmst("evaluate", "--model", str(tiny_models["bert"]), "--data", str(beir), "--strict")
     assert_one_line_error(strict, 2, "1 qrels documents are not in the corpus", "--strict")
 

@@ -46,6 +46,10 @@ def test_unreadable_data_files(tmp_path, tiny_models, name, content, fragment):
 
 def test_missing_data_and_unknown_names(tmp_path, tiny_models, text_pairs):
     assert_one_line_error(_train(tiny_models, tmp_path / "nope.jsonl", tmp_path / "o"), 2, "does not exist")
+    # Relative and shaped like a Hub id, but a file name: a missing path, not a failed Hub lookup.
+    missing = run_mmst("train-embed", "--model", str(tiny_models["bert"]), "--data", "data/pairs.jsonl", cwd=tmp_path)
+    assert_one_line_error(missing, 2, "data 'data/pairs.jsonl' does not exist", f"looked in {tmp_path}")
+    assert_one_line_error(run_mmst("detect", "./models/m", cwd=tmp_path), 2, "does not exist", f"looked in {tmp_path}")
     assert_one_line_error(run_mmst("train-embed", "--loss", "triplet"), 2, "use one of mnrl")
     assert_one_line_error(run_mmst("train-embed", "--batch-sampler", "random"), 2, "use one of no-duplicates")
     assert_one_line_error(run_mmst("train-embed", "--report-to", "wandb"), 2, "use one of none, tensorboard")
@@ -69,6 +73,75 @@ def test_media_that_escapes_the_data_folder_is_refused(tmp_path, tiny_models):
     encode = run_mmst("encode", str(data), "--column", "image", "-o", str(tmp_path / "e.npy"))
     assert_one_line_error(encode, 2, "resolves outside the data folder")
     assert not (tmp_path / "e.npy").exists()
+
+
+@pytest.fixture
+def outside_media(tmp_path) -> dict[str, Path]:
+    """A data folder with one good image and tone, and an image and a tone outside it."""
+    from tests.data_factory import write_colour_pairs, write_tone_pairs
+
+    inside = write_colour_pairs(tmp_path / "data", count=2).parent
+    write_tone_pairs(inside, count=1)
+    elsewhere = write_colour_pairs(tmp_path / "elsewhere", count=1).parent
+    write_tone_pairs(elsewhere, count=1)
+    return {"inside": inside, "image": elsewhere / "images" / "000.png", "audio": elsewhere / "audio" / "000.wav"}
+
+
+@pytest.mark.parametrize("source", ["txt line", "stdin line", "folder symlink", "image cell", "audio cell"])
+def test_every_source_of_a_media_path_passes_the_one_gate(outside_media, source, monkeypatch):
+    import io
+
+    import datasets
+
+    from mmst_cli.core.data.tables import load_pair_data
+    from mmst_cli.core.encode.inputs import read_inputs
+    from mmst_cli.core.errors import MmstError
+
+    inside, image, audio = outside_media["inside"], outside_media["image"], outside_media["audio"]
+    escape = os.path.relpath(image, inside)  # ../elsewhere/images/000.png
+    if source == "txt line":
+        (inside / "inputs.txt").write_text(f"a caption\nimages/000.png\n{escape}\n")
+        load = lambda **allow: read_inputs(str(inside / "inputs.txt"), **allow)  # noqa: E731
+    elif source == "stdin line":
+        monkeypatch.chdir(inside)
+        load = lambda **allow: read_inputs("-", stdin=io.StringIO(f"images/001.png\n{image}\n"), **allow)  # noqa: E731
+    elif source == "folder symlink":
+        (inside / "images" / "link.png").symlink_to(image)
+        load = lambda **allow: read_inputs(str(inside / "images"), **allow)  # noqa: E731
+    else:  # an HF feature column whose cells hold a path and no bytes
+        modality = "image" if source == "image cell" else "audio"
+        good = str(inside / ("images/000.png" if modality == "image" else "audio/000.wav"))
+        feature = datasets.Image() if modality == "image" else datasets.Audio()
+        # Written by hand: datasets' own writers embed the bytes, other tools leave only the path.
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        cells = pa.array([{"bytes": None, "path": path} for path in (good, str(outside_media[modality]))],
+                         pa.struct([("bytes", pa.binary()), ("path", pa.string())]))  # fmt: skip
+        features = datasets.Features({"caption": datasets.Value("string"), modality: feature})
+        table = pa.table({"caption": ["a", "b"], modality: cells})
+        metadata = {"huggingface": json.dumps({"info": {"features": features.to_dict()}})}
+        pq.write_table(table.replace_schema_metadata(metadata), inside / "cells.parquet")
+        load = lambda **allow: load_pair_data(str(inside / "cells.parquet"), audio_sampling_rate=8000, **allow)  # noqa: E731
+    with pytest.raises(MmstError, match="resolves outside the data folder.*--allow-outside-root"):
+        load()
+    load(allow_outside_root=True)  # the one way past the gate
+
+
+def test_media_mmst_downloaded_itself_passes_the_gate(tmp_path, monkeypatch):
+    from mmst_cli.core.data.media import classify_string, media_cache_dir
+
+    monkeypatch.setenv("MMST_CACHE", str(tmp_path / "cache"))
+    cached = media_cache_dir() / "0123.png"
+    cached.parent.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(cached)
+    (tmp_path / "data").mkdir()
+    assert classify_string(str(cached), tmp_path / "data", confine_to=tmp_path / "data").problem is None
+    elsewhere = tmp_path / "other.png"
+    Image.new("RGB", (8, 8)).save(elsewhere)
+    assert "outside" in classify_string(str(elsewhere), tmp_path / "data", confine_to=tmp_path / "data").problem
 
 
 def test_bad_audio(tmp_path, tiny_models):

@@ -269,6 +269,21 @@ def test_demo_recipe_yields_to_the_command_line_and_config_files(tmp_path):
     assert (own_data["loss"], own_data["epochs"], own_data["batch_size"]) == ("cached-mnrl", 1.0, 32)
 
 
+def test_relative_input_paths_in_a_config_resolve_against_its_folder(tmp_path, monkeypatch):
+    import yaml
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "pairs.jsonl").write_text('{"query": "a", "answer": "b"}\n')
+    config = project / "run.yaml"
+    config.write_text("data: data/pairs.jsonl\nmodel: org/hub-model\noutput-dir: runs/a\n")
+    monkeypatch.chdir(tmp_path)  # somewhere else
+    resolved = yaml.safe_load(run_mmst("train-embed", "--config", str(config), "--print-config").stdout)
+    assert resolved["data"] == str((project / "data" / "pairs.jsonl").resolve())
+    assert resolved["model"] == "org/hub-model"  # nothing of that name beside the config: a Hub id
+    assert resolved["output_dir"] == "runs/a"  # outputs go where the command runs
+
+
 def test_lora_trains_adapters_only_and_saves_a_merged_model(tmp_path, colour_pairs, tiny_models):
     from mmst_cli.core.models.lora import LoraOptions
 

@@ -19,7 +19,7 @@ from mmst_cli.core.train.rerank_data import load_rerank_data, split_queries, tra
 from mmst_cli.core.models.rerankers import PAIR_TEMPLATE_MARKER, build_reranker, reranker_arch
 from mmst_cli.testing.tiny_models import QWEN2_VL_CHAT_TEMPLATE
 from tests.data_factory import COLOUR_NAMES, write_colour_pairs
-from tests.helpers import assert_one_line_error, run_json, run_mmst_process
+from tests.helpers import assert_one_line_error, run_json, run_mmst, run_mmst_process
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -373,6 +373,16 @@ def test_cli_json_refusal_and_resume(tmp_path, tiny_models, text_data):
     resumed = run_json("train-rerank", *common, "--max-steps", "3", "--resume")
     assert resumed["train"]["steps"] == 3
     assert [step for step, _ in resumed["train"]["loss_curve"]] == [1, 2, 3]
+
+
+def test_bce_on_pairs_without_negatives_is_refused_with_the_fix(tmp_path, tiny_models):
+    positives_only = _write_jsonl(tmp_path / "positives.jsonl", [{"query": f"q{i}", "positive": f"answer {i}"} for i in range(6)])
+    common = ["--model", str(tiny_models["bert"]), "--data", str(positives_only), "--max-steps", "1", "--output-dir"]
+    refused = run_mmst("train-rerank", *common, str(tmp_path / "bce"))
+    assert_one_line_error(refused, 2, "every label is 1 (no negatives)", "negative columns", "--loss cmnrl")
+    assert not (tmp_path / "bce").exists()
+    in_batch = run_json("train-rerank", *common, str(tmp_path / "cmnrl"), "--loss", "cmnrl", "--batch-size", "3")
+    assert in_batch["train"]["steps"] == 1
 
 
 def test_dry_run_plans_a_vlm_reranker_on_image_documents(tmp_path, tiny_models, colour_data):

@@ -43,9 +43,27 @@ def _load_config_file(ctx: typer.Context, _param, value: str | None) -> str | No
         name = str(key).lstrip("-").replace("-", "_")
         if name not in known or name in ("config", "print_config"):
             raise typer.BadParameter(f"{value!r}: unknown option {key!r}")
+        if name in _INPUT_PATHS and isinstance(item, str):
+            item = _relative_to_config(item, path.parent)
         defaults[name] = ",".join(map(str, item)) if isinstance(item, list) and name in _COMMA_LISTS else item
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
+
+
+#: Options naming inputs that may be local paths; in a config file they resolve against its folder.
+_INPUT_PATHS = {"model", "text_encoder", "image_encoder", "audio_encoder", "data", "eval_data", "media_root"}
+
+
+def _relative_to_config(reference: str, folder) -> str:
+    """A relative path that exists beside the config file, made absolute; anything else (a Hub id,
+    an absolute path, a path that exists nowhere) as written. ``--output-dir`` is not an input and
+    stays relative to the working folder, so one config serves runs started anywhere."""
+    from pathlib import Path
+
+    candidate = Path(reference).expanduser()
+    if candidate.is_absolute() or not (folder / candidate).exists():
+        return reference
+    return str((folder / candidate).resolve())
 
 
 # Options typed as one comma-separated string on the command line may be YAML lists in a config.
@@ -55,7 +73,7 @@ ConfigOption = Annotated[
     str | None,
     typer.Option(
         "--config",
-        help="YAML file of option values (keys as the flags, without dashes or with); flags on the command line win.",
+        help="YAML file of option values (keys as the flags, without dashes or with); flags on the command line win. Relative input paths in it resolve against its folder.",
         callback=_load_config_file,
         is_eager=True,
         show_default=False,
@@ -98,7 +116,7 @@ AllowRemoteMediaOption = Annotated[
 AllowOutsideRootOption = Annotated[
     bool,
     typer.Option(
-        help="Accept media paths that resolve outside the data folder or --media-root; refused otherwise.",
+        help="Accept media paths (in cells, lines, HF Image/Audio cells, folders' symlinks) that resolve outside the data folder or --media-root; refused otherwise.",
         rich_help_panel=DATA_PANEL,
     ),
 ]
@@ -174,6 +192,13 @@ SaveStepsOption = Annotated[
 ]
 ResumeOption = Annotated[
     bool, typer.Option(help="Continue from the latest checkpoint in --output-dir.", rich_help_panel=TRAINING_PANEL)
+]
+ForceOption = Annotated[
+    bool,
+    typer.Option(
+        help="With --resume: continue even though the options or data differ from those the run started with (run.json).",
+        rich_help_panel=TRAINING_PANEL,
+    ),
 ]
 ReportToOption = Annotated[str, typer.Option(help="none or tensorboard.", rich_help_panel=TRAINING_PANEL)]
 DryRunOption = Annotated[

@@ -127,7 +127,7 @@ def locate_model(reference: str | None) -> ModelSource:
         archetype, is_st = _archetype_from_files(reference, *found.values())
         return ModelSource(reference, str(path), archetype, is_st)
     if _looks_like_local_path(reference):
-        raise MmstError(f"model folder {reference!r} does not exist; check the path")
+        raise MmstError(f"model folder {reference!r} does not exist (looked in {Path.cwd()}); check the path")
     return _locate_hub_model(reference)
 
 
@@ -152,7 +152,8 @@ def _locate_hub_model(repo_id: str) -> ModelSource:
             ) from error
         except (RepositoryNotFoundError, HFValidationError) as error:
             raise MmstError(
-                f"model {repo_id!r} is not a local folder and was not found on the Hugging Face Hub; check the id"
+                f"model {repo_id!r} is not a local folder (looked in {Path.cwd()}) and was not found on the Hugging Face "
+                "Hub; check the path or the id"
             ) from error
         except RevisionNotFoundError as error:
             raise MmstError(f"model {repo_id!r}: revision not found on the Hugging Face Hub") from error
@@ -160,8 +161,8 @@ def _locate_hub_model(repo_id: str) -> ModelSource:
             if _is_cached_elsewhere(repo_id):
                 return None  # the repository is cached, this particular file is just absent
             raise MmstError(
-                f"model {repo_id!r} is not a local folder, not in the Hugging Face cache, and the Hub cannot be "
-                "reached (offline); download it on a connected machine or pass a local folder"
+                f"model {repo_id!r} is not a local folder (looked in {Path.cwd()}), not in the Hugging Face cache, and "
+                "the Hub cannot be reached (offline); check the path, or download it on a connected machine"
             ) from error
         except EntryNotFoundError:
             return None

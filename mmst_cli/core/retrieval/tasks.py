@@ -271,9 +271,12 @@ def _check_qrels_ids(task: RetrievalTask, strict: bool) -> None:
         problems.append(f"{len(unknown_docs)} qrels documents are not in the corpus (e.g. {sorted(unknown_docs)[0]!r})")
     if problems and strict:
         raise MmstError(f"{task.source!r}: " + "; ".join(problems) + " (--strict)")
-    task.warnings.extend(problems)
+    task.warnings.extend(f"{problem}; their judgements were dropped" for problem in problems)
+    # A judged document that cannot be retrieved would only cap recall below 1.0.
     for qid in unknown_queries:
         del task.qrels[qid]
+    for qid, judged in list(task.qrels.items()):
+        task.qrels[qid] = {doc: relevance for doc, relevance in judged.items() if doc in task.corpus}
     if not any(relevance > 0 for judged in task.qrels.values() for relevance in judged.values()):
         raise MmstError(f"{task.source!r}: no query has a relevant document in the corpus; nothing to score")
 

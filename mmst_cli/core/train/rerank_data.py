@@ -431,6 +431,13 @@ def training_dataset(data: RerankData, loss: str, negatives_per_positive: int | 
                 f"--loss bce needs labels between 0 and 1, but data {data.source!r} has labels up to {high:g}; "
                 "use a listwise loss (lambda, listnet, plistmle) for graded labels, or rescale them"
             )
+        if len(set(data.labels)) == 1:
+            only = "1 (no negatives)" if data.labels[0] > 0 else f"{data.labels[0]:g} (no positives)"
+            raise MmstError(
+                f"--loss bce on data {data.source!r}: every label is {only}, so the reranker would learn nothing; "
+                "add rows of the other label, give negative columns (query, positive, negative...), "
+                "or use --loss cmnrl, which takes in-batch negatives"
+            )
         dataset = pointwise_dataset(data)
         log(f"bce: {len(dataset)} (query, document, label) rows")
         return dataset
