@@ -28,3 +28,9 @@ class MmstError(Exception):
         super().__init__(message)
         self.message = message
         self.exit_code = exit_code
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its class name when it has none), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else error.__class__.__name__

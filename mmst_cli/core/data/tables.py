@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmst_cli.core.data.frames import frame_list_problems, frames_as_videos, is_frame_list_feature
 from mmst_cli.core.data.media import check_media_file, classify_string, confinement_problem
-from mmst_cli.core.errors import MmstError
+from mmst_cli.core.errors import MmstError, first_line
 
 #: File extension -> the ``datasets`` builder that reads it.
 DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -63,11 +64,6 @@ class PairData:
     @property
     def media_columns(self) -> list[str]:
         return [column for column, modality in self.column_modalities.items() if modality != "text"]
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else error.__class__.__name__
 
 
 def load_table(reference: str, *, config: str | None = None, split: str | None = None):
@@ -121,13 +117,13 @@ def load_table(reference: str, *, config: str | None = None, split: str | None =
     except (ConnectionError, OSError) as error:
         raise MmstError(
             f"data {reference!r} is not a local file or folder and could not be loaded from the Hugging Face Hub "
-            f"({_first_line(error)})"
+            f"({first_line(error)})"
         ) from error
     except ValueError as error:  # unknown split or config, malformed files
-        raise MmstError(f"data {reference!r} could not be read: {_first_line(error)}") from error
+        raise MmstError(f"data {reference!r} could not be read: {first_line(error)}") from error
     except Exception as error:  # datasets wraps parse errors of json/csv/parquet in its own types
         if type(error).__module__.startswith(("datasets", "pyarrow")):
-            raise MmstError(f"data {reference!r} could not be read: {_first_line(error)}") from error
+            raise MmstError(f"data {reference!r} could not be read: {first_line(error)}") from error
         raise
     if len(table) == 0:
         raise MmstError(f"data {reference!r} (split {split!r}) has no rows")
@@ -283,101 +279,8 @@ def _image_feature_problems(table, column: str, confine_to: Path | None) -> list
             with Image.open(source) as image:
                 image.verify()
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError) as error:
-            problems.append((row, str(cell.get("path") or "<bytes>"), f"does not decode as an image ({_first_line(error)})"))
+            problems.append((row, str(cell.get("path") or "<bytes>"), f"does not decode as an image ({first_line(error)})"))
     return problems
-
-
-def is_frame_list_feature(feature) -> bool:
-    """A list of image paths or of HF images: one video given as its frames."""
-    import datasets
-
-    if not isinstance(feature, (datasets.List, datasets.LargeList)):
-        return False
-    inner = feature.feature
-    return isinstance(inner, datasets.Image) or (
-        isinstance(inner, datasets.Value) and inner.dtype in ("string", "large_string")
-    )
-
-
-def _frame_source(frame, root: Path, confine_to: Path | None) -> tuple[Any, str | None]:
-    """Where one frame's pixels are (a path or a bytes stream), or why the frame is unusable."""
-    import io
-
-    if isinstance(frame, dict):  # an undecoded HF Image cell
-        if frame.get("bytes"):
-            return io.BytesIO(frame["bytes"]), None
-        frame = frame.get("path")
-    if not isinstance(frame, str):
-        return None, f"{frame!r:.40} is not an image file name"
-    report = classify_string(frame, root, confine_to)
-    if report.modality != "image":
-        return None, f"{frame!r:.60} is not an image file name"
-    if report.source != "file":
-        return None, f"{frame!r:.60}: frames must be local image files"
-    if report.problem:
-        return None, f"{frame}: {report.problem}"
-    return root / Path(frame).expanduser(), None
-
-
-def _frame_list_problems(table, column: str, root: Path, confine_to: Path | None) -> list[tuple[int, str, str]]:
-    """Check every frame of every video in a frame-list column: it decodes, and all are one size."""
-    import datasets
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(table.features[column].feature, datasets.Image):
-        table = table.cast_column(column, datasets.List(datasets.Image(decode=False)))
-    problems = []
-    for row, frames in enumerate(table[column]):
-        if not frames:
-            problems.append((row, "[]", "a video needs at least one frame"))
-            continue
-        sizes: list[tuple[int, int]] = []
-        for number, frame in enumerate(frames, start=1):
-            source, problem = _frame_source(frame, root, confine_to)
-            if problem is None:
-                try:
-                    with Image.open(source) as image:
-                        sizes.append(image.size)
-                        image.verify()
-                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-                    problem = f"does not decode as an image ({_first_line(error)})"
-            if problem:
-                problems.append((row, f"frame {number}", problem))
-                break
-        else:
-            if len(set(sizes)) > 1:
-                first, other = sizes[0], next(size for size in sizes if size != sizes[0])
-                problems.append((
-                    row,
-                    f"{len(frames)} frames",
-                    f"frames differ in size ({first[0]}x{first[1]} and {other[0]}x{other[1]}); "
-                    "give every frame of a video one size",
-                ))
-    return problems
-
-
-def _frames_as_videos(table, frame_columns: list[str], root: Path):
-    """Turn each frame list into ``{"video": [frames]}`` with RGB frames (one array per video)."""
-    import datasets
-
-    features = table.features.copy()
-    for column in frame_columns:
-        if isinstance(features[column].feature, datasets.Image):
-            table = table.cast_column(column, datasets.List(datasets.Image(decode=False)))
-        features[column] = {"video": datasets.List(datasets.Image(mode="RGB"))}
-
-    def absolute(frame):
-        if isinstance(frame, dict) and frame.get("bytes"):
-            return frame
-        path = frame["path"] if isinstance(frame, dict) else frame
-        return str((root / Path(path).expanduser()).resolve())
-
-    def wrap(batch):
-        for column in frame_columns:
-            batch[column] = [{"video": [absolute(frame) for frame in frames]} for frames in batch[column]]
-        return batch
-
-    return table.map(wrap, batched=True, features=features, desc="collecting video frames")
 
 
 def prepare_media(
@@ -433,7 +336,7 @@ def prepare_media(
         elif is_frame_list_feature(feature):
             column_modalities[column] = "video"
             frame_columns.append(column)
-            problems = _frame_list_problems(table, column, root, confine_to)
+            problems = frame_list_problems(table, column, root, confine_to)
         elif isinstance(feature, datasets.Value) and feature.dtype in ("binary", "large_binary"):
             modality = _binary_column_modality(table[column][:1])
             if modality is None:
@@ -473,7 +376,7 @@ def prepare_media(
 
     table = _absolutise_paths(table, column_modalities, root)
     if frame_columns:
-        table = _frames_as_videos(table, frame_columns, root)
+        table = frames_as_videos(table, frame_columns, root)
     if "audio" in column_modalities.values():
         if audio_sampling_rate is None:
             raise MmstError(f"data {source!r} has audio columns but the model takes no audio")
@@ -543,7 +446,7 @@ def _decode_audio_columns(table, column_modalities, root: Path, sampling_rate: i
                     array = decode_audio(audio, sampling_rate)
                 except (RuntimeError, soundfile.LibsndfileError) as error:
                     raise MmstError(
-                        f"data {source!r}: column {column!r}: audio does not decode ({_first_line(error)})"
+                        f"data {source!r}: column {column!r}: audio does not decode ({first_line(error)})"
                     ) from error
                 if array.size == 0:
                     raise MmstError(f"data {source!r}: column {column!r} has a zero-length audio clip ({cell!r:.80})")

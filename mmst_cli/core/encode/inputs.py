@@ -14,13 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from mmst_cli.core.data.frames import is_frame_list_feature
 from mmst_cli.core.data.media import classify_string, media_modality_of_name
-from mmst_cli.core.data.tables import (
-    DATA_FILE_BUILDERS,
-    NON_CONTENT_COLUMNS,
-    PROBLEMS_SHOWN,
-    is_frame_list_feature,
-)
+from mmst_cli.core.data.tables import DATA_FILE_BUILDERS, NON_CONTENT_COLUMNS, PROBLEMS_SHOWN
 from mmst_cli.core.errors import MmstError
 
 #: Column names taken as the input, in this order, when a table has several content columns.
