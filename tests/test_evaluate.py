@@ -142,6 +142,15 @@ def test_pairs_sweep_plot_gate_and_reranker(tmp_path, tiny_models, tiny_reranker
     assert reranked["metrics"] == reranked["stages"][1]["metrics"]
 
 
+def test_a_text_only_reranker_is_refused_on_an_image_corpus(tmp_path, tiny_models, tiny_reranker):
+    from tests.data_factory import write_colour_pairs
+
+    # The file names hold the captions' words, so scoring paths as text would look good: never allowed.
+    pairs = write_colour_pairs(tmp_path / "colours", count=4)
+    refused = run_mmst("evaluate", "--model", str(tiny_models["clip"]), "--data", str(pairs), "--reranker", str(tiny_reranker))
+    assert_one_line_error(refused, 2, "cannot read image inputs", "the documents of", "mmst detect")
+
+
 def test_block_search_equals_brute_force():
     generator = np.random.default_rng(0)
     queries = generator.normal(size=(37, 8)).astype(np.float32)

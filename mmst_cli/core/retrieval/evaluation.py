@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
-from mmst_cli.core.encode.encoding import encode_inputs
+from mmst_cli.core.encode.encoding import encode_inputs, modality_of
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.retrieval.metrics import compute_metrics
 from mmst_cli.core.retrieval.search import search
@@ -156,6 +156,28 @@ def rerank(
     return score_run(f"rerank top {top_k}", run, task, ks)
 
 
+def _load_reranker(options: EvaluateOptions, task: RetrievalTask):
+    """Load ``--reranker`` and make sure it reads every modality of the task's queries and documents.
+
+    A text-only reranker handed image documents would score their file paths as text.
+    """
+    from mmst_cli.core.models.loading import load_model
+    from mmst_cli.core.models.locate import locate_model
+
+    source = locate_model(options.reranker)
+    if source.kind != "reranker":
+        raise MmstError(f"--reranker {options.reranker!r} is a {source.kind}, not a reranker")
+    reranker = load_model(source, trust_remote_code=options.trust_remote_code)
+    for side, values in (("queries", task.queries), ("documents", task.corpus)):
+        unreadable = sorted(m for m in {modality_of(value) for value in values.values()} if not reranker.supports(m))
+        if unreadable:
+            raise MmstError(
+                f"--reranker {options.reranker!r} cannot read {' or '.join(unreadable)} inputs, but the {side} of "
+                f"{task.source!r} hold them; choose a reranker that takes them (`mmst detect MODEL` shows what a model takes)"
+            )
+    return reranker
+
+
 @dataclass
 class EvaluateOptions:
     """Every option of ``mmst evaluate`` (see :func:`run_evaluation`)."""
@@ -266,6 +288,7 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
             data, split=options.split, config=options.data_config, columns=options.columns,
             media=media, strict=options.strict,
         )  # fmt: skip
+        reranker = _load_reranker(options, task) if options.reranker else None  # before the long encode
         stages = evaluate_embedder(
             model, task, ks=options.ks, dims=options.dims, batch_size=options.batch_size,
             search_depth=max(100, options.rerank_top_k), track=track,
@@ -276,16 +299,12 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
             report["dims"] = [{"dim": int(stage.name.split()[1]), "metrics": stage.metrics} for stage in stages]
         report["warnings"] = task.warnings
         report["stages"] = [_stage_report(main)]
-        if options.reranker:
-            reranker_source = locate_model(options.reranker)
-            if reranker_source.kind != "reranker":
-                raise MmstError(f"--reranker {options.reranker!r} is a {reranker_source.kind}, not a reranker")
-            reranker = load_model(reranker_source, trust_remote_code=options.trust_remote_code)
+        if reranker is not None:
             main = rerank(
                 reranker, task, main.run, top_k=options.rerank_top_k, ks=options.ks,
                 batch_size=options.batch_size, track=track,
             )  # fmt: skip
-            report["reranker"] = reranker_source.reference
+            report["reranker"] = options.reranker
             report["stages"].append(_stage_report(main))
     report["metrics"] = main.metrics
     report["counts"] = main.counts
