@@ -182,6 +182,19 @@ def test_unwritable_output_is_detected_before_work(tmp_path, tiny_models, text_p
     assert_one_line_error(result, 2, "is a file, not a folder")
 
 
+def test_output_files_that_cannot_be_written_are_refused_before_the_model_loads(tmp_path, tiny_models, text_pairs):
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    evaluate = run_mmst("evaluate", "--model", "no-such-owner/no-such-model", "--data", str(text_pairs), "--per-query", str(folder))
+    assert_one_line_error(evaluate, 2, "--per-query", "is a folder; name a file in it")  # not the model's error
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    encode = run_mmst("encode", str(text_pairs), "--column", "query", "--model", str(tiny_models["bert"]), "-o", str(a_file / "out.npy"))
+    assert_one_line_error(encode, 2, "-o", "is a file, not a folder")
+    save_run = run_mmst("evaluate", "--model", "no-such-owner/no-such-model", "--data", str(text_pairs), "--save-run", str(a_file / "r.trec"))
+    assert_one_line_error(save_run, 2, "--save-run", "is a file, not a folder")
+
+
 def test_trust_remote_code_is_visible_in_the_resolved_config(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("trust-remote-code: true\n")

@@ -101,6 +101,11 @@ def evaluate(
     options.validate()
     if plot and not options.dims:
         raise MmstError("--plot draws a Matryoshka sweep: add --dims")
+    from mmst_cli.core.outputs import ensure_writable_file
+
+    for flag, value in (("--save-run", save_run), ("--per-query", per_query), ("--plot", plot)):
+        if value:
+            ensure_writable_file(Path(value), flag)  # before the model loads
     with progress_bars(console) as track:
         report, main = run_evaluation(options, track=track)
     if save_run:

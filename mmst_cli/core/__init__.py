@@ -2,8 +2,8 @@
 
 From the ground up (each wing may import only the wings below it; see docs/architecture.md):
 
-- :mod:`~mmst_cli.core.errors` and :mod:`~mmst_cli.core.progress`: the one error type and the
-  progress display, which everything stands on;
+- :mod:`~mmst_cli.core.errors`, :mod:`~mmst_cli.core.progress` and :mod:`~mmst_cli.core.outputs`:
+  the one error type, the progress display and the output-path checks, which everything stands on;
 - :mod:`~mmst_cli.core.data`: tables, columns and media references (read, checked, confined);
 - :mod:`~mmst_cli.core.models`: finding, loading, composing and describing models;
 - :mod:`~mmst_cli.core.encode`: inputs to embeddings, in memory or as an ``mmst encode`` job;

@@ -41,6 +41,7 @@ from mmst_cli.core.encode.writers import (
     write_output,
 )
 from mmst_cli.core.errors import EXIT_INTERRUPTED, MmstError
+from mmst_cli.core.outputs import ensure_writable_file
 
 #: Output formats, chosen by ``--format`` or by the output's extension.
 FORMATS = ("npy", "parquet", "jsonl", "safetensors")
@@ -308,6 +309,8 @@ def run_encode(
     if output is not None and output.is_dir():
         example = Path(options.output) / "embeddings.npy"
         raise MmstError(f"-o {options.output!r} is a folder; name a file such as {example}")
+    if output is not None:
+        ensure_writable_file(output, "-o")
 
     devices = options.devices
     if model is None:

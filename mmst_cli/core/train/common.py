@@ -28,7 +28,8 @@ from transformers import TrainerCallback
 from mmst_cli.core.data.tables import PairData
 from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.models.lora import LoraOptions
-from mmst_cli.core.train.run_folder import existing_ancestor, owned_run_folder
+from mmst_cli.core.outputs import existing_ancestor
+from mmst_cli.core.train.run_folder import owned_run_folder
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 REPORT_TARGETS = ("none", "tensorboard")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mmst_cli.core.errors import MmstError
+from mmst_cli.core.outputs import ensure_writable_folder
 
 LOCK_NAME = ".mmst-run.lock"
 RECORD_NAME = "run.json"
@@ -173,7 +174,7 @@ def owned_run_folder(options, *, main_process: bool = True) -> Iterator[Path]:
             f"{checkpoints} holds the checkpoints of an unfinished run; pass --resume to continue it "
             "or choose another --output-dir"
         )
-    ensure_writable(output_dir, "--output-dir")
+    ensure_writable_folder(output_dir, "--output-dir")
     current = run_record(options)
     if options.resume:
         _check_resume(output_dir, current, options.force)
@@ -195,20 +196,3 @@ def owned_run_folder(options, *, main_process: bool = True) -> Iterator[Path]:
             shutil.rmtree(output_dir, ignore_errors=True)  # a run that saved nothing leaves nothing
         raise
     lock.unlink(missing_ok=True)
-
-
-def existing_ancestor(folder: Path) -> Path:
-    """The nearest folder on the way up from ``folder`` that exists (``folder`` itself if it does)."""
-    folder = folder.absolute()
-    while not folder.exists():
-        folder = folder.parent
-    return folder
-
-
-def ensure_writable(folder: Path, flag: str) -> None:
-    """Check, without creating anything, that ``folder`` can be created and written to."""
-    existing = existing_ancestor(folder)
-    if not existing.is_dir():
-        raise MmstError(f"{flag} {folder}: {existing} is a file, not a folder; choose another folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise MmstError(f"{flag} {folder} is not writable ({existing} denies writing); choose another folder")
