@@ -67,10 +67,14 @@ def test_unfinished_checkpoints_need_resume_and_force_needs_resume(tmp_path, tin
     assert_one_line_error(_train(tiny_models, pairs, tmp_path / "x", "--force"), 2, "--force only applies to --resume")
 
 
-def test_a_run_that_fails_before_saving_leaves_no_folder(tmp_path, tiny_models):
+def test_a_run_that_fails_before_saving_leaves_no_folder_and_null_cells_are_named(tmp_path, tiny_models):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "a", "answer": null}\n{"query": "b", "answer": "c"}\n')
-    result = _train(tiny_models, bad, tmp_path / "run", "--max-steps", "1")
-    assert result.returncode != 0
+    result = _train(tiny_models, bad, tmp_path / "run", "--max-steps", "1", "--columns", "query,answer")
+    assert_one_line_error(result, 2, "row 1, column 'answer': null: empty cell", "--skip-bad")
+    rerank = run_mmst("train-rerank", "--model", str(tiny_models["bert"]), "--data", str(bad), "--max-steps", "1",
+                      "--output-dir", str(tmp_path / "rerank"))  # fmt: skip
+    assert_one_line_error(rerank, 2, "row 1, column 'answer': null: empty cell")
+    assert not (tmp_path / "rerank").exists()
     assert not (tmp_path / "run").exists()
     assert not os.path.exists(tmp_path / "run" / ".mmst-run.lock")

@@ -200,12 +200,15 @@ def _string_column_modality(
         modality = report.modality if report else "text"
         modalities[modality] = modalities.get(modality, 0) + 1
     media = [m for m in modalities if m != "text"]
+    empty = [(row, "null", "empty cell; fill it or drop the row") for row, value in enumerate(values) if value is None]
     if not media:
-        return "text", []
+        return "text", empty
     # A media column where a few cells are plain text would silently train on file names as text.
     modality = max(media, key=lambda m: modalities[m])
-    problems = []
+    problems = empty
     for row, (value, report) in enumerate(zip(values, reports)):
+        if value is None:
+            continue
         if report is None or report.modality != modality:
             problems.append((row, repr(value)[:80], f"not {_WITH_ARTICLE[modality]} file name"))
         elif report.source == "url":
@@ -300,7 +303,7 @@ def prepare_media(
         source: The data reference; relative media paths resolve against its folder.
         media_root: Folder that relative media paths resolve against instead (``--media-root``).
         audio_sampling_rate: The model's audio rate; audio columns are decoded and resampled to it.
-        skip_bad: Drop rows with unusable media (and count them) instead of failing.
+        skip_bad: Drop rows with unusable media or empty cells (and count them) instead of failing.
         allow_remote_media: Download http(s) media (:mod:`mmst_cli.core.data.remote_media`); refused otherwise.
         allow_outside_root: Accept media paths outside the data folder / ``media_root`` (absolute
             paths elsewhere, ``../..``); refused otherwise.
@@ -365,12 +368,12 @@ def prepare_media(
         if not skip_bad:
             shown = "; ".join(bad_rows[row] for row in sorted(bad_rows)[:PROBLEMS_SHOWN])
             raise MmstError(
-                f"data {source!r}: {len(bad_rows)} of {len(table)} rows have unusable media ({shown}); "
+                f"data {source!r}: {len(bad_rows)} of {len(table)} rows are unusable ({shown}); "
                 "fix them, set --media-root, or pass --skip-bad to drop them"
             )
         keep = [row for row in range(len(table)) if row not in bad_rows]
         if not keep:
-            raise MmstError(f"data {source!r}: every row has unusable media; nothing left to train on")
+            raise MmstError(f"data {source!r}: every row is unusable; nothing left to train on")
         table = table.select(keep)
         skipped = len(bad_rows)
 
