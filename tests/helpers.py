@@ -49,13 +49,14 @@ def _environment(cwd: Path | None, env: dict | None):
         os.environ.update(previous_env)
 
 
-def run_mmst(*args: str, cwd: Path | None = None, env: dict | None = None, input: str | None = None) -> MmstResult:
+def run_mmst(*args: str, cwd: Path | None = None, env: dict | None = None, input: str | bytes | None = None) -> MmstResult:
     """Run ``mmst ARGS`` in this process, as the console script would, and return what it left."""
     from mmst_cli.cli.app import main
 
     stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="")  # has .buffer, like a real stdout
     stderr = io.StringIO()
-    stdin = io.StringIO(input or "")
+    # Bytes come through .buffer, as from a real pipe; text is already decoded.
+    stdin = io.TextIOWrapper(io.BytesIO(input), encoding="utf-8") if isinstance(input, bytes) else io.StringIO(input or "")
     streams = sys.argv, sys.stdin, sys.stdout, sys.stderr
     sys.argv, sys.stdin, sys.stdout, sys.stderr = [MMST, *args], stdin, stdout, stderr
     try:

@@ -195,6 +195,17 @@ def test_output_files_that_cannot_be_written_are_refused_before_the_model_loads(
     assert_one_line_error(save_run, 2, "--save-run", "is a file, not a folder")
 
 
+def test_text_that_is_not_utf8_names_its_line(tmp_path, tiny_models):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("hello\ncaf\u00e9\n".encode("latin-1"))
+    common = ["--model", str(tiny_models["bert"]), "-o", str(tmp_path / "v.npy")]
+    from_file = run_mmst("encode", str(latin), *common)
+    assert_one_line_error(from_file, 2, "line 2 is not UTF-8 text (byte 0xe9 at position 4)", "iconv")
+    from_stdin = run_mmst("encode", "-", *common, input=latin.read_bytes())
+    assert_one_line_error(from_stdin, 2, "input '-': line 2 is not UTF-8 text")
+    assert not (tmp_path / "v.npy").exists()
+
+
 def test_trust_remote_code_is_visible_in_the_resolved_config(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("trust-remote-code: true\n")

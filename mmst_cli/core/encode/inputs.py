@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from mmst_cli.core.data.frames import is_frame_list_feature
 from mmst_cli.core.data.media import classify_string, media_modality_of_name
@@ -244,11 +244,25 @@ def _reference_inputs(
     )
 
 
-def _line_inputs(source: str, stream: TextIO, root: Path, confine_to: Path | None) -> ReferenceInputs:
+def _utf8_lines(source: str, stream: TextIO | BinaryIO) -> Iterator[tuple[int, str]]:
+    """Numbered lines, decoded one at a time so that a line that is not UTF-8 is named exactly."""
+    for number, line in enumerate(getattr(stream, "buffer", stream), start=1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf8")
+            except UnicodeDecodeError as error:
+                raise MmstError(
+                    f"input {source!r}: line {number} is not UTF-8 text (byte {line[error.start]:#04x} at "
+                    f"position {error.start + 1}); convert the file first, e.g. iconv -f latin1 -t utf-8"
+                ) from error
+        yield number, line
+
+
+def _line_inputs(source: str, stream: TextIO | BinaryIO, root: Path, confine_to: Path | None) -> ReferenceInputs:
     """One input per non-blank line; ids are the 0-based positions, messages name line numbers."""
     values: list[str] = []
     line_numbers: list[int] = []
-    for number, line in enumerate(stream, start=1):
+    for number, line in _utf8_lines(source, stream):
         text = line.rstrip("\r\n")
         if text.strip():
             values.append(text)
@@ -422,7 +436,7 @@ def read_inputs(
         raise MmstError(f"input {reference!r} does not exist; check the path")
     if path.is_file() and path.suffix.lower() in LINE_FILE_EXTENSIONS:
         root = root_override or path.parent
-        with path.open(encoding="utf8") as stream:
+        with path.open("rb") as stream:
             return _line_inputs(reference, stream, root, confined(root))
     if path.is_dir() and not _is_dataset_folder(path):
         if column is not None or id_column is not None:
