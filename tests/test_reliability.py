@@ -206,6 +206,24 @@ def test_text_that_is_not_utf8_names_its_line(tmp_path, tiny_models):
     assert not (tmp_path / "v.npy").exists()
 
 
+class _NotATensor:
+    """Stands in for whatever a hostile pickle would carry."""
+
+
+def test_a_model_whose_weights_are_a_pickle_of_objects_is_refused_unread(tmp_path, tiny_models):
+    import shutil
+
+    import torch
+
+    model = tmp_path / "pickled"
+    shutil.copytree(tiny_models["bert"], model)
+    for weights in model.rglob("*.safetensors"):
+        weights.unlink()
+    torch.save({"payload": _NotATensor()}, model / "pytorch_model.bin")
+    result = run_mmst("encode", "-", "--model", str(model), "-o", "-", input="hello\n")
+    assert_one_line_error(result, 2, "pickle holding more than tensors", "safetensors")
+
+
 def test_trust_remote_code_is_visible_in_the_resolved_config(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("trust-remote-code: true\n")

@@ -4,10 +4,11 @@ and walking their modules (a Router's routes included).
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
-from mmst_cli.core.errors import MmstError
+from mmst_cli.core.errors import MmstError, first_line
 from mmst_cli.core.models.locate import ModelSource
 
 
@@ -46,14 +47,19 @@ def load_checkpoint(source: ModelSource, *, trust_remote_code: bool = False, dev
                 source.location, model_class, trust_remote_code=trust_remote_code, device=device, **kwargs
             )
         return model_class(source.location, trust_remote_code=trust_remote_code, device=device, **kwargs)
+    except pickle.UnpicklingError as error:
+        # torch.load(weights_only=True) refused a pickle that holds more than tensors: it stays unread.
+        raise MmstError(
+            f"model {source.reference!r}: its weights are a pickle holding more than tensors, which mmst never "
+            "unpickles; use a copy of the model saved as safetensors"
+        ) from error
     except (OSError, ValueError, KeyError, ImportError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
         if "trust_remote_code" in str(error) and not trust_remote_code:
             raise MmstError(
                 f"model {source.reference!r} needs custom code from its repository; "
                 "pass --trust-remote-code only if you trust that code"
             ) from error
-        raise MmstError(f"model {source.reference!r} could not be loaded: {first_line}") from error
+        raise MmstError(f"model {source.reference!r} could not be loaded: {first_line(error)}") from error
 
 
 def iter_modules(model):
