@@ -55,7 +55,9 @@ def main() -> None:
     parser = common_arguments(__doc__, repeats=1)
     parser.add_argument("--batches", default="32,64,128,256,512", help="comma-separated batch sizes")
     args = parse_arguments(parser)
-    batches = [int(value) for value in args.batches.split(",")]
+    batches = sorted({int(value) for value in args.batches.split(",")})
+    if len(batches) < 2:
+        parser.error("--batches needs at least two sizes: the target compares how the peak grows between them")
 
     from mmst_cli.core.models.composition import EMOJI_TRAIN
 
