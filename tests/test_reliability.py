@@ -224,6 +224,17 @@ def test_a_model_whose_weights_are_a_pickle_of_objects_is_refused_unread(tmp_pat
     assert_one_line_error(result, 2, "pickle holding more than tensors", "safetensors")
 
 
+def test_a_decompression_bomb_is_a_named_row_error(tmp_path, tiny_models, monkeypatch):
+    from PIL import Image
+
+    data = write_colour_pairs(tmp_path / "data", count=2)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the 40x40 images are now "bombs" (over twice the limit)
+    result = _train(tiny_models, data, tmp_path / "out", "--columns", "caption,image")
+    assert_one_line_error(result, 2, "row 1, column 'image'", "too large to decode safely", "could be decompression bomb")
+    encode = run_mmst("encode", str(data), "--column", "image", "--model", str(tiny_models["clip"]), "-o", str(tmp_path / "e.npy"))
+    assert_one_line_error(encode, 2, "too large to decode safely")
+
+
 def test_trust_remote_code_is_visible_in_the_resolved_config(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("trust-remote-code: true\n")

@@ -11,8 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mmst_cli.core.data.media import classify_string
-from mmst_cli.core.errors import first_line
+from mmst_cli.core.data.media import classify_string, verify_image
 
 
 def is_frame_list_feature(feature) -> bool:
@@ -50,7 +49,6 @@ def _frame_source(frame, root: Path, confine_to: Path | None) -> tuple[Any, str 
 def frame_list_problems(table, column: str, root: Path, confine_to: Path | None) -> list[tuple[int, str, str]]:
     """Check every frame of every video in a frame-list column: it decodes, and all are one size."""
     import datasets
-    from PIL import Image, UnidentifiedImageError
 
     if isinstance(table.features[column].feature, datasets.Image):
         table = table.cast_column(column, datasets.List(datasets.Image(decode=False)))
@@ -63,12 +61,9 @@ def frame_list_problems(table, column: str, root: Path, confine_to: Path | None)
         for number, frame in enumerate(frames, start=1):
             source, problem = _frame_source(frame, root, confine_to)
             if problem is None:
-                try:
-                    with Image.open(source) as image:
-                        sizes.append(image.size)
-                        image.verify()
-                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-                    problem = f"does not decode as an image ({first_line(error)})"
+                size, problem = verify_image(source)
+                if size is not None:
+                    sizes.append(size)
             if problem:
                 problems.append((row, f"frame {number}", problem))
                 break

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from mmst_cli.core.errors import first_line
+
 # The same extension lists Sentence Transformers uses to recognise media paths and URLs.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".wmv", ".flv", ".mkv")
@@ -102,13 +104,7 @@ def check_media_file(path: Path, modality: str) -> str | None:
     if path.stat().st_size == 0:
         return "file is empty"
     if modality == "image":
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as image:
-                image.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-            return f"does not decode as an image ({error.__class__.__name__})"
+        return verify_image(path)[1]
     elif modality == "audio":
         import soundfile
 
@@ -119,6 +115,26 @@ def check_media_file(path: Path, modality: str) -> str | None:
         if info.frames == 0:
             return "audio clip has no samples"
     return None
+
+
+def verify_image(source) -> tuple[tuple[int, int] | None, str | None]:
+    """Open an image file or stream with Pillow and verify it, without decoding the pixels.
+
+    Returns:
+        ``(width, height)`` and ``None`` for a usable image, or ``None`` and why it is not: it does
+        not decode, or it is larger than Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(source) as image:
+            size = image.size
+            image.verify()
+    except Image.DecompressionBombError as error:
+        return None, f"is too large to decode safely ({first_line(error)}); shrink it"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError) as error:
+        return None, f"does not decode as an image ({first_line(error)})"
+    return size, None
 
 
 def string_modality(value: str) -> tuple[str, str]:

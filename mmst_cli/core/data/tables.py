@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mmst_cli.core.data.frames import frame_list_problems, frames_as_videos, is_frame_list_feature
-from mmst_cli.core.data.media import check_media_file, classify_string, confinement_problem
+from mmst_cli.core.data.media import check_media_file, classify_string, confinement_problem, verify_image
 from mmst_cli.core.errors import MmstError, first_line
 
 #: File extension -> the ``datasets`` builder that reads it.
@@ -265,8 +265,6 @@ def _image_feature_problems(table, column: str, confine_to: Path | None) -> list
     """Decode-check every image of an HF Image column without keeping the pixels."""
     import io
 
-    from PIL import Image, UnidentifiedImageError
-
     problems = []
     raw = table.cast_column(column, type(table.features[column])(decode=False))[column]
     for row, cell in enumerate(raw):
@@ -277,12 +275,9 @@ def _image_feature_problems(table, column: str, confine_to: Path | None) -> list
         if problem:
             problems.append((row, str(cell.get("path")), problem))
             continue
-        try:
-            source = io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"]
-            with Image.open(source) as image:
-                image.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError) as error:
-            problems.append((row, str(cell.get("path") or "<bytes>"), f"does not decode as an image ({first_line(error)})"))
+        _, problem = verify_image(io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"])
+        if problem:
+            problems.append((row, str(cell.get("path") or "<bytes>"), problem))
     return problems
 
 
