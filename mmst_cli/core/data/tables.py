@@ -241,12 +241,12 @@ def _binary_column_modality(first_cells: list) -> str | None:
 
 
 def _feature_path_problem(cell: dict, modality: str, confine_to: Path | None) -> str | None:
-    """Why the file an undecoded HF Image / Audio cell points to (when it holds no bytes) is unusable.
+    """Why the file an undecoded HF Image / Audio cell without bytes points to is unusable.
 
     ``datasets`` opens such a path as it stands, relative to the working folder, so it is checked so.
     """
-    if cell.get("bytes") or not cell.get("path"):
-        return None if cell.get("bytes") else "no bytes and no path"
+    if not cell.get("path"):
+        return "no bytes and no path"
     path = Path(cell["path"])
     return confinement_problem(path, confine_to) or check_media_file(path, modality)
 
@@ -255,6 +255,8 @@ def _audio_feature_problems(table, column: str, confine_to: Path | None) -> list
     """Check the paths of an undecoded HF Audio column (decoding happens later, at the model's rate)."""
     problems = []
     for row, cell in enumerate(table[column]):
+        if cell is not None and cell.get("bytes"):
+            continue  # decoded (and checked) at the model's rate later
         problem = "no audio" if cell is None else _feature_path_problem(cell, "audio", confine_to)
         if problem:
             problems.append((row, str((cell or {}).get("path") or "None"), problem))
@@ -271,11 +273,10 @@ def _image_feature_problems(table, column: str, confine_to: Path | None) -> list
         if cell is None:
             problems.append((row, "None", "no image"))
             continue
-        problem = _feature_path_problem(cell, "image", confine_to)
-        if problem:
-            problems.append((row, str(cell.get("path")), problem))
-            continue
-        _, problem = verify_image(io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"])
+        if cell.get("bytes"):
+            _, problem = verify_image(io.BytesIO(cell["bytes"]))
+        else:  # a path: confined, then verified by check_media_file
+            problem = _feature_path_problem(cell, "image", confine_to)
         if problem:
             problems.append((row, str(cell.get("path") or "<bytes>"), problem))
     return problems

@@ -425,6 +425,7 @@ def read_inputs(
     is_table_input = reference != "-" and Path(reference).expanduser().suffix.lower() not in LINE_FILE_EXTENSIONS
     if (column is not None or id_column is not None) and not is_table_input:
         raise MmstError("--column and --id-column apply to tables (jsonl, csv, parquet, datasets), not to line inputs")
+
     def confined(root: Path) -> Path | None:
         return None if allow_outside_root else root
 

@@ -330,6 +330,8 @@ def _train(options: TrainRerankOptions, output_dir: Path, progress_console, log)
     model_dir = output_dir / "model"
     # Data first: bad media fails in seconds, before any weights are loaded.
     train_data, eval_data = _load_training_data(options, peek_audio_sampling_rate(options.model))
+    # The shape the loss reads, checked before the weights load too (bce on positives only, ...).
+    train_dataset = training_dataset(train_data, options.loss, options.negatives_per_positive, log)
     set_seed(options.seed)
     built = build_reranker(
         options.model,
@@ -363,7 +365,6 @@ def _train(options: TrainRerankOptions, output_dir: Path, progress_console, log)
     )
     for note in train_data.notes:
         log(note)
-    train_dataset = training_dataset(train_data, options.loss, options.negatives_per_positive, log)
     if options.dry_run:
         return _dry_run(options, built, train_dataset, train_data)
     loss = build_rerank_loss(model, options.loss, options.mini_batch_size, options.mini_batch_tokens)

@@ -432,7 +432,7 @@ def training_dataset(data: RerankData, loss: str, negatives_per_positive: int | 
                 "use a listwise loss (lambda, listnet, plistmle) for graded labels, or rescale them"
             )
         if len(set(data.labels)) == 1:
-            only = "1 (no negatives)" if data.labels[0] > 0 else f"{data.labels[0]:g} (no positives)"
+            only = f"{data.labels[0]:g} " + ("(no negatives)" if data.labels[0] > 0 else "(no positives)")
             raise MmstError(
                 f"--loss bce on data {data.source!r}: every label is {only}, so the reranker would learn nothing; "
                 "add rows of the other label, give negative columns (query, positive, negative...), "
