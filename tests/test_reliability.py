@@ -157,6 +157,22 @@ def test_bad_audio(tmp_path, tiny_models):
     assert "row 3" in result.stderr and ("no samples" in result.stderr or "file is empty" in result.stderr)
 
 
+def test_an_audio_clip_too_short_for_the_model_is_a_named_error(tmp_path, tiny_models):
+    """A 1-sample clip crashed wav2vec2's convolutions; it is now refused before the model runs."""
+    import numpy as np
+    import soundfile
+
+    data = write_tone_pairs(tmp_path, count=3)
+    soundfile.write(tmp_path / "audio" / "002.wav", np.full(1, 0.5, dtype="float32"), 16000)
+    result = run_mmst("train-embed", "--text-encoder", str(tiny_models["bert"]), "--audio-encoder",
+                      str(tiny_models["wav2vec2"]), "--dim", "8", "--data", str(data), "--output-dir", str(tmp_path / "o"))  # fmt: skip
+    assert_one_line_error(result, 2, "row 3", "002.wav", "1 sample(s)", "at least 25 ms")
+    (tmp_path / "clips.txt").write_text("audio/001.wav\naudio/002.wav\n")
+    encode = run_mmst("encode", str(tmp_path / "clips.txt"), "--model", str(tiny_models["wav2vec2"]), "-o", str(tmp_path / "v.npy"))
+    assert_one_line_error(encode, 2, "line 2", "002.wav", "at least 25 ms")
+    assert not (tmp_path / "v.npy").exists()
+
+
 def test_retrieval_inputs(tmp_path, tiny_models):
     beir = tmp_path / "beir"
     (beir / "qrels").mkdir(parents=True)
@@ -233,6 +249,42 @@ def test_a_decompression_bomb_is_a_named_row_error(tmp_path, tiny_models, monkey
     assert_one_line_error(result, 2, "row 1, column 'image'", "too large to decode safely", "could be decompression bomb")
     encode = run_mmst("encode", str(data), "--column", "image", "--model", str(tiny_models["clip"]), "-o", str(tmp_path / "e.npy"))
     assert_one_line_error(encode, 2, "too large to decode safely")
+
+
+def test_images_the_processor_cannot_read_are_converted_and_broken_ones_refused(tmp_path, tiny_models, monkeypatch):
+    """TIFF, BMP, 16-bit and animated files pass the check and then encode; a truncated JPEG fails the check."""
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.setenv("MMST_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(pixels).save(folder / "a_reference.png")
+    Image.fromarray(pixels).save(folder / "b_same.tiff")
+    Image.fromarray(pixels).save(folder / "c_same.bmp")
+    Image.fromarray(pixels).save(folder / "d_same_animated.gif", save_all=True, append_images=[Image.fromarray(255 - pixels)])
+    grey = pixels[:, :, 0]
+    Image.fromarray(grey).save(folder / "e_grey.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(folder / "f_grey_16bit.png")
+    Image.fromarray(pixels).convert("CMYK").save(folder / "g_cmyk.tiff")
+    output = tmp_path / "vectors.npy"
+    result = run_mmst("encode", str(folder), "--model", str(tiny_models["clip"]), "-o", str(output))
+    assert result.returncode == 0, result.stderr
+    vectors = np.load(output)
+    for same in (1, 2):  # TIFF and BMP of the same pixels embed exactly as the PNG
+        np.testing.assert_allclose(vectors[same], vectors[0], atol=1e-5)
+    gif = Image.open(folder / "d_same_animated.gif").convert("RGB")  # the GIF palette changes the pixels a little
+    assert np.isfinite(vectors[3]).all() and np.asarray(gif).shape == (40, 40, 3)
+    np.testing.assert_allclose(vectors[5], vectors[4], atol=1e-5)  # 16-bit scaled to 8, not clipped at 255
+    assert len(list((tmp_path / "cache" / "media" / "converted").glob("*.png"))) == 5
+
+    jpeg = folder / "h_truncated.jpg"
+    Image.fromarray(pixels).save(jpeg)
+    jpeg.write_bytes(jpeg.read_bytes()[:-200])  # Image.verify() alone passes this file
+    result = run_mmst("encode", str(folder), "--model", str(tiny_models["clip"]), "-o", str(output))
+    assert_one_line_error(result, 2, "h_truncated.jpg", "does not decode as an image", "truncated")
 
 
 def test_trust_remote_code_is_visible_in_the_resolved_config(tmp_path):

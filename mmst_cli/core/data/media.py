@@ -9,8 +9,10 @@ This module imports no ML library at module level.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -22,6 +24,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".wmv", ".flv", ".mkv")
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".ogg", ".flac", ".aac")
 MEDIA_EXTENSIONS = {"image": IMAGE_EXTENSIONS, "audio": AUDIO_EXTENSIONS, "video": VIDEO_EXTENSIONS}
+
+#: Pillow formats and modes of image files that transformers' decoder (torchvision) reads as
+#: they are; :func:`processor_readable_image` converts every other image file.
+PROCESSOR_READABLE_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF"})
+PROCESSOR_READABLE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr"})
 
 #: Start of the problem reported for a media path that escapes its data folder.
 OUTSIDE_ROOT_PROBLEM = "resolves outside the data folder (pass --allow-outside-root to allow it):"
@@ -112,13 +119,34 @@ def check_media_file(path: Path, modality: str) -> str | None:
             info = soundfile.info(str(path))
         except (RuntimeError, soundfile.LibsndfileError) as error:
             return f"does not decode as audio ({str(error).splitlines()[0]})"
-        if info.frames == 0:
-            return "audio clip has no samples"
+        return audio_length_problem(info.frames, info.samplerate)
+    return None
+
+
+#: Shortest audio clip mmst accepts. Speech and audio encoders look at 25 ms windows: wav2vec2,
+#: HuBERT and WavLM need 400 samples at 16 kHz before their convolutions give one frame (a shorter
+#: clip is a crash inside the model), and Whisper's and CLAP's spectrograms use 25 ms windows.
+MIN_AUDIO_SECONDS = 0.025
+
+
+def audio_length_problem(samples: int, sampling_rate: int) -> str | None:
+    """Why a clip of ``samples`` at ``sampling_rate`` is too short for an audio model, or ``None``."""
+    if samples == 0:
+        return "audio clip has no samples"
+    if samples < MIN_AUDIO_SECONDS * sampling_rate:
+        return (
+            f"audio clip is {samples} sample(s) ({1000 * samples / sampling_rate:.2g} ms) long; audio models "
+            f"need at least {MIN_AUDIO_SECONDS * 1000:.0f} ms; drop it or pad it with silence"
+        )
     return None
 
 
 def verify_image(source) -> tuple[tuple[int, int] | None, str | None]:
-    """Open an image file or stream with Pillow and verify it, without decoding the pixels.
+    """Decode an image file or stream with Pillow, so that a file that passes cannot fail later.
+
+    ``Image.verify`` alone passes a truncated JPEG that the model's decoder then rejects, so the
+    pixels are decoded; JPEGs are decoded at a reduced scale (``Image.draft``), which reads every
+    byte at a fraction of the cost.
 
     Returns:
         ``(width, height)`` and ``None`` for a usable image, or ``None`` and why it is not: it does
@@ -129,12 +157,58 @@ def verify_image(source) -> tuple[tuple[int, int] | None, str | None]:
     try:
         with Image.open(source) as image:
             size = image.size
-            image.verify()
+            image.draft("RGB", (64, 64))
+            image.load()
     except Image.DecompressionBombError as error:
         return None, f"is too large to decode safely ({first_line(error)}); shrink it"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError) as error:
         return None, f"does not decode as an image ({first_line(error)})"
     return size, None
+
+
+def processor_readable_image(path: Path) -> Path:
+    """The image file a model's processor can read: ``path`` itself, or an 8-bit RGB PNG copy of it.
+
+    transformers reads image paths with torchvision's decoder, which knows only JPEG, PNG, WebP
+    and GIF, returns 16 bits for 16-bit PNGs and every frame of an animated GIF. Any other image
+    (TIFF, BMP, 16-bit, float or animated files) is converted once with Pillow, upright (EXIF
+    orientation applied) and first frame only, into ``converted/`` in the media cache, named by
+    a hash of the file's bytes so that reruns reuse it. ``path`` must have passed
+    :func:`verify_image`.
+    """
+    from PIL import Image
+
+    with Image.open(path) as image:
+        readable = (
+            image.format in PROCESSOR_READABLE_FORMATS
+            and getattr(image, "n_frames", 1) == 1
+            and image.mode in PROCESSOR_READABLE_MODES
+        )
+    if readable:
+        return path
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    converted = media_cache_dir() / "converted" / f"{digest}.png"
+    if not converted.exists():
+        converted.parent.mkdir(parents=True, exist_ok=True)
+        temporary = converted.with_name(f".{digest}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.png")
+        try:
+            _as_8bit_rgb(path).save(temporary, format="PNG")
+            os.replace(temporary, converted)
+        finally:
+            temporary.unlink(missing_ok=True)
+    return converted
+
+
+def _as_8bit_rgb(path: Path):
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        image.seek(0)
+        image = ImageOps.exif_transpose(image)
+        if image.mode.startswith("I;16"):  # Pillow's RGB conversion would clip 16-bit values at 255
+            image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8), mode="L")
+        return image.convert("RGB")
 
 
 def string_modality(value: str) -> tuple[str, str]:

@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from mmst_cli.core.data.frames import frame_list_problems, frames_as_videos, is_frame_list_feature
-from mmst_cli.core.data.media import check_media_file, classify_string, confinement_problem, verify_image
+from mmst_cli.core.data.media import (
+    audio_length_problem,
+    check_media_file,
+    classify_string,
+    confinement_problem,
+    processor_readable_image,
+    verify_image,
+)
 from mmst_cli.core.errors import MmstError, first_line
 
 #: File extension -> the ``datasets`` builder that reads it.
@@ -419,7 +426,10 @@ def _absolutise_paths(table, column_modalities: dict[str, str], root: Path):
 
     def absolute(batch):
         for column in path_columns:
-            batch[column] = [str((root / Path(value).expanduser()).resolve()) for value in batch[column]]
+            paths = [(root / Path(value).expanduser()).resolve() for value in batch[column]]
+            if column_modalities[column] == "image":
+                paths = [processor_readable_image(path) for path in paths]
+            batch[column] = [str(path) for path in paths]
         return batch
 
     return table.map(absolute, batched=True, desc="resolving media paths")
@@ -447,8 +457,10 @@ def _decode_audio_columns(table, column_modalities, root: Path, sampling_rate: i
                     raise MmstError(
                         f"data {source!r}: column {column!r}: audio does not decode ({first_line(error)})"
                     ) from error
-                if array.size == 0:
-                    raise MmstError(f"data {source!r}: column {column!r} has a zero-length audio clip ({cell!r:.80})")
+                problem = audio_length_problem(array.size, sampling_rate)
+                if problem:
+                    shown = cell.get("path") or "<bytes>" if isinstance(cell, dict) else cell
+                    raise MmstError(f"data {source!r}: column {column!r}: {shown}: {problem}")
                 decoded.append({"array": array, "sampling_rate": sampling_rate})
             batch[column] = decoded
         return batch

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from mmst_cli.core.data.frames import is_frame_list_feature
-from mmst_cli.core.data.media import classify_string, media_modality_of_name
+from mmst_cli.core.data.media import audio_length_problem, classify_string, media_modality_of_name, processor_readable_image
 from mmst_cli.core.data.tables import DATA_FILE_BUILDERS, NON_CONTENT_COLUMNS, PROBLEMS_SHOWN
 from mmst_cli.core.errors import MmstError
 
@@ -116,8 +116,9 @@ class ReferenceInputs(EncodeInputs):
             value = self.values[row]
             if row in self.audio_rows:
                 array = decode_audio(Path(value), self.sampling_rate)
-                if array.size == 0:
-                    raise MmstError(f"input {self.source!r}: {value} is a zero-length audio clip")
+                problem = audio_length_problem(array.size, self.sampling_rate)
+                if problem:  # the file's header passed; the clip came out shorter after resampling
+                    raise MmstError(f"input {self.source!r}: {value}: {problem}")
                 value = {"array": array, "sampling_rate": self.sampling_rate}
             batch.append(value)
         return batch
@@ -211,9 +212,12 @@ def _check_references(
             problems.append(f"{labels(row)}: {value[:80]}: {report.problem}")
         elif report.source == "file":
             path = Path(value).expanduser()
-            value = str((path if path.is_absolute() else root / path).resolve())
-            if modality == "audio":
+            path = (path if path.is_absolute() else root / path).resolve()
+            if modality == "image":
+                path = processor_readable_image(path)
+            elif modality == "audio":
                 audio_rows.add(row)
+            value = str(path)
         prepared.append(value)
         modalities[modality] = modalities.get(modality, 0) + 1
         first_rows.setdefault(modality, labels(row))
