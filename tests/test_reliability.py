@@ -287,6 +287,58 @@ def test_images_the_processor_cannot_read_are_converted_and_broken_ones_refused(
     assert_one_line_error(result, 2, "h_truncated.jpg", "does not decode as an image", "truncated")
 
 
+def _limit_file_size(limit: int):
+    """For a child process: writes past ``limit`` bytes fail with EFBIG, as on a full disk."""
+    import resource
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_full_disk_while_encoding_is_exit_1_leaves_no_temporary_and_resumes(tmp_path, tiny_models):
+    lines = tmp_path / "texts.txt"
+    lines.write_text("".join(f"sentence number {i}\n" for i in range(3000)))
+    out = tmp_path / "out" / "vectors.npy"
+    command = [MMST, "encode", str(lines), "--model", str(tiny_models["bert"]), "-o", str(out), "--chunk-size", "500"]
+    # Each 500-row part (64 KB) fits under the limit; the 384 KB output does not.
+    full = subprocess.run(command, capture_output=True, text=True, preexec_fn=_limit_file_size(200_000),
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)  # fmt: skip
+    assert full.returncode == 1, full.stderr
+    error_lines = [line for line in full.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(error_lines) == 1 and "File too large" in error_lines[0] and "free some space" in error_lines[0], full.stderr
+    assert "Traceback" not in full.stderr and "unexpected" not in full.stderr
+    assert not out.exists()
+    left = [path.name for path in out.parent.rglob("*") if path.is_file()]
+    assert left and not [name for name in left if name.endswith(".tmp")], left  # finished parts only
+    resumed = run_mmst(*command[1:], "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming: 6 of 6 chunks already encoded" in resumed.stderr
+    import numpy as np
+
+    assert np.load(out).shape == (3000, 32)
+
+
+def test_a_full_disk_while_saving_the_model_is_exit_1_and_leaves_no_half_model(tmp_path, tiny_models, text_pairs, monkeypatch):
+    import errno
+
+    from sentence_transformers import SentenceTransformer
+
+    def save_until_the_disk_is_full(self, path, *args, **kwargs):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(path) / "model.safetensors"))
+
+    monkeypatch.setattr(SentenceTransformer, "save", save_until_the_disk_is_full)
+    out = tmp_path / "run"
+    result = _train(tiny_models, text_pairs, out)
+    assert_one_line_error(result, 1, "cannot write", "No space left on device", "free some space")
+    left = sorted(path.name for path in out.iterdir()) if out.exists() else []
+    assert not [name for name in left if name.endswith(".tmp") or name == "model" or name.startswith(".mmst-run.lock")], left
+
+
 def test_trust_remote_code_is_visible_in_the_resolved_config(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("trust-remote-code: true\n")

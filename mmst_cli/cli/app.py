@@ -21,7 +21,7 @@ from mmst_cli.cli.encode import encode
 from mmst_cli.cli.evaluate import evaluate
 from mmst_cli.cli.train_embed import train_embed
 from mmst_cli.cli.train_rerank import train_rerank
-from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, MmstError
+from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, MmstError, storage_failure
 
 app = typer.Typer(
     name="mmst",
@@ -131,6 +131,10 @@ def main() -> None:
     except Exception as error:  # noqa: BLE001 - the one place that turns bugs into a readable line
         if debug:
             traceback.print_exc()
+        storage = storage_failure(error)
+        if storage is not None:
+            sys.stderr.write(f"Error: {storage}\n")
+            sys.exit(EXIT_FAILURE)
         detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
         sys.stderr.write(
             f"Error: unexpected {type(error).__name__}: {detail} (rerun with --debug for the traceback)\n"

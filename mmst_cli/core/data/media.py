@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 from mmst_cli.core.errors import first_line
+from mmst_cli.core.outputs import atomic_path
 
 # The same extension lists Sentence Transformers uses to recognise media paths and URLs.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tiff", ".webp")
@@ -189,13 +189,8 @@ def processor_readable_image(path: Path) -> Path:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     converted = media_cache_dir() / "converted" / f"{digest}.png"
     if not converted.exists():
-        converted.parent.mkdir(parents=True, exist_ok=True)
-        temporary = converted.with_name(f".{digest}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.png")
-        try:
+        with atomic_path(converted) as temporary:
             _as_8bit_rgb(path).save(temporary, format="PNG")
-            os.replace(temporary, converted)
-        finally:
-            temporary.unlink(missing_ok=True)
     return converted
 
 

@@ -8,13 +8,13 @@ local files before use. Each failure is reported for its row.
 from __future__ import annotations
 
 import hashlib
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
 from mmst_cli.core.data.media import check_media_file, media_cache_dir, media_modality_of_name
+from mmst_cli.core.outputs import atomic_path
 
 #: Seconds to wait for a server before giving up on one URL.
 TIMEOUT_S = 30
@@ -43,15 +43,11 @@ def fetch_media(url: str, cache_dir: Path | None = None) -> Path:
     if target.is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(target) as temporary:
         _download(url, modality, temporary)
         problem = check_media_file(temporary, modality)
         if problem is not None:
             raise RemoteMediaError(problem)
-        temporary.replace(target)
-    finally:
-        temporary.unlink(missing_ok=True)
     return target
 
 

@@ -6,13 +6,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from mmst_cli.core.errors import MmstError
+from mmst_cli.core.outputs import atomic_path
 
 #: Bumped when the parts layout changes, so an old parts folder is never misread.
 MANIFEST_VERSION = 1
@@ -29,10 +29,8 @@ def parts_folder(output: Path) -> Path:
 def _atomic_save_npy(path: Path, array) -> None:
     import numpy as np
 
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("wb") as handle:
+    with atomic_path(path) as temporary, temporary.open("wb") as handle:
         np.save(handle, array)
-    os.replace(temporary, path)
 
 
 class Parts:
@@ -92,9 +90,8 @@ class Parts:
         elif resume:
             log("nothing to resume (no parts folder); encoding from the start")
         self.folder.mkdir(parents=True, exist_ok=True)
-        temporary = self.folder / "manifest.json.tmp"
-        temporary.write_text(json.dumps(self.manifest, indent=2, ensure_ascii=False), encoding="utf8")
-        os.replace(temporary, self.folder / "manifest.json")
+        with atomic_path(self.folder / "manifest.json") as temporary:
+            temporary.write_text(json.dumps(self.manifest, indent=2, ensure_ascii=False), encoding="utf8")
         return done
 
     def _read_manifest(self) -> dict[str, Any]:

@@ -5,10 +5,12 @@ safetensors writers of ``mmst encode``, each writing to a temporary name renamed
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, TextIO
+
+from mmst_cli.core.outputs import atomic_path
 
 
 def convert_precision(vectors, precision: str, ranges=None):
@@ -209,13 +211,8 @@ WRITERS: dict[str, type[Writer]] = {
 }
 
 
-def temporary_output(output: Path) -> Path:
-    """The temporary name the output is written under, in the same folder: ``.<name>.<pid>.tmp``."""
-    return output.parent / f".{output.name}.{os.getpid()}.tmp"
-
-
 def write_output(output: Path, format: str, chunks: Callable[[], Iterator[tuple[int, Any]]], *, writer_kwargs) -> None:
-    """Write the output atomically: to :func:`temporary_output`, then renamed onto ``output``.
+    """Write the output atomically (:func:`mmst_cli.core.outputs.atomic_path`): whole, or not at all.
 
     Args:
         output: The final file.
@@ -223,18 +220,17 @@ def write_output(output: Path, format: str, chunks: Callable[[], Iterator[tuple[
         chunks: Yields ``(start_row, vectors)`` in the output precision, in order.
         writer_kwargs: Passed to the writer class.
     """
-    temporary = temporary_output(output)
-    writer = None
-    try:
-        writer = WRITERS[format](temporary, **writer_kwargs)
-        for start, vectors in chunks():
-            writer.write(start, vectors)
-        writer.close()
-        os.replace(temporary, output)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_path(output) as temporary:
+        writer = None
+        try:
+            writer = WRITERS[format](temporary, **writer_kwargs)
+            for start, vectors in chunks():
+                writer.write(start, vectors)
+            writer.close()
+        except BaseException:
+            if writer is not None:
+                with suppress(Exception):  # the file is deleted anyway; keep the first error
+                    writer.abort()
+            raise
 
 

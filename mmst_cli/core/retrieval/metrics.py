@@ -51,7 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmst_cli.core.errors import MmstError
+from mmst_cli.core.errors import EXIT_FAILURE, MmstError
+from mmst_cli.core.outputs import atomic_path
 
 Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
@@ -269,8 +270,8 @@ def read_trec_run(path: str | os.PathLike) -> Run:
 def write_trec_run(run: Run, path: str | os.PathLike, tag: str = "mmst") -> None:
     """Write ``run`` as a TREC run file, ranks in trec_eval's order, atomically.
 
-    The file appears complete or not at all: it is written to ``.NAME.tmp`` in the same folder
-    and renamed over ``path``. Scores are written with ``repr`` so that reading the file
+    The file appears complete or not at all: it is written under a temporary name in the same
+    folder and renamed over ``path`` (:func:`mmst_cli.core.outputs.atomic_path`). Scores are written with ``repr`` so that reading the file
     back gives the same floats, and therefore the same ranking and ties.
 
     Args:
@@ -291,13 +292,11 @@ def write_trec_run(run: Run, path: str | os.PathLike, tag: str = "mmst") -> None
             lines.append(f"{query_id} Q0 {doc_id} {rank} {score!r} {tag}\n")
 
     destination = Path(path)
-    temporary = destination.with_name(f".{destination.name}.tmp")
     try:
-        temporary.write_text("".join(lines), encoding="utf8")
-        temporary.replace(destination)
+        with atomic_path(destination) as temporary:
+            temporary.write_text("".join(lines), encoding="utf8")
     except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise MmstError(f"cannot write run file {destination}: {error.strerror or error}") from None
+        raise MmstError(f"cannot write run file {destination}: {error.strerror or error}", EXIT_FAILURE) from None
 
 
 def read_qrels(path: str | os.PathLike) -> Qrels:

@@ -1,25 +1,13 @@
-"""Writing result files atomically: a temporary name in the same folder, renamed when complete."""
+"""Result files of ``mmst evaluate``: per-query jsonl and the Matryoshka plot (matplotlib), written atomically."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-
-@contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path next to ``path``; rename it to ``path`` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield temporary
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
+from mmst_cli.core.outputs import atomic_path
 
 
 def write_jsonl_atomically(path: Path, rows: Iterable[dict[str, Any]]) -> None:

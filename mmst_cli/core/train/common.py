@@ -365,17 +365,11 @@ def save_run(model, model_dir: Path, output_dir: Path, summary: dict[str, Any]) 
     """Write the model and ``metrics.json`` under temporary names, then rename (main process only)."""
     if not is_main_process():
         return
-    # Names unique per process: two runs never share a temporary folder (the run lock keeps them apart too).
-    temporary = model_dir.with_name(f".{model_dir.name}.{os.getpid()}.tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save(str(temporary))
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    temporary.replace(model_dir)
-    metrics = output_dir / "metrics.json"
-    pending = metrics.with_name(f".{metrics.name}.{os.getpid()}.tmp")
-    pending.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf8")
-    pending.replace(metrics)
+    # A full disk mid-save leaves neither a half-written model nor its temporary folder.
+    with atomic_path(model_dir) as temporary:
+        model.save(str(temporary))
+    with atomic_path(output_dir / "metrics.json") as pending:
+        pending.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf8")
 
 
 def silent(_line: str) -> None:

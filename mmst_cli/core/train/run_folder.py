@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mmst_cli.core.errors import MmstError
-from mmst_cli.core.outputs import ensure_writable_folder
+from mmst_cli.core.outputs import atomic_path, ensure_writable_folder
 
 LOCK_NAME = ".mmst-run.lock"
 RECORD_NAME = "run.json"
@@ -186,9 +186,8 @@ def owned_run_folder(options, *, main_process: bool = True) -> Iterator[Path]:
     lock = _take_lock(output_dir, options.command)
     try:
         if not options.resume:
-            pending = output_dir / f".{RECORD_NAME}.{os.getpid()}.tmp"
-            pending.write_text(json.dumps(current, indent=2) + "\n", encoding="utf8")
-            pending.replace(output_dir / RECORD_NAME)
+            with atomic_path(output_dir / RECORD_NAME) as pending:
+                pending.write_text(json.dumps(current, indent=2) + "\n", encoding="utf8")
         yield output_dir
     except BaseException:
         lock.unlink(missing_ok=True)
