@@ -78,3 +78,25 @@ def test_a_run_that_fails_before_saving_leaves_no_folder_and_null_cells_are_name
     assert not (tmp_path / "rerank").exists()
     assert not (tmp_path / "run").exists()
     assert not os.path.exists(tmp_path / "run" / ".mmst-run.lock")
+
+
+def test_resume_skips_a_checkpoint_cut_short_and_names_it_when_none_is_intact(tmp_path, tiny_models, pairs):
+    import shutil
+
+    out = tmp_path / "run"
+    assert _train(tiny_models, pairs, out, "--max-steps", "2", "--save-steps", "1").returncode == 0
+    shutil.rmtree(out / "model")  # as if the run had died after its second checkpoint
+    checkpoints = out / "checkpoints"
+    newest = checkpoints / "checkpoint-2" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-100])  # a crash or a full disk cut the save short
+    resumed = _train(tiny_models, pairs, out, "--max-steps", "3", "--save-steps", "1", "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    logged = " ".join(resumed.stderr.split())  # the console wraps long lines
+    assert "warning: checkpoint-2 is not intact (model.safetensors is truncated); resuming from checkpoint-1" in logged
+    assert json.loads(resumed.stdout)["train"]["steps"] == 3
+
+    shutil.rmtree(out / "model")
+    for checkpoint in checkpoints.glob("checkpoint-*"):
+        (checkpoint / "optimizer.pt").write_bytes(b"PK\x03\x04 cut short")
+    refused = _train(tiny_models, pairs, out, "--max-steps", "4", "--resume")
+    assert_one_line_error(refused, 2, "no intact checkpoint", "checkpoint-3 is not intact (optimizer.pt is unreadable", "delete the broken ones")

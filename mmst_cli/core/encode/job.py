@@ -467,7 +467,6 @@ def summary_line(summary: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "EncodeInputs",
     "EncodeInterrupted",
     "EncodeOptions",
     "EncodeResult",
@@ -475,8 +474,6 @@ __all__ = [
     "PRECISIONS",
     "Parts",
     "convert_precision",
-    "parts_folder",
-    "pick_column",
     "read_inputs",
     "run_encode",
     "summary_line",

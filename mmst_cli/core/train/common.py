@@ -28,8 +28,8 @@ from transformers import TrainerCallback
 from mmst_cli.core.data.tables import PairData
 from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.models.lora import LoraOptions
-from mmst_cli.core.outputs import existing_ancestor
-from mmst_cli.core.train.run_folder import owned_run_folder
+from mmst_cli.core.outputs import atomic_path, existing_ancestor
+from mmst_cli.core.train.run_folder import latest_intact_checkpoint, owned_run_folder
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 REPORT_TARGETS = ("none", "tensorboard")
@@ -276,9 +276,12 @@ def check_modalities(model, data: PairData) -> None:
             )
 
 
-def train_with_progress(trainer, options: TrainingOptions, console=None) -> tuple[Any, float]:
+def train_with_progress(
+    trainer, options: TrainingOptions, console=None, log: Callable[[str], None] | None = None
+) -> tuple[Any, float]:
     """Run ``trainer.train`` with mmst's progress bar; returns the train output and seconds taken.
 
+    ``--resume`` continues from the newest intact checkpoint; newer broken ones are named in ``log``.
     Ctrl-C (in a single-process run) finishes the current step, saves a resumable checkpoint and
     raises :class:`MmstError` with exit status 130; a second Ctrl-C stops at once. An out-of-memory
     error becomes a one-line :class:`MmstError` (exit 1) with what to lower.
@@ -287,6 +290,13 @@ def train_with_progress(trainer, options: TrainingOptions, console=None) -> tupl
 
     from mmst_cli.core.progress import RichProgressCallback
 
+    resume_from = None
+    if options.resume:
+        checkpoint, skipped = latest_intact_checkpoint(Path(trainer.args.output_dir))
+        for note in skipped:
+            (log or silent)(f"warning: {note}; resuming from {checkpoint.name}")
+        resume_from = str(checkpoint)
+
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts on stdout, which is for --json
     trainer.add_callback(RichProgressCallback(console))
     stopper = _CheckpointOnInterrupt()
@@ -294,7 +304,7 @@ def train_with_progress(trainer, options: TrainingOptions, console=None) -> tupl
     started = time.perf_counter()
     try:
         with stopper.handling_sigint(enabled=world_size() == 1):
-            output = trainer.train(resume_from_checkpoint=True if options.resume else None)
+            output = trainer.train(resume_from_checkpoint=resume_from)
     except (RuntimeError, ValueError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if "out of memory" in message.lower():

@@ -233,7 +233,7 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
         loss=loss,
         evaluator=evaluator,
     )
-    output, runtime = train_with_progress(trainer, options, progress_console)
+    output, runtime = train_with_progress(trainer, options, progress_console, log)
     if options.lora.enabled:
         merge_lora(model)
     final_metrics = evaluator.scores(model) if evaluator else {}

@@ -392,7 +392,7 @@ def _train(options: TrainRerankOptions, output_dir: Path, progress_console, log)
         prompts=instruction_of(model) or None,
     )
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator)
-    output, runtime = train_with_progress(trainer, options, progress_console)
+    output, runtime = train_with_progress(trainer, options, progress_console, log)
     if options.lora.enabled:
         merge_lora(model)
     final_metrics = evaluator.scores(model) if evaluator else {}

@@ -4,7 +4,9 @@
 resuming), takes a lock file naming the process that holds the folder (a second run fails at once;
 a lock left by a dead process on this host is taken over), and records what the run trains with in
 ``run.json``. ``--resume`` compares that record with the new options and data and refuses a
-mismatch, naming what differs, unless ``--force``. When a run fails before it saved anything, the
+mismatch, naming what differs, unless ``--force``; it continues from the newest intact checkpoint
+(:func:`latest_intact_checkpoint`: one cut short by a crash or a full disk is skipped with a
+warning). When a run fails before it saved anything, the
 folder it created is removed again, so a bad input leaves no empty run behind.
 
 Plain Python; the Sentence Transformers trainer does the checkpointing itself.
@@ -150,6 +152,57 @@ def _holds_only_bookkeeping(folder: Path) -> bool:
     return all(path.name in (LOCK_NAME, RECORD_NAME) for path in folder.rglob("*") if path.is_file())
 
 
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why a ``checkpoint-N`` folder cannot be resumed from (a file cut short by a crash or a full
+    disk), or ``None``. Cheap: headers and zip directories are read, not the tensors."""
+    import zipfile
+
+    if not (checkpoint / "trainer_state.json").is_file():
+        return "trainer_state.json is missing"
+    for path in sorted(checkpoint.rglob("*")):
+        name = path.relative_to(checkpoint).as_posix()
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf8"))
+            elif path.suffix == ".safetensors":
+                with path.open("rb") as handle:
+                    header_size = int.from_bytes(handle.read(8), "little")
+                    header = json.loads(handle.read(header_size))
+                data_end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+                if path.stat().st_size < 8 + header_size + data_end:
+                    return f"{name} is truncated"
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                zipfile.ZipFile(path).close()  # torch.save writes a zip; its directory is at the end
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
+            return f"{name} is unreadable or cut short ({error.__class__.__name__})"
+    return None
+
+
+def latest_intact_checkpoint(checkpoints: Path) -> tuple[Path, list[str]]:
+    """The newest checkpoint that :func:`checkpoint_problem` passes, and a note per newer broken one.
+
+    Raises:
+        MmstError: when there is no checkpoint, or none is intact (naming the newest and why).
+    """
+    found = sorted(
+        (path for path in checkpoints.glob("checkpoint-*") if path.is_dir() and path.name[11:].isdigit()),
+        key=lambda path: int(path.name[11:]),
+        reverse=True,
+    )
+    if not found:
+        raise MmstError(f"--resume: {checkpoints} has no checkpoint to continue from")
+    skipped = []
+    for checkpoint in found:
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint, skipped
+        skipped.append(f"{checkpoint.name} is not intact ({problem})")
+    raise MmstError(
+        f"--resume: no intact checkpoint in {checkpoints} ({'; '.join(skipped[:3])}); "
+        "delete the broken ones and rerun, or start again in another --output-dir"
+    )
+
+
 @contextmanager
 def owned_run_folder(options, *, main_process: bool = True) -> Iterator[Path]:
     """Own ``options``' output folder for the length of a run; yields the folder.
@@ -167,8 +220,8 @@ def owned_run_folder(options, *, main_process: bool = True) -> Iterator[Path]:
     if (output_dir / "model").exists() and not options.resume:
         raise MmstError(f"{output_dir / 'model'} already holds a trained model; choose another --output-dir or pass --resume")
     checkpoints = output_dir / "checkpoints"
-    if options.resume and not checkpoints.is_dir():
-        raise MmstError(f"--resume: {checkpoints} has no checkpoint to continue from")
+    if options.resume:
+        latest_intact_checkpoint(checkpoints)  # fails now, before any model loads, when none is usable
     if not options.resume and checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*")):
         raise MmstError(
             f"{checkpoints} holds the checkpoints of an unfinished run; pass --resume to continue it "
