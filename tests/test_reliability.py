@@ -347,6 +347,30 @@ def test_a_full_disk_while_saving_the_model_is_exit_1_and_leaves_no_half_model(t
     assert (out / "model" / "model.safetensors").is_file()
 
 
+def test_a_pathologically_long_text_is_cut_before_tokenising_without_changing_its_vector(tmp_path, tiny_models):
+    """A 50 MB cell took 11 GiB in the tokenizer; texts are cut at MAX_TEXT_CHARS, past any model's context."""
+    import numpy as np
+
+    from mmst_cli.core.data.tables import MAX_TEXT_CHARS
+
+    long_text = "tokens " * (MAX_TEXT_CHARS // 7 + 1000)
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"text": long_text}) + "\n" + json.dumps({"text": long_text[:2000]}) + "\n")
+    out = tmp_path / "v.npy"
+    result = run_mmst("encode", str(data), "--model", str(tiny_models["bert"]), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "1 text(s) in input" in result.stderr and "were cut" in " ".join(result.stderr.split())
+    vectors = np.load(out)
+    np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6)  # the model reads its first tokens either way
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"query": "q", "document": long_text}) + "\n" + json.dumps({"query": "r", "document": "d"}) + "\n")
+    planned = run_mmst("train-embed", "--model", str(tiny_models["bert"]), "--data", str(pairs), "--dry-run",
+                       "--output-dir", str(tmp_path / "run"))  # fmt: skip
+    assert planned.returncode == 0, planned.stderr
+    assert "1 text(s) in column 'document' are longer than 1,000,000 characters" in " ".join(planned.stderr.split())
+
+
 def test_trust_remote_code_is_visible_in_the_resolved_config(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("trust-remote-code: true\n")

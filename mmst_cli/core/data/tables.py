@@ -45,6 +45,12 @@ _WITH_ARTICLE = {"image": "an image", "audio": "an audio", "video": "a video"}
 #: How many failing rows an error message lists before summarising the rest.
 PROBLEMS_SHOWN = 3
 
+#: Texts longer than this are cut before they reach the tokenizer, which builds every token of a
+#: text before the model keeps its first max_seq_length: one 50 MB cell took 11 GiB and 2.5 minutes.
+#: A million characters is far beyond any embedder's context (32k tokens are about 150k characters),
+#: so the cut never changes what the model sees.
+MAX_TEXT_CHARS = 1_000_000
+
 
 @dataclass
 class PairData:
@@ -381,13 +387,42 @@ def prepare_media(
         skipped = len(bad_rows)
 
     table = _absolutise_paths(table, column_modalities, root)
+    table, notes = _cut_long_text_columns(table, column_modalities)
     if frame_columns:
         table = frames_as_videos(table, frame_columns, root)
     if "audio" in column_modalities.values():
         if audio_sampling_rate is None:
             raise MmstError(f"data {source!r} has audio columns but the model takes no audio")
         table = _decode_audio_columns(table, column_modalities, root, audio_sampling_rate, source)
-    return PairData(table, column_modalities, source, skipped, frame_list_columns=frame_columns)
+    return PairData(table, column_modalities, source, skipped, notes=notes, frame_list_columns=frame_columns)
+
+
+def cut_long_texts(values: list[Any]) -> tuple[list[Any], int]:
+    """``values`` with every string longer than :data:`MAX_TEXT_CHARS` cut to it, and how many were cut."""
+    cut = sum(1 for value in values if isinstance(value, str) and len(value) > MAX_TEXT_CHARS)
+    if not cut:
+        return values, 0
+    return [value[:MAX_TEXT_CHARS] if isinstance(value, str) else value for value in values], cut
+
+
+def cut_note(cut: int, where: str) -> str:
+    """The note that says texts were cut (see :data:`MAX_TEXT_CHARS`)."""
+    return (
+        f"{cut} text(s) in {where} are longer than {MAX_TEXT_CHARS:,} characters and were cut to that "
+        "length before tokenising (the model reads only its first max_seq_length tokens anyway)"
+    )
+
+
+def _cut_long_text_columns(table, column_modalities: dict[str, str]):
+    """Cut over-long texts in the text columns of ``table``; returns the table and the notes."""
+    notes = []
+    for column, modality in column_modalities.items():
+        if modality != "text" or not any(isinstance(v, str) and len(v) > MAX_TEXT_CHARS for v in table[column]):
+            continue
+        _, cut = cut_long_texts(table[column])
+        table = table.map(lambda batch, c=column: {c: cut_long_texts(batch[c])[0]}, batched=True, desc="cutting long texts")
+        notes.append(cut_note(cut, f"column {column!r}"))
+    return table, notes
 
 
 def _fetch_remote_column(table, column: str):
@@ -506,8 +541,9 @@ def split_off_eval(data: PairData, fraction: float, seed: int) -> tuple[PairData
     if len(parts["test"]) == 0 or len(parts["train"]) == 0:
         raise MmstError(f"--eval-split {fraction} leaves an empty split of {len(data.dataset)} rows")
     train = PairData(
-        parts["train"], data.column_modalities, data.source, data.skipped_rows, frame_list_columns=data.frame_list_columns
-    )
+        parts["train"], data.column_modalities, data.source, data.skipped_rows, notes=data.notes,
+        frame_list_columns=data.frame_list_columns,
+    )  # fmt: skip
     held_out = PairData(
         parts["test"], data.column_modalities, f"{data.source} (held-out {fraction:g})",
         frame_list_columns=data.frame_list_columns,

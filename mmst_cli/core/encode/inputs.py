@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, TextIO
 
 from mmst_cli.core.data.frames import is_frame_list_feature
 from mmst_cli.core.data.media import audio_length_problem, classify_string, media_modality_of_name, processor_readable_image
-from mmst_cli.core.data.tables import DATA_FILE_BUILDERS, NON_CONTENT_COLUMNS, PROBLEMS_SHOWN
+from mmst_cli.core.data.tables import DATA_FILE_BUILDERS, NON_CONTENT_COLUMNS, PROBLEMS_SHOWN, cut_long_texts, cut_note
 from mmst_cli.core.errors import MmstError
 
 #: Column names taken as the input, in this order, when a table has several content columns.
@@ -237,12 +237,14 @@ def _reference_inputs(
     if not values:
         raise MmstError(f"input {source!r} has no inputs")
     prepared, modalities, first_rows, audio_rows = _check_references(values, labels, root, source, confine_to)
+    prepared, cut = cut_long_texts(prepared)
     return ReferenceInputs(
         source=source,
         ids=ids,
         modalities=modalities,
         first_rows=first_rows,
         fingerprint=_fingerprint(ids, prepared),
+        notes=[cut_note(cut, f"input {source!r}")] if cut else [],
         values=prepared,
         audio_rows=audio_rows,
     )
@@ -371,7 +373,7 @@ def _table_inputs(
     if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
         labels = lambda row: f"row {row + 1}, column {chosen!r}"  # noqa: E731
         inputs = _reference_inputs(source, ids, list(table[chosen]), labels, root, confine_to)
-        inputs.column, inputs.notes = chosen, notes
+        inputs.column, inputs.notes = chosen, notes + inputs.notes
         return inputs
     is_bytes = isinstance(feature, datasets.Value) and feature.dtype in ("binary", "large_binary")
     if isinstance(feature, (datasets.Image, datasets.Audio)) or is_bytes or is_frame_list_feature(feature):

@@ -109,7 +109,7 @@ def pairs_to_retrieval_task(data: PairData) -> RetrievalTask:
         for negative_column in columns[2:]:
             if row[negative_column] is not None:
                 doc_id(row[negative_column])
-    return RetrievalTask(queries, corpus, qrels, data.source)
+    return RetrievalTask(queries, corpus, qrels, data.source, warnings=list(data.notes))
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,11 @@ def _unique_ids(table, id_column: str, part: str, source: str) -> list[str]:
 
 
 def _content(table, id_column: str, candidates: tuple[str, ...], part: str, source: str, media: MediaOptions):
-    """Read ids and the content column (the first of ``candidates`` present), with media checked."""
+    """Read ids and the content column (the first of ``candidates`` present), with media checked.
+
+    Returns:
+        Id -> content, and the notes of the check (texts cut, ...).
+    """
     ids = _unique_ids(table, id_column, part, source)
     content_column = next((name for name in candidates if name in table.column_names), None)
     if content_column is None:
@@ -160,7 +164,7 @@ def _content(table, id_column: str, candidates: tuple[str, ...], part: str, sour
         allow_remote_media=media.allow_remote_media,
         allow_outside_root=media.allow_outside_root,
     )
-    return dict(zip(ids, checked.dataset[content_column]))
+    return dict(zip(ids, checked.dataset[content_column])), checked.notes
 
 
 def _qrels_from_table(table, source: str) -> dict[str, dict[str, int]]:
@@ -192,9 +196,9 @@ def _beir_task(folder: Path, split: str, media: MediaOptions) -> RetrievalTask:
         corpus_table = corpus_table.map(
             lambda row: {"text": f"{row['title']} {row['text']}".strip() if row["title"] else row["text"]}
         )
-    corpus = _content(corpus_table, "_id", ("image", "video", "audio", "text"), "corpus", source, media)
-    queries = _content(queries_table, "_id", ("image", "video", "audio", "text"), "queries", source, media)
-    return RetrievalTask(queries, corpus, read_qrels(qrels_path), source)
+    corpus, corpus_notes = _content(corpus_table, "_id", ("image", "video", "audio", "text"), "corpus", source, media)
+    queries, query_notes = _content(queries_table, "_id", ("image", "video", "audio", "text"), "queries", source, media)
+    return RetrievalTask(queries, corpus, read_qrels(qrels_path), source, warnings=query_notes + corpus_notes)
 
 
 def _schema_task(reference: str, folder: Path | None, split: str, config: str | None, media: MediaOptions) -> RetrievalTask:
@@ -203,9 +207,12 @@ def _schema_task(reference: str, folder: Path | None, split: str, config: str | 
             return load_table(str(_find_part(folder, name)), split=split)
         return load_table(reference, config=name, split=split)
 
-    corpus = _content(part("corpus"), "corpus-id", ("image", "video", "audio", "text"), "corpus", reference, media)
-    queries = _content(part("queries"), "query-id", ("query", "image", "video", "audio", "text"), "queries", reference, media)
-    return RetrievalTask(queries, corpus, _qrels_from_table(part("qrels"), reference), reference)
+    corpus, corpus_notes = _content(part("corpus"), "corpus-id", ("image", "video", "audio", "text"), "corpus", reference, media)
+    queries, query_notes = _content(
+        part("queries"), "query-id", ("query", "image", "video", "audio", "text"), "queries", reference, media
+    )
+    qrels = _qrels_from_table(part("qrels"), reference)
+    return RetrievalTask(queries, corpus, qrels, reference, warnings=query_notes + corpus_notes)
 
 
 def _is_hub_schema_dataset(reference: str) -> bool:

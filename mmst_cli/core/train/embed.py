@@ -203,6 +203,8 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
         + (f", {len(eval_data.dataset)} evaluation rows" if eval_data else ", no evaluation data")
         + (f" ({train_data.skipped_rows} rows with bad media skipped)" if train_data.skipped_rows else "")
     )
+    for note in train_data.notes + (eval_data.notes if eval_data else []):
+        log(note)
 
     if options.dry_run:
         return _dry_run(options, built, train_data)

@@ -187,7 +187,9 @@ def _validated(table, source: str, media: dict[str, Any]) -> tuple[PairData, lis
     kept = [int(tag[1:]) for tag in data.dataset[_ROW_TAG]]
     modalities = {column: modality for column, modality in data.column_modalities.items() if column != _ROW_TAG}
     table = data.dataset.remove_columns(_ROW_TAG)
-    return PairData(table, modalities, source, data.skipped_rows, frame_list_columns=data.frame_list_columns), kept
+    return PairData(
+        table, modalities, source, data.skipped_rows, notes=data.notes, frame_list_columns=data.frame_list_columns
+    ), kept
 
 
 def _unify_documents(columns: list[tuple[list, Any]], modalities: list[str], source: str, names: list[str]):
@@ -284,7 +286,7 @@ def load_rerank_data(
         modalities = {"query": validated.column_modalities[query], "document": validated.column_modalities[docs]}
         data = RerankData(
             queries, documents, labels, _groups(queries), query_feature, document_feature, modalities,
-            reference, "listwise", len(table), validated.skipped_rows,
+            reference, "listwise", len(table), validated.skipped_rows, notes=list(validated.notes),
         )  # fmt: skip
         if empty:
             data.notes.append(f"{empty} listwise rows without documents ignored")
@@ -304,7 +306,7 @@ def load_rerank_data(
         modalities = {"query": validated.column_modalities[query], "document": validated.column_modalities[document]}
         return RerankData(
             queries, documents, [labels_all[index] for index in kept], _groups(queries), query_feature,
-            document_feature, modalities, reference, "pointwise", len(table), validated.skipped_rows,
+            document_feature, modalities, reference, "pointwise", len(table), validated.skipped_rows, notes=list(validated.notes),
         )  # fmt: skip
 
     validated = prepare_media(select_columns(table, content, reference), reference, **media)
@@ -326,7 +328,7 @@ def load_rerank_data(
     modalities = {"query": validated.column_modalities[query], "document": document_modality}
     return RerankData(
         queries, documents, labels, _groups(queries), query_feature, document_feature, modalities,
-        reference, "pairs", len(table), validated.skipped_rows,
+        reference, "pairs", len(table), validated.skipped_rows, notes=list(validated.notes),
     )  # fmt: skip
 
 
