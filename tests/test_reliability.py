@@ -189,6 +189,14 @@ def test_retrieval_inputs(tmp_path, tiny_models):
     good_run = tmp_path / "good.trec"
     good_run.write_text("q1 Q0 d1 1 0.5 tag\n")
     assert_one_line_error(run_mmst("evaluate", "--run", str(good_run), "--qrels", str(qrels)), 2, ":1:")
+    # A BEIR folder missing a part, given as a relative path: named as a retrieval folder, not a Hub lookup.
+    (beir / "queries.jsonl").unlink()
+    partial = run_mmst("evaluate", "--model", str(tiny_models["bert"]), "--data", "beir", cwd=tmp_path)
+    assert_one_line_error(partial, 2, "retrieval folder 'beir' has corpus and qrels but no queries", "add the missing part")
+    assert "Hub" not in partial.stderr
+    (tmp_path / "empty").mkdir()
+    empty = run_mmst("evaluate", "--model", str(tiny_models["bert"]), "--data", "empty", cwd=tmp_path)
+    assert_one_line_error(empty, 2, "data folder 'empty' holds nothing mmst can read")
 
 
 def test_unwritable_output_is_detected_before_work(tmp_path, tiny_models, text_pairs):

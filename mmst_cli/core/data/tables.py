@@ -128,6 +128,11 @@ def load_table(reference: str, *, config: str | None = None, split: str | None =
     except MmstError:
         raise
     except (ConnectionError, OSError) as error:
+        if path.is_dir():
+            raise MmstError(
+                f"data folder {reference!r} holds nothing mmst can read ({first_line(error)}); give a .jsonl, .csv or "
+                ".parquet file, a folder of them, a save_to_disk folder, or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)"
+            ) from error
         raise MmstError(
             f"data {reference!r} is not a local file or folder and could not be loaded from the Hugging Face Hub "
             f"({first_line(error)})"

@@ -245,10 +245,19 @@ def load_retrieval_task(
         strict: Fail, instead of warning, when qrels name unknown queries or documents.
     """
     path = Path(reference).expanduser()
-    if path.is_dir() and (path / "corpus.jsonl").is_file() and list((path / "qrels").glob("*.tsv")):
+    beir_parts = (path / "corpus.jsonl", path / "queries.jsonl")
+    if path.is_dir() and all(part.is_file() for part in beir_parts) and list((path / "qrels").glob("*.tsv")):
         task = _beir_task(path, split or "test", media)
     elif path.is_dir() and all(_find_part(path, name) for name in ("corpus", "queries", "qrels")):
         task = _schema_task(reference, path, split or "test", None, media)
+    elif path.is_dir() and any(_find_part(path, name) for name in ("corpus", "queries", "qrels")):
+        present = [name for name in ("corpus", "queries", "qrels") if _find_part(path, name)]
+        missing = [name for name in ("corpus", "queries", "qrels") if name not in present]
+        raise MmstError(
+            f"retrieval folder {reference!r} has {' and '.join(present)} but no {' or '.join(missing)}; a retrieval "
+            "folder holds corpus.jsonl, queries.jsonl and qrels/test.tsv (BEIR), or corpus, queries and qrels "
+            "files or folders (mteb / ViDoRe); add the missing part"
+        )
     elif not path.exists() and _is_hub_schema_dataset(reference):
         task = _schema_task(reference, None, split or "test", None, media)
     else:
