@@ -65,18 +65,25 @@ def test_beir_folder_run_round_trip_and_per_query(tmp_path, tiny_models):
 def test_run_scoring_agrees_with_pytrec_eval(tmp_path):
     import pytrec_eval
 
-    qrels = {"q1": {"a": 2, "b": 1, "c": 0}, "q2": {"d": 1}, "q3": {"e": 1, "f": 3}}
-    run = {"q1": {"a": 0.5, "b": 0.5, "c": 0.9, "x": 0.5}, "q2": {"d": 0.1, "y": 0.2}, "q3": {"g": 1.0, "f": 0.25}}
+    # q4 has only non-relevant judgements and q5 is missing from the run: trec_eval -c scores both 0.
+    qrels = {"q1": {"a": 2, "b": 1, "c": 0}, "q2": {"d": 1}, "q3": {"e": 1, "f": 3}, "q4": {"a": 0, "g": 0}, "q5": {"h": 1}}
+    run = {"q1": {"a": 0.5, "b": 0.5, "c": 0.9, "x": 0.5}, "q2": {"d": 0.1, "y": 0.2}, "q3": {"g": 1.0, "f": 0.25},
+           "q4": {"a": 0.5, "g": 0.25}, "unjudged": {"a": 1.0}}  # fmt: skip
     (tmp_path / "qrels.txt").write_text("".join(f"{q} 0 {d} {r}\n" for q, docs in qrels.items() for d, r in docs.items()))
     (tmp_path / "run.txt").write_text(
         "".join(f"{q} Q0 {d} 0 {s} x\n" for q, docs in run.items() for d, s in docs.items())
     )
-    report = run_json("evaluate", "--run", str(tmp_path / "run.txt"), "--qrels", str(tmp_path / "qrels.txt"), "--k", "3")
+    score = ["evaluate", "--run", str(tmp_path / "run.txt"), "--qrels", str(tmp_path / "qrels.txt"), "--k", "3"]
+    report, skipping = run_json(*score), run_json(*score, "--skip-queries-without-relevant")
+    assert report["counts"] == {"evaluated": 5, "without_relevant": 1, "missing_from_run": 1, "ignored_not_in_qrels": 1}
+    assert skipping["counts"] == {"evaluated": 4, "without_relevant": 1, "missing_from_run": 1, "ignored_not_in_qrels": 1}
     reference = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut_3", "P_3", "recall_3", "map_cut_3", "success_3"}).evaluate(run)
+    assert set(reference) == {"q1", "q2", "q3", "q4"}  # pytrec_eval leaves out the query missing from the run
     for ours, theirs in [("ndcg@3", "ndcg_cut_3"), ("precision@3", "P_3"), ("recall@3", "recall_3"),
                          ("map@3", "map_cut_3"), ("accuracy@3", "success_3")]:  # fmt: skip
-        expected = np.mean([reference[q][theirs] for q in qrels])
+        expected = sum(reference[q][theirs] for q in reference) / len(qrels)
         assert report["metrics"][ours] == pytest.approx(expected, abs=1e-9), ours
+        assert skipping["metrics"][ours] == pytest.approx(expected * len(qrels) / 4, abs=1e-9), ours
 
 
 def test_image_corpus_schema_folder(tmp_path, tiny_models):

@@ -71,15 +71,12 @@ def retrieve(
     }
 
 
-def score_run(name: str, run, task: RetrievalTask, ks: tuple[int, ...]) -> StageResult:
-    result = compute_metrics(run, task.qrels, ks=ks)
-    counts = {
-        "evaluated": result.num_queries,
-        "skipped_no_relevant": result.num_skipped_no_relevant,
-        "ignored_not_in_qrels": result.num_ignored_not_in_qrels,
-        "missing_from_run": result.num_missing_from_run,
-    }
-    return StageResult(name, run, result.means, result.per_query, counts)
+def score_run(
+    name: str, run, task: RetrievalTask, ks: tuple[int, ...], *, skip_queries_without_relevant: bool = False
+) -> StageResult:
+    """Score one stage's ranking against the task's qrels (see :func:`compute_metrics`)."""
+    result = compute_metrics(run, task.qrels, ks=ks, skip_queries_without_relevant=skip_queries_without_relevant)
+    return StageResult(name, run, result.means, result.per_query, result.counts())
 
 
 def evaluate_embedder(
@@ -90,6 +87,7 @@ def evaluate_embedder(
     dims: tuple[int, ...] = (),
     batch_size: int = 32,
     search_depth: int = 100,
+    skip_queries_without_relevant: bool = False,
     track: Tracker = _no_progress,
 ) -> list[StageResult]:
     """Retrieval results at full dimension, or at each of ``dims`` (a Matryoshka sweep).
@@ -101,6 +99,8 @@ def evaluate_embedder(
         dims: Matryoshka dimensions to sweep; empty for the model's full dimension only.
         batch_size: Inputs per forward pass.
         search_depth: Documents retrieved per query (at least ``max(ks)``); rerankers read these.
+        skip_queries_without_relevant: Leave qrels queries without a relevant document out of
+            the means (see :func:`compute_metrics`); default ``False``, trec_eval's rule.
         track: Progress tracker (see :func:`mmst_cli.core.progress.progress_bars`).
     """
     query_ids, query_vectors, corpus_ids, corpus_vectors = embed_task(model, task, batch_size=batch_size, track=track)
@@ -116,7 +116,7 @@ def evaluate_embedder(
             query_ids, query_vectors[:, :dim], corpus_ids, corpus_vectors[:, :dim],
             k=depth, similarity=similarity, track=track,
         )  # fmt: skip
-        results.append(score_run(f"dim {dim}", run, task, ks))
+        results.append(score_run(f"dim {dim}", run, task, ks, skip_queries_without_relevant=skip_queries_without_relevant))
     return results
 
 
@@ -128,6 +128,7 @@ def rerank(
     top_k: int,
     ks: tuple[int, ...],
     batch_size: int = 32,
+    skip_queries_without_relevant: bool = False,
     track: Tracker = _no_progress,
 ) -> StageResult:
     """Re-score each query's top ``top_k`` first-stage documents with a reranker (CrossEncoder)."""
@@ -153,7 +154,9 @@ def rerank(
     run: dict[str, dict[str, float]] = {}
     for (qid, doc_id), score in zip(keys, scores):
         run.setdefault(qid, {})[doc_id] = float(score)
-    return score_run(f"rerank top {top_k}", run, task, ks)
+    return score_run(
+        f"rerank top {top_k}", run, task, ks, skip_queries_without_relevant=skip_queries_without_relevant
+    )
 
 
 def _load_reranker(options: EvaluateOptions, task: RetrievalTask):
@@ -195,6 +198,7 @@ class EvaluateOptions:
     run: str | None = None
     qrels: str | None = None
     ks: tuple[int, ...] = (10,)
+    skip_queries_without_relevant: bool = False
     dims: tuple[int, ...] = ()
     reranker: str | None = None
     rerank_top_k: int = 100
@@ -269,7 +273,10 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
     report: dict[str, Any] = {"ks": list(options.ks)}
     if options.run:
         task = RetrievalTask({}, {}, read_qrels(options.qrels), options.qrels)
-        main = score_run("run", read_trec_run(options.run), task, options.ks)
+        main = score_run(
+            "run", read_trec_run(options.run), task, options.ks,
+            skip_queries_without_relevant=options.skip_queries_without_relevant,
+        )  # fmt: skip
         report.update(run=options.run, qrels=options.qrels, stages=[_stage_report(main)])
     else:
         source = locate_model(options.model)
@@ -291,7 +298,8 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
         reranker = _load_reranker(options, task) if options.reranker else None  # before the long encode
         stages = evaluate_embedder(
             model, task, ks=options.ks, dims=options.dims, batch_size=options.batch_size,
-            search_depth=max(100, options.rerank_top_k), track=track,
+            search_depth=max(100, options.rerank_top_k),
+            skip_queries_without_relevant=options.skip_queries_without_relevant, track=track,
         )  # fmt: skip
         main = stages[-1] if not options.dims else max(stages, key=lambda stage: int(stage.name.split()[1]))
         report.update(model=source.reference, data=data, similarity=_similarity(model), **task_summary(task))
@@ -302,7 +310,8 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
         if reranker is not None:
             main = rerank(
                 reranker, task, main.run, top_k=options.rerank_top_k, ks=options.ks,
-                batch_size=options.batch_size, track=track,
+                batch_size=options.batch_size,
+                skip_queries_without_relevant=options.skip_queries_without_relevant, track=track,
             )  # fmt: skip
             report["reranker"] = options.reranker
             report["stages"].append(_stage_report(main))
