@@ -180,3 +180,44 @@ def test_evaluate_matches_train_embed_on_the_embedded_default(tmp_path):
     report = run_json("evaluate")
     summary = run_json("train-embed", "--max-steps", "1", "--output-dir", str(tmp_path / "run"))
     assert report["metrics"]["ndcg@10"] == summary["base"]["ndcg@10"]
+
+
+def write_run_and_qrels(folder: Path) -> tuple[Path, Path]:
+    """A TREC run and qrels for scoring without a model: three judged queries, one never retrieved."""
+    run, qrels = folder / "run.trec", folder / "qrels.txt"
+    run.write_text("".join(f"q{q} Q0 d{d} {d} {1 - d / 10} x\n" for q in range(2) for d in range(6)))
+    qrels.write_text("q0 0 d0 1\nq0 0 d4 2\nq1 0 d2 1\nq2 0 d1 1\n")
+    return run, qrels
+
+
+def test_cutoffs_main_score_and_a_table_that_fits_80_columns(tmp_path):
+    run, qrels = write_run_and_qrels(tmp_path)
+    score = ("evaluate", "--run", str(run), "--qrels", str(qrels))
+    default = run_json(*score)
+    assert default["ks"] == [1, 3, 5, 10, 100]
+    assert default["main_metric"] == "ndcg@10" and default["main_score"] == default["metrics"]["ndcg@10"]
+    chosen = run_json(*score, "--k", "10,1", "--k", "100", "--k", "3", "--main-metric", "Recall@3", "--fail-under", "map@100=0.1")
+    assert chosen["ks"] == [1, 3, 10, 100] and set(chosen["metrics"]) == {f"{m}@{k}" for m in
+        ("ndcg", "mrr", "recall", "precision", "map", "accuracy") for k in (1, 3, 10, 100)}  # fmt: skip
+    assert chosen["main_metric"] == "recall@3" and chosen["main_score"] == chosen["metrics"]["recall@3"]
+    assert chosen["passed"] is True
+    assert run_json(*score, "--k", "5")["main_metric"] == "ndcg@5"  # without 10: the cut-off nearest it
+
+    table = run_mmst(*score, "--k", "1,3,10", "--k", "1000", env={"COLUMNS": "80"})
+    assert table.returncode == 0, table.stderr
+    lines = table.stderr.splitlines()
+    assert "…" not in table.stderr and max(map(len, lines)) <= 80, table.stderr
+    header = next(line for line in lines if "metric" in line)
+    assert [cell.strip() for cell in header.strip("┃ ").split("┃")][1:] == ["@1", "@3", "@10", "@1000"]
+    ndcg_row = next(line for line in lines if "ndcg" in line)
+    assert f"{chosen['metrics']['ndcg@10']:.4f}" in ndcg_row
+    assert "main score: ndcg@10" in table.stderr
+    many = run_mmst(*score, "--k", ",".join(str(k) for k in range(1, 13)), env={"COLUMNS": "80"})
+    assert "…" not in many.stderr and max(map(len, many.stderr.splitlines())) <= 80, many.stderr
+    assert "@12" in many.stderr
+
+    bad_k = run_mmst(*score, "--k", "1,ten")
+    assert_one_line_error(bad_k, 2, "--k takes whole numbers", "1,ten")
+    # Checked before any model loads: the model named here does not exist.
+    bad_main = run_mmst("evaluate", "--model", str(tmp_path / "absent"), "--main-metric", "ndcg@7")
+    assert_one_line_error(bad_main, 2, "--main-metric ndcg@7: not a computed metric", "ndcg@10")

@@ -17,11 +17,14 @@ from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
 from mmst_cli.core.encode.encoding import encode_inputs, modality_of
 from mmst_cli.core.errors import MmstError
-from mmst_cli.core.retrieval.metrics import compute_metrics
+from mmst_cli.core.retrieval.metrics import METRIC_NAMES, compute_metrics
 from mmst_cli.core.retrieval.search import search
 from mmst_cli.core.retrieval.tasks import MAIN_METRIC, RetrievalTask
 
 Tracker = Callable[[str, int], Callable[[int], None]]
+
+#: Cut-offs ``mmst evaluate`` reports by default: those mteb's retrieval results are read at.
+DEFAULT_CUTOFFS = (1, 3, 5, 10, 100)
 
 
 def _no_progress(description: str, total: int) -> Callable[[int], None]:
@@ -197,7 +200,8 @@ class EvaluateOptions:
     strict: bool = False
     run: str | None = None
     qrels: str | None = None
-    ks: tuple[int, ...] = (10,)
+    ks: tuple[int, ...] = DEFAULT_CUTOFFS
+    main_metric: str | None = None
     skip_queries_without_relevant: bool = False
     dims: tuple[int, ...] = ()
     reranker: str | None = None
@@ -218,13 +222,29 @@ class EvaluateOptions:
         if self.run and (self.model or self.data or self.reranker or self.dims):
             raise MmstError("--run/--qrels score a ranking without a model; drop --model, --data, --reranker and --dims")
         parse_thresholds(self.fail_under, self.ks)
+        self.main_metric_name()
+
+    def main_metric_name(self) -> str:
+        """``--main-metric``, checked against the computed metrics; by default ndcg@10, or NDCG at
+        the cut-off nearest 10 when 10 is not one of them."""
+        if self.main_metric is None:
+            return f"ndcg@{min(self.ks, key=lambda k: (abs(k - 10), k))}"
+        name = self.main_metric.strip().lower()
+        if name not in computed_metrics(self.ks):
+            raise MmstError(
+                f"--main-metric {self.main_metric}: not a computed metric; use one of {', '.join(computed_metrics(self.ks))}"
+            )
+        return name
+
+
+def computed_metrics(ks: tuple[int, ...]) -> list[str]:
+    """Every ``metric@k`` key an evaluation at cut-offs ``ks`` reports."""
+    return [f"{name}@{k}" for name in METRIC_NAMES for k in sorted(set(ks))]
 
 
 def parse_thresholds(values: tuple[str, ...], ks: tuple[int, ...]) -> dict[str, float]:
     """``("ndcg@10=0.85",)`` -> ``{"ndcg@10": 0.85}``; the metric must be one that is computed."""
-    from mmst_cli.core.retrieval.metrics import METRIC_NAMES
-
-    computed = [f"{name}@{k}" for name in METRIC_NAMES for k in ks]
+    computed = computed_metrics(ks)
     thresholds = {}
     for value in values:
         metric, separator, number = value.partition("=")
@@ -315,6 +335,8 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
             )  # fmt: skip
             report["reranker"] = options.reranker
             report["stages"].append(_stage_report(main))
+    report["main_metric"] = options.main_metric_name()
+    report["main_score"] = main.metrics[report["main_metric"]]
     report["metrics"] = main.metrics
     report["counts"] = main.counts
     report["fail_under"] = check_thresholds(main.metrics, thresholds)
