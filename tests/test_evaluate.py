@@ -221,3 +221,18 @@ def test_cutoffs_main_score_and_a_table_that_fits_80_columns(tmp_path):
     # Checked before any model loads: the model named here does not exist.
     bad_main = run_mmst("evaluate", "--model", str(tmp_path / "absent"), "--main-metric", "ndcg@7")
     assert_one_line_error(bad_main, 2, "--main-metric ndcg@7: not a computed metric", "ndcg@10")
+
+
+def test_depth_sets_the_documents_kept_and_saved_per_query(tmp_path, tiny_models):
+    from collections import Counter
+
+    beir, run_file = write_beir(tmp_path / "beir"), tmp_path / "run.trec"
+    report = run_json("evaluate", "--model", str(tiny_models["bert"]), "--data", str(beir), "--k", "1,3",
+                      "--depth", "3", "--save-run", str(run_file))  # fmt: skip
+    assert report["ks"] == [1, 3]
+    per_query = Counter(line.split()[0] for line in run_file.read_text().splitlines())
+    assert per_query == {f"q{i}": 3 for i in range(8)}
+    model = ("evaluate", "--model", str(tiny_models["bert"]), "--data", str(beir))
+    assert_one_line_error(run_mmst(*model, "--depth", "50"), 2, "--k 100 exceeds --depth 50", "raise --depth")
+    reranking = ("--reranker", str(tmp_path / "absent"), "--rerank-top-k", "30")  # refused before it is looked for
+    assert_one_line_error(run_mmst(*model, "--k", "10", "--depth", "20", *reranking), 2, "--rerank-top-k 30 exceeds --depth 20")

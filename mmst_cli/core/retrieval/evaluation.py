@@ -8,7 +8,7 @@ same embeddings truncated to each dimension, so it costs one encoding.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
 from mmst_cli.core.encode.encoding import encode_inputs, modality_of
 from mmst_cli.core.errors import MmstError
-from mmst_cli.core.retrieval.metrics import METRIC_NAMES, compute_metrics
+from mmst_cli.core.retrieval.metrics import METRIC_NAMES, Run, compute_metrics
 from mmst_cli.core.retrieval.search import search
 from mmst_cli.core.retrieval.tasks import MAIN_METRIC, RetrievalTask
 
@@ -25,6 +25,9 @@ Tracker = Callable[[str, int], Callable[[int], None]]
 
 #: Cut-offs ``mmst evaluate`` reports by default: those mteb's retrieval results are read at.
 DEFAULT_CUTOFFS = (1, 3, 5, 10, 100)
+
+#: Documents retrieved (and written by ``--save-run``) per query by default, as mteb keeps.
+DEFAULT_DEPTH = 1000
 
 
 def _no_progress(description: str, total: int) -> Callable[[int], None]:
@@ -36,7 +39,7 @@ class StageResult:
     """The scored ranking of one stage: retrieval at one dimension, or reranking."""
 
     name: str
-    run: dict[str, dict[str, float]]
+    run: Run
     metrics: dict[str, float]
     per_query: dict[str, dict[str, float]]
     counts: dict[str, int]
@@ -61,17 +64,39 @@ def embed_task(model, task: RetrievalTask, *, batch_size: int = 32, track: Track
     return query_ids, query_vectors, corpus_ids, corpus_vectors
 
 
+class SearchRun(Mapping[str, dict[str, float]]):
+    """A search's ranking as a run ``{qid: {docid: score}}`` that keeps the search's arrays.
+
+    A query's ``{docid: score}`` dict is built when it is read. As Python dicts, 10k queries x
+    1000 documents would take about a gigabyte per stage; the arrays take 120 MB.
+    """
+
+    def __init__(self, query_ids: list[str], corpus_ids: list[str], scores: np.ndarray, indices: np.ndarray):
+        self._rows = {qid: row for row, qid in enumerate(query_ids)}
+        self._corpus_ids = corpus_ids
+        self._scores = scores
+        self._indices = indices
+
+    def __getitem__(self, query_id: str) -> dict[str, float]:
+        row = self._rows[query_id]
+        documents = [self._corpus_ids[index] for index in self._indices[row].tolist()]
+        return dict(zip(documents, self._scores[row].tolist()))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
 def retrieve(
     query_ids, query_vectors, corpus_ids, corpus_vectors, *, k: int, similarity: str, track: Tracker = _no_progress
-) -> dict[str, dict[str, float]]:
-    """Top-``k`` documents per query as a run ``{qid: {docid: score}}``."""
+) -> SearchRun:
+    """Top-``k`` documents per query (all of them in a smaller corpus), as a run."""
     scores, indices = search(
         query_vectors, corpus_vectors, k, similarity=similarity, on_progress=track("searching", len(query_ids))
     )
-    return {
-        qid: {corpus_ids[index]: float(score) for score, index in zip(row_scores, row_indices)}
-        for qid, row_scores, row_indices in zip(query_ids, scores, indices)
-    }
+    return SearchRun(list(query_ids), list(corpus_ids), scores, indices)
 
 
 def score_run(
@@ -89,7 +114,7 @@ def evaluate_embedder(
     ks: tuple[int, ...] = (10,),
     dims: tuple[int, ...] = (),
     batch_size: int = 32,
-    search_depth: int = 100,
+    search_depth: int = DEFAULT_DEPTH,
     skip_queries_without_relevant: bool = False,
     track: Tracker = _no_progress,
 ) -> list[StageResult]:
@@ -101,7 +126,8 @@ def evaluate_embedder(
         ks: Cut-offs for every metric.
         dims: Matryoshka dimensions to sweep; empty for the model's full dimension only.
         batch_size: Inputs per forward pass.
-        search_depth: Documents retrieved per query (at least ``max(ks)``); rerankers read these.
+        search_depth: Documents retrieved per query (at least ``max(ks)`` are); rerankers and run
+            files read these. Default :data:`DEFAULT_DEPTH`.
         skip_queries_without_relevant: Leave qrels queries without a relevant document out of
             the means (see :func:`compute_metrics`); default ``False``, trec_eval's rule.
         track: Progress tracker (see :func:`mmst_cli.core.progress.progress_bars`).
@@ -126,7 +152,7 @@ def evaluate_embedder(
 def rerank(
     reranker,
     task: RetrievalTask,
-    first_stage: dict[str, dict[str, float]],
+    first_stage: Run,
     *,
     top_k: int,
     ks: tuple[int, ...],
@@ -206,6 +232,7 @@ class EvaluateOptions:
     dims: tuple[int, ...] = ()
     reranker: str | None = None
     rerank_top_k: int = 100
+    depth: int = DEFAULT_DEPTH
     batch_size: int = 32
     trust_remote_code: bool = False
     fail_under: tuple[str, ...] = ()
@@ -215,8 +242,15 @@ class EvaluateOptions:
             raise MmstError(f"--k must be positive, got {list(self.ks)}")
         if any(dim <= 0 for dim in self.dims):
             raise MmstError(f"--dims must be positive, got {list(self.dims)}")
-        if self.batch_size <= 0 or self.rerank_top_k <= 0:
-            raise MmstError("--batch-size and --rerank-top-k must be positive")
+        if self.batch_size <= 0 or self.rerank_top_k <= 0 or self.depth <= 0:
+            raise MmstError("--batch-size, --rerank-top-k and --depth must be positive")
+        if self.reranker and self.rerank_top_k > self.depth:
+            raise MmstError(f"--rerank-top-k {self.rerank_top_k} exceeds --depth {self.depth}: the reranker reads the retrieved documents; raise --depth")
+        if not self.run and max(self.ks) > self.depth:
+            raise MmstError(
+                f"--k {max(self.ks)} exceeds --depth {self.depth}: metrics at k would see only {self.depth} "
+                "retrieved documents; raise --depth or lower --k"
+            )
         if (self.run is None) != (self.qrels is None):
             raise MmstError("--run and --qrels go together: score an existing ranking against judgements")
         if self.run and (self.model or self.data or self.reranker or self.dims):
@@ -318,7 +352,7 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
         reranker = _load_reranker(options, task) if options.reranker else None  # before the long encode
         stages = evaluate_embedder(
             model, task, ks=options.ks, dims=options.dims, batch_size=options.batch_size,
-            search_depth=max(100, options.rerank_top_k),
+            search_depth=options.depth,
             skip_queries_without_relevant=options.skip_queries_without_relevant, track=track,
         )  # fmt: skip
         main = stages[-1] if not options.dims else max(stages, key=lambda stage: int(stage.name.split()[1]))
@@ -377,7 +411,9 @@ class RetrievalEvaluator(BaseEvaluator):
 
     def scores(self, model) -> dict[str, float]:
         """The metrics without a name prefix."""
-        return evaluate_embedder(model, self.task, ks=self.ks, batch_size=self.batch_size)[-1].metrics
+        # The metrics read only the top max(ks) documents; a deeper search would only cost memory.
+        stages = evaluate_embedder(model, self.task, ks=self.ks, batch_size=self.batch_size, search_depth=max(self.ks))
+        return stages[-1].metrics
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         metrics = self.prefix_name_to_metrics(self.scores(model), self.name)
