@@ -236,3 +236,34 @@ def test_depth_sets_the_documents_kept_and_saved_per_query(tmp_path, tiny_models
     assert_one_line_error(run_mmst(*model, "--depth", "50"), 2, "--k 100 exceeds --depth 50", "raise --depth")
     reranking = ("--reranker", str(tmp_path / "absent"), "--rerank-top-k", "30")  # refused before it is looked for
     assert_one_line_error(run_mmst(*model, "--k", "10", "--depth", "20", *reranking), 2, "--rerank-top-k 30 exceeds --depth 20")
+
+
+def test_prompts_reach_the_model_as_encode_query_applies_them(tmp_path, tiny_models):
+    from sentence_transformers import SentenceTransformer
+
+    from mmst_cli.core.retrieval.evaluation import embed_task, resolve_prompt
+    from mmst_cli.core.retrieval.tasks import RetrievalTask
+
+    model = SentenceTransformer(str(tiny_models["bert"]), prompts={"search": "search for: ", "passage": "passage: "})
+    task = RetrievalTask({f"q{i}": f"about {t}" for i, t in enumerate(TOPICS)}, {"d0": "cats are great"}, {})
+    query_prompt = resolve_prompt(model, "query", None, "search")
+    _, with_prompt, _, documents = embed_task(model, task, query_prompt=query_prompt, document_prompt="passage: ")
+    _, without, _, _ = embed_task(model, task)
+    queries = list(task.queries.values())
+    np.testing.assert_allclose(with_prompt, model.encode_query(queries, prompt="search for: "), atol=1e-6)
+    np.testing.assert_allclose(documents, model.encode_document(["cats are great"], prompt_name="passage"), atol=1e-6)
+    assert not np.allclose(with_prompt, without, atol=1e-4)  # the prompt did change the vectors
+
+    saved = tmp_path / "with-prompts"
+    model.save(str(saved))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"q": f"about {t}", "pos": f"{t} are great"}) + "\n" for t in TOPICS))
+    evaluate = ("evaluate", "--model", str(saved), "--data", str(pairs), "--k", "1,10")
+    named = run_json(*evaluate, "--query-prompt-name", "search", "--document-prompt", "passage: ")
+    assert named["prompts"] == {"query": "search for: ", "document": "passage: "}
+    as_text = run_json(*evaluate, "--query-prompt", "search for: ", "--document-prompt-name", "passage")
+    assert as_text["metrics"] == named["metrics"]
+    unknown = run_mmst(*evaluate, "--document-prompt-name", "doc")
+    assert_one_line_error(unknown, 2, "--document-prompt-name 'doc'", "its prompts are document, passage, query, search")
+    both = run_mmst(*evaluate, "--query-prompt", "q: ", "--query-prompt-name", "search")
+    assert_one_line_error(both, 2, "--query-prompt and --query-prompt-name")

@@ -50,18 +50,45 @@ def _similarity(model) -> str:
     return str(getattr(name, "value", name))
 
 
-def embed_task(model, task: RetrievalTask, *, batch_size: int = 32, track: Tracker = _no_progress):
-    """Encode queries (as queries) and corpus (as documents); returns both id lists and arrays."""
+def embed_task(
+    model,
+    task: RetrievalTask,
+    *,
+    batch_size: int = 32,
+    query_prompt: str | None = None,
+    document_prompt: str | None = None,
+    track: Tracker = _no_progress,
+):
+    """Encode queries (as queries) and corpus (as documents); returns both id lists and arrays.
+
+    ``query_prompt`` / ``document_prompt`` replace the model's own prompt for that side (as
+    ``model.encode_query(..., prompt=...)`` does); ``None`` keeps the model's.
+    """
     query_ids, corpus_ids = list(task.queries), list(task.corpus)
     query_vectors = encode_inputs(
-        model, [task.queries[i] for i in query_ids], task="query", batch_size=batch_size,
+        model, [task.queries[i] for i in query_ids], task="query", prompt=query_prompt, batch_size=batch_size,
         on_progress=track("encoding queries", len(query_ids)),
     )  # fmt: skip
     corpus_vectors = encode_inputs(
-        model, [task.corpus[i] for i in corpus_ids], task="document", batch_size=batch_size,
+        model, [task.corpus[i] for i in corpus_ids], task="document", prompt=document_prompt, batch_size=batch_size,
         on_progress=track("encoding corpus", len(corpus_ids)),
     )  # fmt: skip
     return query_ids, query_vectors, corpus_ids, corpus_vectors
+
+
+def resolve_prompt(model, side: str, text: str | None, name: str | None) -> str | None:
+    """The prompt of one side: ``text`` as given, or the model's prompt called ``name``.
+
+    Raises:
+        MmstError: ``name`` is not one of the model's prompts (the message lists them).
+    """
+    if name is None:
+        return text
+    prompts = dict(getattr(model, "prompts", None) or {})
+    if name not in prompts:
+        known = f"its prompts are {', '.join(sorted(prompts))}" if prompts else "it has none"
+        raise MmstError(f"--{side}-prompt-name {name!r}: the model has no prompt of that name; {known}")
+    return prompts[name]
 
 
 class SearchRun(Mapping[str, dict[str, float]]):
@@ -116,6 +143,8 @@ def evaluate_embedder(
     batch_size: int = 32,
     search_depth: int = DEFAULT_DEPTH,
     skip_queries_without_relevant: bool = False,
+    query_prompt: str | None = None,
+    document_prompt: str | None = None,
     track: Tracker = _no_progress,
 ) -> list[StageResult]:
     """Retrieval results at full dimension, or at each of ``dims`` (a Matryoshka sweep).
@@ -130,9 +159,12 @@ def evaluate_embedder(
             files read these. Default :data:`DEFAULT_DEPTH`.
         skip_queries_without_relevant: Leave qrels queries without a relevant document out of
             the means (see :func:`compute_metrics`); default ``False``, trec_eval's rule.
+        query_prompt / document_prompt: Prompts that replace the model's own (see :func:`embed_task`).
         track: Progress tracker (see :func:`mmst_cli.core.progress.progress_bars`).
     """
-    query_ids, query_vectors, corpus_ids, corpus_vectors = embed_task(model, task, batch_size=batch_size, track=track)
+    query_ids, query_vectors, corpus_ids, corpus_vectors = embed_task(
+        model, task, batch_size=batch_size, query_prompt=query_prompt, document_prompt=document_prompt, track=track
+    )
     full = query_vectors.shape[1]
     too_large = [dim for dim in dims if dim > full]
     if too_large:
@@ -233,6 +265,10 @@ class EvaluateOptions:
     reranker: str | None = None
     rerank_top_k: int = 100
     depth: int = DEFAULT_DEPTH
+    query_prompt: str | None = None
+    document_prompt: str | None = None
+    query_prompt_name: str | None = None
+    document_prompt_name: str | None = None
     batch_size: int = 32
     trust_remote_code: bool = False
     fail_under: tuple[str, ...] = ()
@@ -251,10 +287,16 @@ class EvaluateOptions:
                 f"--k {max(self.ks)} exceeds --depth {self.depth}: metrics at k would see only {self.depth} "
                 "retrieved documents; raise --depth or lower --k"
             )
+        for side in ("query", "document"):
+            if getattr(self, f"{side}_prompt") is not None and getattr(self, f"{side}_prompt_name") is not None:
+                raise MmstError(f"--{side}-prompt and --{side}-prompt-name both set the {side} prompt; give one")
         if (self.run is None) != (self.qrels is None):
             raise MmstError("--run and --qrels go together: score an existing ranking against judgements")
         if self.run and (self.model or self.data or self.reranker or self.dims):
             raise MmstError("--run/--qrels score a ranking without a model; drop --model, --data, --reranker and --dims")
+        prompts = (self.query_prompt, self.document_prompt, self.query_prompt_name, self.document_prompt_name)
+        if self.run and any(prompt is not None for prompt in prompts):
+            raise MmstError("--run/--qrels score a ranking without a model; the prompt options need --model")
         parse_thresholds(self.fail_under, self.ks)
         self.main_metric_name()
 
@@ -337,6 +379,8 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
         if source.kind != "embedder":
             raise MmstError(f"--model {source.reference!r} is a {source.kind}; evaluate retrieves with an embedder")
         model = load_model(source, trust_remote_code=options.trust_remote_code)
+        query_prompt = resolve_prompt(model, "query", options.query_prompt, options.query_prompt_name)
+        document_prompt = resolve_prompt(model, "document", options.document_prompt, options.document_prompt_name)
         media = MediaOptions(
             media_root=_path_or_none(options.media_root),
             audio_sampling_rate=audio_sampling_rate(model),
@@ -353,10 +397,12 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
         stages = evaluate_embedder(
             model, task, ks=options.ks, dims=options.dims, batch_size=options.batch_size,
             search_depth=options.depth,
-            skip_queries_without_relevant=options.skip_queries_without_relevant, track=track,
+            skip_queries_without_relevant=options.skip_queries_without_relevant,
+            query_prompt=query_prompt, document_prompt=document_prompt, track=track,
         )  # fmt: skip
         main = stages[-1] if not options.dims else max(stages, key=lambda stage: int(stage.name.split()[1]))
         report.update(model=source.reference, data=data, similarity=_similarity(model), **task_summary(task))
+        report["prompts"] = {"query": query_prompt, "document": document_prompt}
         if options.dims:
             report["dims"] = [{"dim": int(stage.name.split()[1]), "metrics": stage.metrics} for stage in stages]
         report["warnings"] = task.warnings
