@@ -134,6 +134,9 @@ def test_pairs_sweep_plot_gate_and_reranker(tmp_path, tiny_models, tiny_reranker
     assert swept["metrics"] == swept["dims"][0]["metrics"]  # the main result is the full dimension
     assert Image.open(plot).format == "PNG"
     assert swept["documents"] == 16
+    assert swept["ks"] == [1, 3, 5, 10, 100] and any(
+        warning.startswith("the corpus holds 16 documents, fewer than the cut-off(s) @100: ") for warning in swept["warnings"]
+    )
 
     ndcg = swept["metrics"]["ndcg@10"]
     passing = run_mmst("evaluate", "--model", str(tiny_models["bert"]), "--data", str(pairs), "--fail-under", f"ndcg@10={ndcg - 0.01}")

@@ -393,6 +393,13 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
             data, split=options.split, config=options.data_config, columns=options.columns,
             media=media, strict=options.strict,
         )  # fmt: skip
+        beyond_corpus = [k for k in options.ks if k > len(task.corpus)]
+        if beyond_corpus:
+            at = ", ".join(f"@{k}" for k in beyond_corpus)
+            task.warnings.append(
+                f"the corpus holds {len(task.corpus)} documents, fewer than the cut-off(s) {at}: every document is "
+                f"retrieved there, so recall and accuracy {at} are 1.0 for any model; use a smaller --k or a larger corpus"
+            )
         reranker = _load_reranker(options, task) if options.reranker else None  # before the long encode
         stages = evaluate_embedder(
             model, task, ks=options.ks, dims=options.dims, batch_size=options.batch_size,
