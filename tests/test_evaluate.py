@@ -270,3 +270,41 @@ def test_prompts_reach_the_model_as_encode_query_applies_them(tmp_path, tiny_mod
     assert_one_line_error(unknown, 2, "--document-prompt-name 'doc'", "its prompts are document, passage, query, search")
     both = run_mmst(*evaluate, "--query-prompt", "q: ", "--query-prompt-name", "search")
     assert_one_line_error(both, 2, "--query-prompt and --query-prompt-name")
+
+
+def test_mteb_results_follow_mteb_result_files(tmp_path, tiny_models):
+    beir, results = write_beir(tmp_path / "scifact-mini"), tmp_path / "mteb"
+    report = run_json("evaluate", "--model", str(tiny_models["bert"]), "--data", str(beir), "--k", "1,10",
+                      "--mteb-results", str(results), "--task-languages", "eng-Latn,deu-Latn")  # fmt: skip
+    task_file = results / "results" / "bert" / "no_revision_available" / "scifact-mini.json"
+    assert report["mteb_results"] == str(task_file)
+    written = json.loads(task_file.read_text())
+    # mteb's TaskResult schema (mteb 2.26): required keys and their types.
+    assert written["task_name"] == "scifact-mini" and written["mteb_version"] is None
+    assert isinstance(written["dataset_revision"], str) and written["evaluation_time"] > 0
+    assert list(written["scores"]) == ["test"] and len(written["scores"]["test"]) == 1
+    entry = written["scores"]["test"][0]
+    assert entry["hf_subset"] == "default" and entry["languages"] == ["eng-Latn", "deu-Latn"]
+    assert entry["main_score"] == entry["ndcg_at_10"] == report["metrics"]["ndcg@10"]
+    for metric, value in report["metrics"].items():
+        name, k = metric.split("@")
+        assert entry[f"{'hit_rate' if name == 'accuracy' else name}_at_{k}"] == value
+    meta = json.loads((task_file.parent / "model_meta.json").read_text())
+    assert meta["name"] == "bert" and meta["revision"] == "no_revision_available"
+    assert meta["embed_dim"] == 32 and meta["n_parameters"] > 0 and meta["modalities"] == ["text"]
+    assert sorted(path.name for path in task_file.parent.iterdir()) == ["model_meta.json", "scifact-mini.json"]
+    try:  # mteb is not a dependency; where it is installed, its own result class must read the file
+        from mteb.results import TaskResult
+    except ImportError:
+        TaskResult = None
+    if TaskResult is not None:
+        assert TaskResult.from_disk(task_file, load_historic_data=False).get_score() == entry["main_score"]
+
+    renamed = run_json("evaluate", "--model", str(tiny_models["bert"]), "--data", str(beir), "--k", "10",
+                       "--mteb-results", str(results), "--task-name", "SciFactMini", "--main-metric", "recall@10")  # fmt: skip
+    assert json.loads(Path(renamed["mteb_results"]).read_text())["scores"]["test"][0]["main_score"] == renamed["metrics"]["recall@10"]
+    bad_language = run_mmst("evaluate", "--model", str(tmp_path / "absent"), "--mteb-results", str(results), "--task-languages", "en")
+    assert_one_line_error(bad_language, 2, "--task-languages 'en'", "eng-Latn")
+    run, qrels = write_run_and_qrels(tmp_path)
+    without_model = run_mmst("evaluate", "--run", str(run), "--qrels", str(qrels), "--mteb-results", str(results))
+    assert_one_line_error(without_model, 2, "--mteb-results", "needs --model")

@@ -77,6 +77,9 @@ def evaluate(
     save_run: Annotated[str | None, typer.Option(help="Write the scored ranking (--depth documents per query) as a TREC run file.", rich_help_panel=OUTPUT, show_default=False)] = None,
     per_query: Annotated[str | None, typer.Option(help="Write per-query metrics as jsonl.", rich_help_panel=OUTPUT, show_default=False)] = None,
     plot: Annotated[str | None, typer.Option(help="With --dims: write a PNG of NDCG@10 against dimension.", rich_help_panel=OUTPUT, show_default=False)] = None,
+    mteb_results: Annotated[str | None, typer.Option(help="Write the scores as mteb result files below this folder (results/MODEL/REVISION/TASK.json).", rich_help_panel=OUTPUT, show_default=False)] = None,
+    task_name: Annotated[str | None, typer.Option(help="Task name in --mteb-results. Default: the name of --data.", rich_help_panel=OUTPUT, show_default=False)] = None,
+    task_languages: Annotated[str, typer.Option(help="Languages of the data in --mteb-results, comma-separated ISO codes.", rich_help_panel=OUTPUT)] = "eng-Latn",
     json_output: JsonOption = False,
 ) -> None:
     """Score retrieval (and reranking): NDCG, MRR, Recall, Precision, MAP and accuracy at k, trec_eval-exact."""
@@ -111,12 +114,17 @@ def evaluate(
         batch_size=batch_size,
         trust_remote_code=trust_remote_code,
         fail_under=tuple(fail_under or ()),
+        mteb_results=mteb_results,
+        task_name=task_name,
+        task_languages=tuple(item.strip() for item in task_languages.split(",") if item.strip()),
     )
     options.validate()
     if plot and not options.dims:
         raise MmstError("--plot draws a Matryoshka sweep: add --dims")
-    from mmst_cli.core.outputs import ensure_writable_file
+    from mmst_cli.core.outputs import ensure_writable_file, ensure_writable_folder
 
+    if mteb_results:
+        ensure_writable_folder(Path(mteb_results).expanduser(), "--mteb-results")
     for flag, value in (("--save-run", save_run), ("--per-query", per_query), ("--plot", plot)):
         if value:
             ensure_writable_file(Path(value), flag)  # before the model loads

@@ -8,6 +8,8 @@ same embeddings truncated to each dimension, so it costs one encoding.
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -272,6 +274,9 @@ class EvaluateOptions:
     batch_size: int = 32
     trust_remote_code: bool = False
     fail_under: tuple[str, ...] = ()
+    mteb_results: str | None = None
+    task_name: str | None = None
+    task_languages: tuple[str, ...] = ("eng-Latn",)
 
     def validate(self) -> None:
         if any(k <= 0 for k in self.ks):
@@ -294,6 +299,15 @@ class EvaluateOptions:
             raise MmstError("--run and --qrels go together: score an existing ranking against judgements")
         if self.run and (self.model or self.data or self.reranker or self.dims):
             raise MmstError("--run/--qrels score a ranking without a model; drop --model, --data, --reranker and --dims")
+        if self.run and self.mteb_results:
+            raise MmstError("--mteb-results writes a model's scores; it needs --model, not --run/--qrels")
+        if self.task_name is not None and (not self.task_name.strip() or "/" in self.task_name):
+            raise MmstError(f"--task-name {self.task_name!r} names a file: give a non-empty name without '/'")
+        if not self.task_languages:
+            raise MmstError("--task-languages is empty; give at least one code, e.g. eng-Latn")
+        for language in self.task_languages:
+            if not re.fullmatch(r"[a-z]{3}-[A-Z][a-z]{3}", language):
+                raise MmstError(f"--task-languages {language!r}: write ISO 639-3 language and ISO 15924 script, e.g. eng-Latn")
         prompts = (self.query_prompt, self.document_prompt, self.query_prompt_name, self.document_prompt_name)
         if self.run and any(prompt is not None for prompt in prompts):
             raise MmstError("--run/--qrels score a ranking without a model; the prompt options need --model")
@@ -379,6 +393,7 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
         if source.kind != "embedder":
             raise MmstError(f"--model {source.reference!r} is a {source.kind}; evaluate retrieves with an embedder")
         model = load_model(source, trust_remote_code=options.trust_remote_code)
+        started = time.perf_counter()
         query_prompt = resolve_prompt(model, "query", options.query_prompt, options.query_prompt_name)
         document_prompt = resolve_prompt(model, "document", options.document_prompt, options.document_prompt_name)
         media = MediaOptions(
@@ -428,7 +443,40 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
     report["counts"] = main.counts
     report["fail_under"] = check_thresholds(main.metrics, thresholds)
     report["passed"] = all(check["passed"] for check in report["fail_under"].values())
+    if options.mteb_results:
+        report["mteb_results"] = str(_write_mteb_results(options, report, model, source, task, time.perf_counter() - started))
     return report, main
+
+
+def _write_mteb_results(options: EvaluateOptions, report: dict[str, Any], model, source, task: RetrievalTask, seconds: float):
+    """Write the main stage's scores as an mteb result file (see :mod:`.reports`); returns its path."""
+    from pathlib import Path
+
+    from mmst_cli.core.models.description import describe_model
+    from mmst_cli.core.retrieval.reports import mteb_model_meta, qrels_revision, write_mteb_results
+
+    location = Path(source.location)
+    name = location.name if location.is_dir() else source.reference
+    uses_prompts = any(report["prompts"].values()) or any(getattr(model, "prompts", {}).values())
+    return write_mteb_results(
+        Path(options.mteb_results).expanduser(),
+        model_meta=mteb_model_meta(describe_model(model, source), name, uses_prompts=uses_prompts),
+        task_name=options.task_name or default_task_name(report["data"]),
+        split=options.split or "test",
+        languages=list(options.task_languages),
+        metrics=report["metrics"],
+        main_metric=report["main_metric"],
+        dataset_revision=qrels_revision(task.qrels),
+        evaluation_time=seconds,
+    )
+
+
+def default_task_name(data: str) -> str:
+    """The name of ``--data``: a folder's or Hub dataset's last part, a file's name without extension."""
+    from pathlib import Path
+
+    path = Path(data.rstrip("/"))
+    return path.stem if path.is_file() else path.name
 
 
 def _stage_report(stage: StageResult) -> dict[str, Any]:
