@@ -5,8 +5,12 @@ Examples:
     # The embedded default model on the embedded emoji evaluation pairs
     $ mmst evaluate
 
-    # A finetuned model on a BEIR folder, several cut-offs, as JSON for jq
-    $ mmst evaluate --model runs/x/model --data ./scifact --k 10 --k 100 --json | jq '.metrics["ndcg@10"]'
+    # A finetuned model on a BEIR folder, chosen cut-offs, as JSON for jq
+    $ mmst evaluate --model runs/x/model --data ./scifact --k 1,10 --k 100 --json | jq .main_score
+
+    # With the prompts the model was trained with, 100 documents kept per query, as mteb results
+    $ mmst evaluate --model runs/x/model --data ./scifact --query-prompt "query: " --depth 100 \\
+        --mteb-results ./mteb-results --task-name SciFact
 
     # A ViDoRe-style Hub dataset, retrieve-then-rerank, per-query results to find the failures
     $ mmst evaluate --model ./embedder --data vidore/docvqa_test_subsampled_beir \\
@@ -16,8 +20,9 @@ Examples:
     $ mmst evaluate --model ./m --data pairs.parquet --dims 768,512,256,64 --plot sweep.png
     $ mmst evaluate --model ./m --data pairs.parquet --fail-under ndcg@10=0.85
 
-    # Score an existing ranking, no model
+    # Score an existing ranking, no model (the mean is trec_eval -c's; or skip unjudgeable queries)
     $ mmst evaluate --run run.trec --qrels qrels.tsv
+    $ mmst evaluate --run run.trec --qrels qrels.tsv --skip-queries-without-relevant
 """
 
 from __future__ import annotations
