@@ -176,6 +176,15 @@ def test_block_search_equals_brute_force():
         expected = np.sort(full, axis=1)[:, ::-1][:, :7]
         np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(np.take_along_axis(full, indices, axis=1), scores, rtol=1e-5, atol=1e-5)
+    # The run keeps the search's arrays and builds one query's {doc: score} when it is read.
+    from mmst_cli.core.retrieval.evaluation import retrieve
+
+    query_ids, corpus_ids = [f"q{i}" for i in range(37)], [f"d{i}" for i in range(101)]
+    run = retrieve(query_ids, queries, corpus_ids, corpus, k=7, similarity="dot")
+    scores, indices = search(queries, corpus, 7, similarity="dot")
+    assert list(run) == query_ids and len(run) == 37
+    assert run["q3"] == {corpus_ids[i]: float(score) for i, score in zip(indices[3], scores[3])} and len(run["q3"]) == 7
+    assert run.get("absent") is None
 
 
 def test_evaluate_matches_train_embed_on_the_embedded_default(tmp_path):
