@@ -310,7 +310,9 @@ def test_mteb_results_follow_mteb_result_files(tmp_path, tiny_models):
         assert TaskResult.from_disk(task_file, load_historic_data=False).get_score() == entry["main_score"]
 
     renamed = run_json("evaluate", "--model", str(tiny_models["bert"]), "--data", str(beir), "--k", "10",
-                       "--mteb-results", str(results), "--task-name", "SciFactMini", "--main-metric", "recall@10")  # fmt: skip
+                       "--mteb-results", str(results), "--task-name", "SciFactMini", "--main-metric", "recall@10",
+                       "--model-name", "my-org/tiny bert")  # fmt: skip
+    assert renamed["mteb_results"] == str(results / "results" / "my-org__tiny_bert" / "no_revision_available" / "SciFactMini.json")
     assert json.loads(Path(renamed["mteb_results"]).read_text())["scores"]["test"][0]["main_score"] == renamed["metrics"]["recall@10"]
     bad_language = run_mmst("evaluate", "--model", str(tmp_path / "absent"), "--mteb-results", str(results), "--task-languages", "en")
     assert_one_line_error(bad_language, 2, "--task-languages 'en'", "eng-Latn")

@@ -83,6 +83,7 @@ def evaluate(
     per_query: Annotated[str | None, typer.Option(help="Write per-query metrics as jsonl.", rich_help_panel=OUTPUT, show_default=False)] = None,
     plot: Annotated[str | None, typer.Option(help="With --dims: write a PNG of the main metric against dimension.", rich_help_panel=OUTPUT, show_default=False)] = None,
     mteb_results: Annotated[str | None, typer.Option(help="Write the scores as mteb result files below this folder (results/MODEL/REVISION/TASK.json).", rich_help_panel=OUTPUT, show_default=False)] = None,
+    model_name: Annotated[str | None, typer.Option(help="Model name in --mteb-results. Default: the Hub id, or the model (or run) folder's name.", rich_help_panel=OUTPUT, show_default=False)] = None,
     task_name: Annotated[str | None, typer.Option(help="Task name in --mteb-results. Default: the name of --data.", rich_help_panel=OUTPUT, show_default=False)] = None,
     task_languages: Annotated[str, typer.Option(help="Languages of the data in --mteb-results, comma-separated ISO codes.", rich_help_panel=OUTPUT)] = "eng-Latn",
     json_output: JsonOption = False,
@@ -120,6 +121,7 @@ def evaluate(
         trust_remote_code=trust_remote_code,
         fail_under=tuple(fail_under or ()),
         mteb_results=mteb_results,
+        model_name=model_name,
         task_name=task_name,
         task_languages=tuple(item.strip() for item in task_languages.split(",") if item.strip()),
     )

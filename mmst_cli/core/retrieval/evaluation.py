@@ -275,10 +275,13 @@ class EvaluateOptions:
     trust_remote_code: bool = False
     fail_under: tuple[str, ...] = ()
     mteb_results: str | None = None
+    model_name: str | None = None
     task_name: str | None = None
     task_languages: tuple[str, ...] = ("eng-Latn",)
 
     def validate(self) -> None:
+        if not self.ks:
+            raise MmstError("--k is empty; give at least one cut-off, e.g. --k 10")
         if any(k <= 0 for k in self.ks):
             raise MmstError(f"--k must be positive, got {list(self.ks)}")
         if any(dim <= 0 for dim in self.dims):
@@ -303,6 +306,8 @@ class EvaluateOptions:
             raise MmstError("--mteb-results writes a model's scores; it needs --model, not --run/--qrels")
         if self.task_name is not None and (not self.task_name.strip() or "/" in self.task_name):
             raise MmstError(f"--task-name {self.task_name!r} names a file: give a non-empty name without '/'")
+        if self.model_name is not None and not self.model_name.strip():
+            raise MmstError("--model-name is empty; give the name results should be filed under, e.g. my-org/my-model")
         if not self.task_languages:
             raise MmstError("--task-languages is empty; give at least one code, e.g. eng-Latn")
         for language in self.task_languages:
@@ -456,7 +461,13 @@ def _write_mteb_results(options: EvaluateOptions, report: dict[str, Any], model,
     from mmst_cli.core.retrieval.reports import mteb_model_meta, qrels_revision, write_mteb_results
 
     location = Path(source.location)
-    name = location.name if location.is_dir() else source.reference
+    if options.model_name:
+        name = options.model_name
+    elif location.is_dir():
+        # mmst's run folders keep the model in runs/NAME/model: the run's name tells models apart.
+        name = location.parent.name if location.name == "model" and location.parent.name else location.name
+    else:
+        name = source.reference
     uses_prompts = any(report["prompts"].values()) or any(getattr(model, "prompts", {}).values())
     return write_mteb_results(
         Path(options.mteb_results).expanduser(),
