@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -449,45 +450,14 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
     report["fail_under"] = check_thresholds(main.metrics, thresholds)
     report["passed"] = all(check["passed"] for check in report["fail_under"].values())
     if options.mteb_results:
-        report["mteb_results"] = str(_write_mteb_results(options, report, model, source, task, time.perf_counter() - started))
+        from mmst_cli.core.retrieval.reports import write_model_mteb_results
+
+        report["mteb_results"] = str(write_model_mteb_results(
+            Path(options.mteb_results).expanduser(), model, source, report, task.qrels,
+            model_name=options.model_name, task_name=options.task_name, split=options.split or "test",
+            languages=list(options.task_languages), seconds=time.perf_counter() - started,
+        ))  # fmt: skip
     return report, main
-
-
-def _write_mteb_results(options: EvaluateOptions, report: dict[str, Any], model, source, task: RetrievalTask, seconds: float):
-    """Write the main stage's scores as an mteb result file (see :mod:`.reports`); returns its path."""
-    from pathlib import Path
-
-    from mmst_cli.core.models.description import describe_model
-    from mmst_cli.core.retrieval.reports import mteb_model_meta, qrels_revision, write_mteb_results
-
-    location = Path(source.location)
-    if options.model_name:
-        name = options.model_name
-    elif location.is_dir():
-        # mmst's run folders keep the model in runs/NAME/model: the run's name tells models apart.
-        name = location.parent.name if location.name == "model" and location.parent.name else location.name
-    else:
-        name = source.reference
-    uses_prompts = any(report["prompts"].values()) or any(getattr(model, "prompts", {}).values())
-    return write_mteb_results(
-        Path(options.mteb_results).expanduser(),
-        model_meta=mteb_model_meta(describe_model(model, source), name, uses_prompts=uses_prompts),
-        task_name=options.task_name or default_task_name(report["data"]),
-        split=options.split or "test",
-        languages=list(options.task_languages),
-        metrics=report["metrics"],
-        main_metric=report["main_metric"],
-        dataset_revision=qrels_revision(task.qrels),
-        evaluation_time=seconds,
-    )
-
-
-def default_task_name(data: str) -> str:
-    """The name of ``--data``: a folder's or Hub dataset's last part, a file's name without extension."""
-    from pathlib import Path
-
-    path = Path(data.rstrip("/"))
-    return path.stem if path.is_file() else path.name
 
 
 def _stage_report(stage: StageResult) -> dict[str, Any]:
@@ -495,8 +465,6 @@ def _stage_report(stage: StageResult) -> dict[str, Any]:
 
 
 def _path_or_none(value: str | None):
-    from pathlib import Path
-
     return Path(value).expanduser() if value else None
 
 

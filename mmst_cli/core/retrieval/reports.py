@@ -147,3 +147,60 @@ def write_mteb_results(
         with atomic_path(path) as temporary:
             temporary.write_text(json.dumps(content, indent=2) + "\n", encoding="utf8")
     return task_file
+
+
+def write_model_mteb_results(
+    folder: Path,
+    model,
+    source,
+    report: dict[str, Any],
+    qrels: dict[str, dict[str, int]],
+    *,
+    model_name: str | None,
+    task_name: str | None,
+    split: str,
+    languages: list[str],
+    seconds: float,
+) -> Path:
+    """Write an ``mmst evaluate`` report's main scores as mteb results (:func:`write_mteb_results`).
+
+    Args:
+        folder: The results root.
+        model: The evaluated SentenceTransformer.
+        source: Where it came from (:func:`mmst_cli.core.models.locate.locate_model`).
+        report: The evaluation report (``data``, ``metrics``, ``main_metric``, ``prompts``).
+        qrels: The judgements scored.
+        model_name: The name to file the results under; ``None`` for the Hub id, or the model
+            folder's name (the run folder's name for a trained model in ``runs/NAME/model``).
+        task_name: The task's name; ``None`` for :func:`default_task_name` of the data.
+        split: The split the scores belong to.
+        languages: ISO 639-3 language-script codes of the data.
+        seconds: How long the evaluation took.
+
+    Returns:
+        The task file's path.
+    """
+    from mmst_cli.core.models.description import describe_model
+
+    location = Path(source.location)
+    if model_name is None and location.is_dir():
+        # mmst's run folders keep the model in runs/NAME/model: the run's name tells models apart.
+        model_name = location.parent.name if location.name == "model" and location.parent.name else location.name
+    uses_prompts = any(report["prompts"].values()) or any((getattr(model, "prompts", None) or {}).values())
+    return write_mteb_results(
+        folder,
+        model_meta=mteb_model_meta(describe_model(model, source), model_name or source.reference, uses_prompts=uses_prompts),
+        task_name=task_name or default_task_name(report["data"]),
+        split=split,
+        languages=languages,
+        metrics=report["metrics"],
+        main_metric=report["main_metric"],
+        dataset_revision=qrels_revision(qrels),
+        evaluation_time=seconds,
+    )
+
+
+def default_task_name(data: str) -> str:
+    """The name of ``--data``: a folder's or Hub dataset's last part, a file's name without extension."""
+    path = Path(data.rstrip("/"))
+    return path.stem if path.is_file() else path.name
