@@ -144,7 +144,8 @@ def child_metrics(queries: int, docs: int, dim: int, repeats: int) -> dict:
     from mmst_cli.core.retrieval.metrics import compute_metrics
 
     query_ids, query_vectors, corpus_ids, corpus, qrels = make_task(queries, docs, dim)
-    run = retrieve(query_ids, query_vectors, corpus_ids, corpus, k=DEPTH, similarity="cosine")
+    # As plain dicts: pytrec_eval reads only dicts, and both sides then time the metrics alone.
+    run = dict(retrieve(query_ids, query_vectors, corpus_ids, corpus, k=DEPTH, similarity="cosine"))
 
     def trec():
         per_query = pytrec_eval.RelevanceEvaluator(qrels, TREC_MEASURES).evaluate(run)
