@@ -61,7 +61,7 @@ from _common import (
 )
 
 SEED = 0
-DEPTH = 100  # documents kept per query: mmst evaluate's default depth, and the evaluator's max k (MAP@100)
+DEPTH = 100  # documents kept per query: the evaluator's max k (MAP@100), i.e. `mmst evaluate --depth 100`
 MMST_KS = (1, 3, 5, 10, 100)
 TARGET = ("<=", 1.0)
 TREC_MEASURES = {"ndcg_cut.10", "recip_rank", "recall.10", "P.10", "map_cut.10", "success.10"}
