@@ -19,6 +19,7 @@ from mmst_cli import __version__
 from mmst_cli.cli.detect import detect
 from mmst_cli.cli.encode import encode
 from mmst_cli.cli.evaluate import evaluate
+from mmst_cli.cli.mine import mine
 from mmst_cli.cli.train_embed import train_embed
 from mmst_cli.cli.train_rerank import train_rerank
 from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, MmstError, storage_failure
@@ -37,6 +38,7 @@ app.command("train-embed", rich_help_panel="Train")(train_embed)
 app.command("train-rerank", rich_help_panel="Train")(train_rerank)
 app.command("encode", rich_help_panel="Use")(encode)
 app.command("evaluate", rich_help_panel="Evaluate")(evaluate)
+app.command("mine", rich_help_panel="Train")(mine)
 
 _QUIET_LIBRARIES = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",

@@ -73,3 +73,20 @@ def search(
         if on_progress:
             on_progress(block.shape[0])
     return all_scores, all_indices
+
+
+def pair_scores(query_embeddings: np.ndarray, document_embeddings: np.ndarray, *, similarity: str = "cosine") -> np.ndarray:
+    """The score of each row's (query, document) pair, as :func:`search` scores it: ``(rows,)`` float32."""
+    import torch
+
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"unknown similarity {similarity!r}")
+    queries = torch.from_numpy(np.ascontiguousarray(query_embeddings, dtype=np.float32))
+    documents = torch.from_numpy(np.ascontiguousarray(document_embeddings, dtype=np.float32))
+    if similarity == "cosine":
+        queries = torch.nn.functional.normalize(queries, dim=-1)
+        documents = torch.nn.functional.normalize(documents, dim=-1)
+    if similarity in ("cosine", "dot"):
+        return (queries * documents).sum(dim=-1).numpy()
+    p = 2.0 if similarity == "euclidean" else 1.0
+    return -torch.linalg.vector_norm(queries - documents, ord=p, dim=-1).numpy()
