@@ -6,7 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from mmst_cli.core.retrieval.search import FAISS_MIN_IVF_DOCUMENTS, faiss_search, search
 
 from tests.data_factory import write_colour_pairs, write_tone_pairs
 from tests.helpers import assert_one_line_error, run_json, run_mmst, run_mmst_process
@@ -46,6 +49,7 @@ def test_text_negatives_exclude_every_positive_cache_and_both_trainers(tmp_path,
     cache = ["--cache-dir", str(tmp_path / "cache")]
     common = ["--model", str(minilm_path), "--data", str(pairs), "--corpus", str(corpus), *cache]
     summary = run_json("mine", *common, "--num-negatives", "2", "--scores", "-o", str(tmp_path / "mined.jsonl"))
+    assert summary["index"] == "exact"
     rows = read_rows(tmp_path / "mined.jsonl")
     positives = {}
     for query, answer in FACTS:
@@ -63,8 +67,8 @@ def test_text_negatives_exclude_every_positive_cache_and_both_trainers(tmp_path,
 
     # Another --num-negatives reuses the cached corpus embeddings; a margin removes and counts.
     again = run_json("mine", *common, "--num-negatives", "1", "--absolute-margin", "0.3", "--format", "labeled-list",
-                     "--keep-incomplete", "-o", str(tmp_path / "list.jsonl"))  # fmt: skip
-    assert again["corpus_cache"] == "hit" and again["removed"]["absolute_margin"] > 0
+                     "--keep-incomplete", "--index", "faiss", "-o", str(tmp_path / "list.jsonl"))  # fmt: skip
+    assert again["corpus_cache"] == "hit" and again["removed"]["absolute_margin"] > 0 and again["index"] == "faiss"
     listed = read_rows(tmp_path / "list.jsonl")
     assert all(row["labels"][0] == 1 and set(row["labels"][1:]) <= {0} for row in listed)
 
@@ -154,3 +158,19 @@ def test_bad_input_gets_one_line_and_nothing_written(tmp_path, facts, tiny_model
     missing = run_mmst("mine", "--model", str(tiny_models["bert"]), "--data", str(tmp_path / "nope.jsonl"), "-o", str(output))
     assert_one_line_error(missing, 2, "nope.jsonl", "does not exist")
     assert not output.exists()
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot", "euclidean"])
+def test_faiss_agrees_with_exact_search(similarity):
+    generator = np.random.default_rng(0)
+    corpus = generator.normal(size=(FAISS_MIN_IVF_DOCUMENTS, 16)).astype(np.float32)
+    queries = generator.normal(size=(40, 16)).astype(np.float32)
+    exact_scores, exact_indices = search(queries, corpus, 10, similarity=similarity)
+    # Every cluster probed: the inverted-file index must give exact search's ranking and scores.
+    lists = int(4 * FAISS_MIN_IVF_DOCUMENTS**0.5)
+    scores, indices = faiss_search(queries, corpus, 10, similarity=similarity, nprobe=lists)
+    assert (indices == exact_indices).mean() > 0.99
+    np.testing.assert_allclose(scores, exact_scores, rtol=1e-4, atol=1e-4)
+    # The default probes an eighth of the clusters: approximate, yet most of the top 10 is found.
+    _, approximate = faiss_search(queries, corpus, 10, similarity=similarity)
+    assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approximate, exact_indices)]) > 0.5

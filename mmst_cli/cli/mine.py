@@ -9,6 +9,9 @@ Examples:
     $ mmst mine --model ./my-clip --data queries_pages.csv --corpus ./pages \\
         --range-min 10 --range-max 50 --relative-margin 0.05 --num-negatives 5 --sampling random -o mined.jsonl
 
+    # A large corpus through a FAISS index (by default from 200,000 documents on)
+    $ mmst mine --model ./embedder --data pairs.parquet --corpus corpus.parquet --index faiss -o mined.jsonl
+
     # A BEIR folder (its qrels are respected); another page of the positive's PDF is never a negative
     $ mmst mine --model ./embedder --data ./scifact --split train -o mined.jsonl
     $ mmst mine --model ./embedder --data pages.jsonl --group-column source_pdf -o mined.jsonl
@@ -63,6 +66,7 @@ def mine(
     scores: Annotated[bool, typer.Option("--scores", help="Write the embedding scores too (a scores list, or a score per labeled pair).", rich_help_panel=OUTPUT)] = False,
     keep_incomplete: Annotated[bool, typer.Option("--keep-incomplete", help="Keep anchors that got fewer than --num-negatives negatives (labeled formats); they are dropped and counted otherwise.", rich_help_panel=OUTPUT)] = False,
     cache_dir: Annotated[str | None, typer.Option(help="Where corpus embeddings are cached, keyed by model and corpus content. Default: $MMST_CACHE/mine or ~/.cache/mmst/mine.", rich_help_panel=OUTPUT, show_default=False)] = None,
+    index: Annotated[str, typer.Option(help="exact: blocked exact search; faiss: an approximate FAISS index; auto: FAISS from 200,000 documents on.", rich_help_panel=MINING)] = "auto",
     batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.", rich_help_panel=MODEL)] = 32,
     trust_remote_code: TrustRemoteCodeOption = False,
     json_output: JsonOption = False,
@@ -78,7 +82,7 @@ def mine(
         range_min=range_min, range_max=range_max, absolute_margin=absolute_margin, relative_margin=relative_margin,
         max_score=max_score, min_score=min_score, sampling=sampling, seed=seed, reranker=reranker,
         reranker_threshold=reranker_threshold, output_format=output_format, scores=scores,
-        keep_incomplete=keep_incomplete, cache_dir=cache_dir, batch_size=batch_size, trust_remote_code=trust_remote_code,
+        keep_incomplete=keep_incomplete, cache_dir=cache_dir, index=index, batch_size=batch_size, trust_remote_code=trust_remote_code,
     )  # fmt: skip
     options.validate()  # before the model loads, and before the progress display imports transformers
     from mmst_cli.core.progress import progress_bars

@@ -41,6 +41,8 @@ Tracker = Callable[[str, int], Callable[[int], None]]
 
 #: ``--format`` values: rows for train-embed, and pointwise / listwise rows for train-rerank.
 FORMATS = ("triplet", "labeled-pair", "labeled-list")
+#: ``--index`` values: exact blocked search, FAISS, or FAISS from :data:`FAISS_MIN_DOCUMENTS` documents on.
+INDEXES = ("auto", "exact", "faiss")
 #: ``--sampling`` values, as Sentence Transformers names them.
 SAMPLINGS = ("top", "random")
 #: The rules a candidate passes, in order; the summary counts the candidates each one removed.
@@ -86,6 +88,7 @@ class MineOptions:
         scores: Write the embedding scores too.
         keep_incomplete: Keep anchors with fewer than ``num_negatives`` negatives (labelled formats).
         cache_dir: Corpus-embedding cache; ``None`` for ``$MMST_CACHE/mine`` or ``~/.cache/mmst/mine``.
+        index: One of :data:`INDEXES` (default ``auto``).
     """
 
     model: str
@@ -114,6 +117,7 @@ class MineOptions:
     scores: bool = False
     keep_incomplete: bool = False
     cache_dir: str | None = None
+    index: str = "auto"
     batch_size: int = 32
     trust_remote_code: bool = False
 
@@ -127,6 +131,8 @@ class MineOptions:
             raise MmstError(f"--range-max ({self.range_max}) must be above --range-min ({self.range_min})")
         if self.sampling not in SAMPLINGS:
             raise MmstError(f"--sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
+        if self.index not in INDEXES:
+            raise MmstError(f"--index must be one of {', '.join(INDEXES)}, got {self.index!r}")
         if self.output_format not in FORMATS:
             raise MmstError(f"--format must be one of {', '.join(FORMATS)}, got {self.output_format!r}")
         if self.keep_incomplete and self.output_format == "triplet":
@@ -264,6 +270,8 @@ def choose_negatives(
         floor = positive_scores[anchor]
         survivors: list[tuple[int, float]] = []
         for document, score in zip(indices[anchor].tolist()[options.range_min :], scores[anchor].tolist()[options.range_min :]):
+            if document < 0:  # FAISS pads a short list of an inverted-file index with -1
+                continue
             rule = _rejecting_rule(
                 document, score, positives, positive_hashes,
                 positive_groups, hashes, mining.groups, floor, options,
@@ -381,7 +389,7 @@ def run_mining(options: MineOptions, *, track: Tracker = _no_progress) -> dict[s
     from mmst_cli.core.models.locate import locate_model
     from mmst_cli.core.outputs import atomic_path, ensure_writable_file
     from mmst_cli.core.retrieval.evaluation import _similarity
-    from mmst_cli.core.retrieval.search import pair_scores, search
+    from mmst_cli.core.retrieval.search import FAISS_MIN_DOCUMENTS, faiss_search, pair_scores, search
 
     options.validate()
     output = Path(options.output).expanduser()
@@ -408,7 +416,13 @@ def run_mining(options: MineOptions, *, track: Tracker = _no_progress) -> dict[s
     similarity = _similarity(model)
     max_positives = max(len(documents) for documents in mining.relevant.values())
     depth = min(default_range_max(options, max_positives), len(mining.documents))
-    scores, indices = search(query_vectors, document_vectors, depth, similarity=similarity, on_progress=track("searching", len(mining.anchors)))
+    index = options.index
+    if index == "auto":
+        index = "faiss" if len(mining.documents) >= FAISS_MIN_DOCUMENTS and similarity != "manhattan" else "exact"
+    if index == "faiss" and similarity == "manhattan":
+        raise MmstError("--index faiss: the model scores with manhattan distance, which FAISS does not index; use --index exact")
+    find = faiss_search if index == "faiss" else search
+    scores, indices = find(query_vectors, document_vectors, depth, similarity=similarity, on_progress=track("searching", len(mining.anchors)))
     row_anchor = [a for a, _ in mining.rows]
     row_positive = [p for _, p in mining.rows]
     row_scores = pair_scores(query_vectors[row_anchor], document_vectors[row_positive], similarity=similarity)
@@ -461,6 +475,7 @@ def run_mining(options: MineOptions, *, track: Tracker = _no_progress) -> dict[s
         "documents": len(mining.documents),
         "corpus_documents": corpus_size,
         "searched_per_anchor": depth,
+        "index": index,
         "rows_written": len(rows),
         "rows_short_of_negatives": short_rows,
         "short_rows_kept": options.keep_incomplete,
