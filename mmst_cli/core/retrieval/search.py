@@ -23,6 +23,20 @@ def _scores(queries, documents, similarity: str):
     return -torch.cdist(queries, documents, p=p)
 
 
+def _float_tensors(queries: np.ndarray, documents: np.ndarray, similarity: str):
+    """Both arrays as float32 tensors, L2-normalised for ``cosine``; an unknown similarity raises ``ValueError``."""
+    import torch
+
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"unknown similarity {similarity!r}")
+    queries = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    documents = torch.from_numpy(np.ascontiguousarray(documents, dtype=np.float32))
+    if similarity == "cosine":
+        queries = torch.nn.functional.normalize(queries, dim=-1)
+        documents = torch.nn.functional.normalize(documents, dim=-1)
+    return queries, documents
+
+
 def search(
     query_embeddings: np.ndarray,
     corpus_embeddings: np.ndarray,
@@ -46,13 +60,7 @@ def search(
     """
     import torch
 
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"unknown similarity {similarity!r}")
-    queries = torch.from_numpy(np.ascontiguousarray(query_embeddings, dtype=np.float32))
-    corpus = torch.from_numpy(np.ascontiguousarray(corpus_embeddings, dtype=np.float32))
-    if similarity == "cosine":
-        queries = torch.nn.functional.normalize(queries, dim=-1)
-        corpus = torch.nn.functional.normalize(corpus, dim=-1)
+    queries, corpus = _float_tensors(query_embeddings, corpus_embeddings, similarity)
     keep = min(k, corpus.shape[0])
     all_scores = np.empty((queries.shape[0], keep), dtype=np.float32)
     all_indices = np.empty((queries.shape[0], keep), dtype=np.int64)
@@ -79,13 +87,7 @@ def pair_scores(query_embeddings: np.ndarray, document_embeddings: np.ndarray, *
     """The score of each row's (query, document) pair, as :func:`search` scores it: ``(rows,)`` float32."""
     import torch
 
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"unknown similarity {similarity!r}")
-    queries = torch.from_numpy(np.ascontiguousarray(query_embeddings, dtype=np.float32))
-    documents = torch.from_numpy(np.ascontiguousarray(document_embeddings, dtype=np.float32))
-    if similarity == "cosine":
-        queries = torch.nn.functional.normalize(queries, dim=-1)
-        documents = torch.nn.functional.normalize(documents, dim=-1)
+    queries, documents = _float_tensors(query_embeddings, document_embeddings, similarity)
     if similarity in ("cosine", "dot"):
         return (queries * documents).sum(dim=-1).numpy()
     p = 2.0 if similarity == "euclidean" else 1.0
