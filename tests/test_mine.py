@@ -140,9 +140,12 @@ def test_qrels_groups_and_reranker_remove_false_negatives(tmp_path, tiny_models,
         assert f"page {sibling} text" not in negatives_of(row)
 
     # A threshold below every probability: the reranker judges every candidate relevant.
-    reranked = run_json("mine", *common, "--data", str(pages), "--reranker", str(tiny_reranker), "--reranker-threshold",
+    # The human summary on stderr says the same as --json would.
+    reranked = run_mmst("mine", *common, "--data", str(pages), "--reranker", str(tiny_reranker), "--reranker-threshold",
                         "0", "--format", "labeled-pair", "--keep-incomplete", "-o", str(tmp_path / "pairs.jsonl"))  # fmt: skip
-    assert reranked["removed"]["reranker"] > 0 and reranked["rows_short_of_negatives"] == 6
+    assert reranked.returncode == 0 and reranked.stdout == "", reranked.stderr
+    assert "6 rows got fewer negatives than asked (kept)" in reranked.stderr
+    assert "candidates removed: relevant 6, reranker " in reranked.stderr
     assert {row["label"] for row in read_rows(tmp_path / "pairs.jsonl")} == {1}
 
 

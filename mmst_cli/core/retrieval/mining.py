@@ -479,7 +479,6 @@ def run_mining(options: MineOptions, *, track: Tracker = _no_progress) -> dict[s
         "rows_written": len(rows),
         "rows_short_of_negatives": short_rows,
         "short_rows_kept": options.keep_incomplete,
-        "negatives_written": sum(len(chosen[a]) for a, _ in mining.rows if len(chosen[a]) >= options.num_negatives or options.keep_incomplete),
         "removed": removed,
         "corpus_cache": cache,
         "notes": notes,
