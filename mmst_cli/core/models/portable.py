@@ -40,14 +40,28 @@ def _class_name(reference: str) -> str:
     return reference.rpartition(".")[2]
 
 
-def _mmst_references() -> dict[str, str]:
-    """Every reference to one of mmst's module classes -> its portable reference.
+def _own_references() -> dict[str, str]:
+    """The dotted path of each portable class in the package -> its portable reference.
 
-    Besides the portable and earlier references, the class's own dotted path: Sentence Transformers
-    writes that one (e.g. into the trainer's checkpoints) until :func:`make_portable` rewrites it.
+    Sentence Transformers writes that path (e.g. into the trainer's checkpoints) until
+    :func:`make_portable` rewrites it.
     """
-    own = {f"{module}.{_class_name(reference)}": reference for reference, module in PORTABLE_MODULES.items()}
-    return {**{reference: reference for reference in PORTABLE_MODULES}, **own, **EARLIER_REFERENCES}
+    return {f"{module}.{_class_name(reference)}": reference for reference, module in PORTABLE_MODULES.items()}
+
+
+def _mmst_references() -> dict[str, str]:
+    """Every reference to one of mmst's module classes (portable, own, earlier) -> its portable reference."""
+    return {**{reference: reference for reference in PORTABLE_MODULES}, **_own_references(), **EARLIER_REFERENCES}
+
+
+def portable_references(model) -> list[str]:
+    """The portable references of mmst's module classes that a model in memory holds (Router routes included).
+
+    Non-empty means its saved folder needs ``trust_remote_code=True`` outside mmst.
+    """
+    own = _own_references()
+    held = {f"{type(module).__module__}.{type(module).__name__}" for module in model.modules()}
+    return sorted(own[name] for name in held if name in own)
 
 
 def mmst_module_classes() -> dict[str, type]:
