@@ -240,9 +240,16 @@ def test_standalone_encoder_round_trip_in_process(tmp_path):
         "timm_kwargs": None,
     }
     assert (tmp_path / "0_TimmImageEncoder" / "model.safetensors").is_file()
-    reloaded = load_with_mmst_modules(tmp_path, device="cpu")
+    reloaded = load_with_mmst_modules(tmp_path, device="cpu")  # as Sentence Transformers wrote it
     assert isinstance(reloaded[0], TimmImageEncoder)
     assert np.array_equal(reloaded.encode(images), expected)
+
+    # As mmst saves it: the module listed in modules.json is named file.Class, its file beside it.
+    portable = tmp_path / "portable"
+    assert save_model(model, portable) == ["timm_image_encoder.TimmImageEncoder"]
+    assert json.loads((portable / "modules.json").read_text())[0]["type"] == "timm_image_encoder.TimmImageEncoder"
+    assert (portable / "timm_image_encoder.py").is_file()
+    assert np.array_equal(load_with_mmst_modules(portable, device="cpu").encode(images), expected)
 
 
 # --------------------------------------------------------------------------------------- (c) frozen BatchNorm
