@@ -25,12 +25,14 @@ from mmst_cli.cli.train_rerank import train_rerank
 from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, MmstError, storage_failure
 
 class MmstCommand(TyperCommand):
-    """A command whose flags that are off by default have no ``--no-`` form.
+    """A command whose ``--help`` stays readable at 80 columns, with every flag name whole.
 
-    ``--no-allow-outside-root`` only restates the default, and the column Rich gives such negative
-    names took so much of an 80-column terminal that flag names and help were cut ("--gather-across-dev…").
-    Flags that are on by default keep both forms. Applied here, once, so every command and every
-    new flag follow the rule; ``tests/test_help_width.py`` checks each command's help at 80 columns.
+    Flags that are off by default have no ``--no-`` form: ``--no-allow-outside-root`` only restates
+    the default, and the column Rich gives such names took so much of an 80-column terminal that
+    flag names and help were cut ("--gather-across-dev…"). Flags that are on by default keep both
+    forms. Option names are then drawn unshrunk (:mod:`mmst_cli.cli.help_layout`). Applied here,
+    once, so every command and every new flag follow the rules; ``tests/test_help_width.py`` checks
+    each command's help at 80 columns.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -38,6 +40,12 @@ class MmstCommand(TyperCommand):
         for param in self.params:
             if getattr(param, "is_flag", False) and param.secondary_opts and param.default is False:
                 param.secondary_opts = []
+
+    def format_help(self, ctx, formatter) -> None:
+        from mmst_cli.cli.help_layout import whole_option_names
+
+        with whole_option_names():
+            super().format_help(ctx, formatter)
 
 
 app = typer.Typer(
