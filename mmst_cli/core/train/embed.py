@@ -15,6 +15,7 @@ from mmst_cli.core.data.tables import PairData, load_pair_data, split_off_eval
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.models.locate import peek_audio_sampling_rate
 from mmst_cli.core.models.lora import add_lora, merge_lora
+from mmst_cli.core.models.model_card import name_training_data, record_scores, show_loading
 from mmst_cli.core.retrieval.tasks import MAIN_METRIC, pairs_to_retrieval_task
 from mmst_cli.core.train.common import (
     TrainingOptions,
@@ -224,6 +225,8 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
     base_metrics = evaluator.scores(model) if evaluator else {}
     if base_metrics:
         log(f"before training: NDCG@10 {base_metrics[MAIN_METRIC]:.4f}")
+        record_scores(model, evaluator, base_metrics)
+    name_training_data(model, train_data.source)
 
     from sentence_transformers import SentenceTransformerTrainer
 
@@ -239,6 +242,9 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
     if options.lora.enabled:
         merge_lora(model)
     final_metrics = evaluator.scores(model) if evaluator else {}
+    if final_metrics:
+        record_scores(model, evaluator, final_metrics, epoch=trainer.state.epoch or 0, step=trainer.state.global_step)
+    show_loading(model, model_dir)
 
     summary = {
         "model": built.description,
