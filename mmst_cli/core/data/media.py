@@ -16,6 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from mmst_cli.core.data.documents import (
+    PdfPage,
+    PdfProblem,
+    RenderSettings,
+    page_id,
+    page_numbers,
+    page_of,
+    page_sizes,
+    parse_page_reference,
+    render_size,
+)
 from mmst_cli.core.errors import first_line
 from mmst_cli.core.outputs import atomic_path
 
@@ -45,7 +56,8 @@ class InputReport:
         value: The input as given.
         modality: ``text``, ``image``, ``audio``, ``video``, ``message``, or a sorted tuple such as
             ``("image", "text")`` for a multimodal dict.
-        source: ``text``, ``file``, ``url``, ``data-uri``, ``message`` or ``dict``.
+        source: ``text``, ``file``, ``pdf`` (a page of a PDF file, ``report.pdf#page=3``), ``url``,
+            ``data-uri``, ``message`` or ``dict``.
         problem: Why the input cannot be used (``file not found``, ``does not decode as an image``,
             ...), or ``None`` when it is fine.
     """
@@ -54,6 +66,7 @@ class InputReport:
     modality: str | tuple[str, ...]
     source: str
     problem: str | None = None
+    detail: str | None = None
 
 
 def media_cache_dir() -> Path:
@@ -175,8 +188,14 @@ def processor_readable_image(path: Path) -> Path:
     orientation applied) and first frame only, into ``converted/`` in the media cache, named by
     a hash of the file's bytes so that reruns reuse it. ``path`` must have passed
     :func:`verify_image`.
+
+    A PDF page (``/data/report.pdf#page=3``, checked by :func:`classify_string`) is rendered at the
+    default resolution by :func:`page_image_file`.
     """
     from PIL import Image
+
+    if string_modality(path.name)[1] == "pdf":
+        return page_image_file(page_of(path.name, path.parent, RenderSettings()))  # checked by classify_string
 
     with Image.open(path) as image:
         readable = (
@@ -194,6 +213,21 @@ def processor_readable_image(path: Path) -> Path:
     return converted
 
 
+def page_image_file(page: PdfPage) -> Path:
+    """A PDF page rendered into a PNG file in ``pages/`` of the media cache, for readers that take
+    image files (trainers, rerankers); named by a hash of the file's path, size, modification time,
+    the page and how it renders, so that every epoch and rerun reuses it."""
+    stat = page.path.stat()
+    settings = page.settings
+    key = json.dumps([str(page.path), stat.st_size, stat.st_mtime_ns, page.number, settings.dpi, settings.max_pixels])
+    rendered = media_cache_dir() / "pages" / f"{hashlib.sha256(key.encode()).hexdigest()}.png"
+    if not rendered.exists():
+        image = page.render()
+        with atomic_path(rendered) as temporary:
+            image.save(temporary, format="PNG", compress_level=1)  # fast; pages are re-read, not shipped
+    return rendered
+
+
 def _as_8bit_rgb(path: Path):
     import numpy as np
     from PIL import Image, ImageOps
@@ -207,32 +241,65 @@ def _as_8bit_rgb(path: Path):
 
 
 def string_modality(value: str) -> tuple[str, str]:
-    """The modality and source (``text``, ``file``, ``url``, ``data-uri``) a string names, by name only."""
+    """The modality and source (``text``, ``file``, ``pdf``, ``url``, ``data-uri``) a string names, by name only.
+
+    A PDF reference (``report.pdf``, ``report.pdf#page=3``) is an image: its page, rendered.
+    """
     if value.startswith("data:image/"):
         return "image", "data-uri"
     if _is_url(value):
         modality = media_modality_of_name(urlparse(value).path)
         return (modality, "url") if modality else ("text", "text")
     modality = media_modality_of_name(value)
+    if modality is None and _is_pdf_reference(value):
+        return "image", "pdf"
     return (modality, "file") if modality else ("text", "text")
 
 
-def classify_string(value: str, root: Path | None = None, confine_to: Path | None = None) -> InputReport:
-    """Classify one string input: plain text, a media file path, a media URL or a data URI.
+def _is_pdf_reference(value: str) -> bool:
+    try:
+        return parse_page_reference(value) is not None
+    except PdfProblem:  # a PDF reference with a malformed page part: classify_string names it
+        return True
+
+
+def classify_string(
+    value: str, root: Path | None = None, confine_to: Path | None = None, pdf: RenderSettings = RenderSettings()
+) -> InputReport:
+    """Classify one string input: plain text, a media file path, a PDF page, a media URL or a data URI.
 
     Args:
         value: The string as a user would pass it to ``model.encode``.
         root: Folder that relative paths are resolved against; the current directory when ``None``.
         confine_to: When set, a media path that resolves outside this folder (``../../etc/passwd``,
             an absolute path elsewhere, a symlink out) is refused: see :func:`confinement_problem`.
+        pdf: How PDF pages render (resolution, pixel budget, password); the defaults when not given.
     """
     modality, source = string_modality(value)
-    if source != "file":
+    if source not in ("file", "pdf"):
         return InputReport(value, modality, source)
-    path = Path(value).expanduser()
+    try:
+        reference = parse_page_reference(value) if source == "pdf" else None
+    except PdfProblem as error:
+        return InputReport(value, modality, source, str(error))
+    path = Path(reference.file if reference else value).expanduser()
     if root is not None and not path.is_absolute():
         path = root / path
-    return InputReport(value, modality, "file", confinement_problem(path, confine_to) or check_media_file(path, modality))
+    problem = confinement_problem(path, confine_to)
+    if reference is None:
+        return InputReport(value, modality, source, problem or check_media_file(path, modality))
+    if problem:
+        return InputReport(value, modality, source, problem)
+    if not reference.is_one_page:
+        example = f"{reference.file}#page={reference.first or 1}"
+        return InputReport(value, modality, source, f"names several pages; an input is one page, such as {example}")
+    try:
+        sizes = page_sizes(path, pdf.password)
+        number = page_numbers(reference, len(sizes))[0]
+        width, height = render_size(sizes[number - 1], pdf)
+    except PdfProblem as error:
+        return InputReport(value, modality, source, str(error))
+    return InputReport(value, modality, source, detail=f"page rendered at {width}x{height} px ({pdf.dpi:g} dpi)")
 
 
 def classify_input(value: str, root: Path | None = None) -> InputReport:
@@ -274,3 +341,19 @@ def _classify_dict(value: str, parsed: dict, root: Path | None) -> InputReport:
     if len(modality) == 1:
         modality = modality[0]
     return InputReport(value, modality, "dict", "; ".join(problems) or None)
+
+
+def expand_pdf(reference: str, folder: Path, confine_to: Path | None, password: str | None = None) -> list[str]:
+    """The page ids a PDF reference names: every page of ``report.pdf``, or ``report.pdf#page=2-5``'s.
+
+    Ids are relative to ``folder`` as written (``sub/report.pdf#page=3``). A file that cannot be
+    opened gives the id of its first page, whose check then names the file's problem.
+    """
+    parsed = parse_page_reference(reference)
+    path = folder / Path(parsed.file).expanduser()
+    if confinement_problem(path, confine_to) is None:  # opening a file outside the folder is the gate's call
+        try:
+            return [page_id(parsed.file, number) for number in page_numbers(parsed, len(page_sizes(path, password)))]
+        except PdfProblem:
+            pass
+    return [page_id(parsed.file, parsed.first or 1)]

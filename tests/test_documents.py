@@ -1,0 +1,161 @@
+"""PDF pages as inputs: references, rendering, text layers, encode, evaluate, training data and every bad case.
+
+PDFs are written at test time (tests/pdf_factory.py): text pages with a real text layer, picture
+pages without one (as a scanner makes), and broken files. Vectors are compared with
+``model.encode`` on the pages rendered by PDFium directly, so the whole path is checked.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from mmst_cli.core.data.documents import (
+    MAX_PAGE_PIXELS,
+    PageReference,
+    PdfProblem,
+    RenderSettings,
+    page_text,
+    parse_page_reference,
+    render_page,
+    render_size,
+)
+from mmst_cli.core.encode.job import EncodeOptions, run_encode
+from mmst_cli.core.errors import MmstError
+from tests.helpers import assert_one_line_error, run_json, run_mmst
+from tests.pdf_factory import (
+    write_empty_pdf,
+    write_encrypted_pdf,
+    write_image_pdf,
+    write_sized_pdf,
+    write_text_pdf,
+)
+
+REPORT_PAGES = ["Quarterly revenue grew\nby ten percent", "Costs fell in the third quarter", "Outlook for next year"]
+
+
+@pytest.fixture(scope="module")
+def clip(tiny_models):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(tiny_models["clip"]))
+
+
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory):
+    """docs/report.pdf (3 text pages) and docs/scans/scan.pdf (2 picture pages without text)."""
+    folder = tmp_path_factory.mktemp("pdfs") / "docs"
+    write_text_pdf(folder / "report.pdf", REPORT_PAGES)
+    write_image_pdf(folder / "scans" / "scan.pdf", 2)
+    (folder / ".hidden.pdf").write_bytes(b"not looked at")
+    return folder
+
+
+def encode(model, model_path, inputs, output, **options):
+    notes: list[str] = []
+    job = EncodeOptions(inputs=str(inputs), output=str(output), model=str(model_path), **options)
+    return run_encode(job, model=model, show_progress=False, log=notes.append), notes
+
+
+# ------------------------------------------------------------------------------------------ core
+
+
+def test_references_and_render_sizes():
+    assert parse_page_reference("a/report.PDF#page=3") == PageReference("a/report.PDF", 3)
+    assert parse_page_reference("report.pdf#page=2-5") == PageReference("report.pdf", 2, 5)
+    assert parse_page_reference("report.pdf") == PageReference("report.pdf")
+    assert parse_page_reference("photo.png") is None and parse_page_reference("a pdf about cats") is None
+    for bad, fragment in (("r.pdf#page=0", "count from 1"), ("r.pdf#page=5-2", "runs backwards"), ("r.pdf#page=x", "not a page")):
+        with pytest.raises(PdfProblem, match=fragment):
+            parse_page_reference(bad)
+    assert render_size((612, 792), RenderSettings()) == (1224, 1584)  # Letter at 144 dpi
+    width, height = render_size((612, 792), RenderSettings(max_pixels=360_000))
+    assert width * height <= 360_000 and abs(width / height - 612 / 792) < 0.01  # budget kept, aspect too
+    with pytest.raises(PdfProblem, match="megapixel limit"):
+        render_size((14_400, 14_400), RenderSettings())  # 200 x 200 inches: a bomb, not a page
+    assert render_size((14_400, 14_400), RenderSettings(dpi=36)) == (7200, 7200)  # fine at a lower dpi
+    assert 7200 * 7200 < MAX_PAGE_PIXELS
+    with pytest.raises(MmstError, match="--pdf-dpi must be a positive number"):
+        RenderSettings(dpi=0)
+
+
+# ------------------------------------------------------------------------------------------ encode
+
+
+def test_encode_folder_embeds_every_page_in_order_as_model_encode_on_the_renders(clip, tiny_models, docs, tmp_path):
+    output = tmp_path / "pages.parquet"
+    result, _ = encode(clip, tiny_models["clip"], docs, output, pdf_dpi=72)
+    ids = [f"report.pdf#page={n}" for n in (1, 2, 3)] + ["scans/scan.pdf#page=1", "scans/scan.pdf#page=2"]
+    table = pq.read_table(output)
+    assert table["id"].to_pylist() == ids and result.summary["pdf_pages"] == 5
+    pages = json.loads(table.schema.metadata[b"mmst"])["pdf"]["pages"]
+    assert [(page["file"], page["page"]) for page in pages] == [(i.split("#")[0], int(i[-1])) for i in ids]
+    assert pages[0]["width_pt"] == 612 and pages[3]["height_pt"] == 400
+    settings = RenderSettings(dpi=72)
+    expected = clip.encode([render_page(docs / id_.split("#")[0], int(id_[-1]), settings) for id_ in ids])
+    np.testing.assert_allclose(np.array(table["embedding"].to_pylist()), expected, atol=1e-5)
+    # Rendered with no threads, one call at a time, the vectors are the same.
+    one_pdf, _ = encode(clip, tiny_models["clip"], f"{docs}/report.pdf#page=2-3", tmp_path / "two.npy", pdf_dpi=72,
+                        decode_workers=0, batch_size=1)  # fmt: skip
+    assert one_pdf.summary["count"] == 2
+    np.testing.assert_allclose(np.load(tmp_path / "two.npy"), expected[1:3], atol=1e-5)
+
+
+def test_encode_text_layer_counts_scanned_pages(clip, tiny_models, docs, tmp_path):
+    assert page_text(docs / "report.pdf", 1) == REPORT_PAGES[0]  # a real text layer, read back
+    output = tmp_path / "text.jsonl"
+    result, notes = encode(clip, tiny_models["clip"], docs, output, pdf_text=True)
+    assert result.summary["modalities"] == {"text": 5}
+    assert any("2 of 5 PDF page(s) have no text layer" in note for note in notes)
+    vectors = np.array([json.loads(line)["embedding"] for line in output.read_text().splitlines()])
+    np.testing.assert_allclose(vectors, clip.encode([*REPORT_PAGES, "", ""]), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def bad_pdfs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad")
+    good = write_text_pdf(folder / "good.pdf", ["one page"])
+    (folder / "corrupt.pdf").write_bytes(b"%PDF-1.4\nthis is not a PDF body")
+    (folder / "truncated.pdf").write_bytes(good.read_bytes()[:300])
+    write_encrypted_pdf(folder / "locked.pdf", "s3cret")
+    write_empty_pdf(folder / "empty.pdf")
+    write_sized_pdf(folder / "poster.pdf", (14_400, 14_400))
+    outside = write_text_pdf(tmp_path_factory.mktemp("elsewhere") / "secret.pdf", ["private"])
+    (folder / "link.pdf").symlink_to(outside)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("line", "fragments"),
+    [
+        ("corrupt.pdf#page=1", ("corrupt.pdf#page=1", "corrupt or truncated")),
+        ("truncated.pdf#page=1", ("truncated.pdf#page=1", "corrupt or truncated")),
+        ("locked.pdf#page=1", ("locked.pdf#page=1", "is encrypted", "--pdf-password")),
+        ("good.pdf#page=4", ("good.pdf#page=4", "page 4 is out of range: the document has 1 page(s)")),
+        ("empty.pdf#page=1", ("empty.pdf#page=1", "has no pages")),
+        ("poster.pdf#page=1", ("poster.pdf#page=1", "829 megapixels at 144 dpi", "--pdf-dpi")),
+        ("link.pdf#page=1", ("link.pdf#page=1", "resolves outside the data folder")),
+        ("good.pdf", ("good.pdf", "names several pages", "good.pdf#page=1")),
+        ("good.pdf#page=0", ("good.pdf#page=0", "pages count from 1")),
+    ],
+)
+def test_bad_pdf_pages_are_one_line_errors_naming_file_and_page(bad_pdfs, tmp_path, line, fragments):
+    (tmp_path / "inputs.txt").write_text(f"a text\n{line}\n")
+    result = run_mmst("encode", str(tmp_path / "inputs.txt"), "--media-root", str(bad_pdfs), "-o", str(tmp_path / "x.npy"))
+    assert_one_line_error(result, 2, "line 2", *fragments)
+    assert list(tmp_path.iterdir()) == [tmp_path / "inputs.txt"]
+
+
+def test_skip_bad_leaves_bad_files_out_and_a_password_opens_a_locked_one(clip, tiny_models, bad_pdfs, tmp_path):
+    refused = run_mmst("encode", str(bad_pdfs), "-o", str(tmp_path / "x.npy"))
+    assert_one_line_error(refused, 2, "6 of 7 rows are unusable", "file 'corrupt.pdf#page=1'", "--skip-bad")
+    result, notes = encode(clip, tiny_models["clip"], bad_pdfs, tmp_path / "kept.jsonl", skip_bad=True,
+                           pdf_password="s3cret", pdf_dpi=36)  # fmt: skip
+    kept = [json.loads(line)["id"] for line in (tmp_path / "kept.jsonl").read_text().splitlines()]
+    assert kept == ["good.pdf#page=1", "locked.pdf#page=1", "poster.pdf#page=1"]  # the poster fits at 36 dpi
+    assert result.summary["skipped"] == 4 and "left out 4 unusable row(s)" in notes[0]
+    wrong = run_mmst("encode", f"{bad_pdfs}/locked.pdf", "--pdf-password", "nope", "-o", str(tmp_path / "x.npy"))
+    assert_one_line_error(wrong, 2, "locked.pdf#page=1", "--pdf-password does not open it")
