@@ -159,3 +159,59 @@ def test_skip_bad_leaves_bad_files_out_and_a_password_opens_a_locked_one(clip, t
     assert result.summary["skipped"] == 4 and "left out 4 unusable row(s)" in notes[0]
     wrong = run_mmst("encode", f"{bad_pdfs}/locked.pdf", "--pdf-password", "nope", "-o", str(tmp_path / "x.npy"))
     assert_one_line_error(wrong, 2, "locked.pdf#page=1", "--pdf-password does not open it")
+
+
+# ------------------------------------------------------------------------------------------ data columns
+
+
+@pytest.fixture(scope="module")
+def page_pairs(tmp_path_factory):
+    """pairs.jsonl of (caption, page reference) over one 6-page picture PDF, with a negative page."""
+    folder = tmp_path_factory.mktemp("page-pairs")
+    write_image_pdf(folder / "catalogue.pdf", 6)
+    rows = [
+        {"caption": f"catalogue page {n}", "page": f"catalogue.pdf#page={n}", "negative": f"catalogue.pdf#page={n % 6 + 1}"}
+        for n in range(1, 7)
+    ]
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder / "pairs.jsonl"
+
+
+def test_page_references_train_and_evaluate_as_rendered_images(tiny_models, page_pairs, tmp_path):
+    from mmst_cli.core.data.tables import load_pair_data
+
+    data = load_pair_data(str(page_pairs))
+    assert data.column_modalities == {"caption": "text", "page": "image", "negative": "image"}
+    rendered = data.dataset["page"]
+    assert all(path.endswith(".png") and "/pages/" in path for path in rendered)  # cached for epochs and reruns
+    assert render_page(page_pairs.parent / "catalogue.pdf", 2).tobytes() == _pixels(rendered[1])
+    summary = run_json("train-embed", "--model", str(tiny_models["clip"]), "--data", str(page_pairs), "--columns",
+                       "caption,page,negative", "--eval-split", "0.5", "--max-steps", "1", "--batch-size", "2",
+                       "--output-dir", str(tmp_path / "run"))  # fmt: skip
+    assert summary["train_rows"] == 3 and summary["eval_rows"] == 3
+    assert summary["base"]["recall@10"] == 1.0  # evaluated on page references too: 3 queries over the 6 pages
+
+
+def _pixels(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB").tobytes()
+
+
+def test_rerank_data_takes_page_references(page_pairs):
+    from mmst_cli.core.train.rerank_data import load_rerank_data
+
+    data = load_rerank_data(str(page_pairs), columns=["caption", "page", "negative"])
+    assert data.column_modalities["document"] == "image"
+    assert all(str(document).endswith(".png") for document in data.documents)
+
+
+def test_detect_says_how_a_page_is_taken(tiny_models, page_pairs):
+    result = run_mmst("detect", str(tiny_models["clip"]), "-i", "catalogue.pdf#page=2", "-i", "catalogue.pdf#page=9",
+                      "--pdf-dpi", "72", "--json", cwd=page_pairs.parent)  # fmt: skip
+    assert result.returncode == 1  # one input cannot be used
+    page, missing = json.loads(result.stdout)["inputs"]
+    assert (page["modality"], page["source"], page["supported"]) == ("image", "pdf", True)
+    assert page["detail"] == "page rendered at 300x400 px (72 dpi)"
+    assert not missing["supported"] and "page 9 is out of range" in missing["problem"]

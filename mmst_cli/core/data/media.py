@@ -302,7 +302,7 @@ def classify_string(
     return InputReport(value, modality, source, detail=f"page rendered at {width}x{height} px ({pdf.dpi:g} dpi)")
 
 
-def classify_input(value: str, root: Path | None = None) -> InputReport:
+def classify_input(value: str, root: Path | None = None, pdf: RenderSettings = RenderSettings()) -> InputReport:
     """Classify a command-line input, which may also be a JSON object.
 
     A JSON object with ``role`` and ``content`` is a chat message; one with keys among
@@ -316,11 +316,11 @@ def classify_input(value: str, root: Path | None = None) -> InputReport:
         except json.JSONDecodeError:
             parsed = None
         if isinstance(parsed, dict):
-            return _classify_dict(value, parsed, root)
-    return classify_string(value, root)
+            return _classify_dict(value, parsed, root, pdf)
+    return classify_string(value, root, pdf=pdf)
 
 
-def _classify_dict(value: str, parsed: dict, root: Path | None) -> InputReport:
+def _classify_dict(value: str, parsed: dict, root: Path | None, pdf: RenderSettings) -> InputReport:
     if "role" in parsed and "content" in parsed:
         return InputReport(value, "message", "message")
     unknown = sorted(set(parsed) - set(MULTIMODAL_KEYS))
@@ -332,7 +332,7 @@ def _classify_dict(value: str, parsed: dict, root: Path | None) -> InputReport:
     for key, item in parsed.items():
         if key == "text":
             continue
-        report = classify_string(str(item), root)
+        report = classify_string(str(item), root, pdf=pdf)
         if report.modality != key:
             problems.append(f"{key}: {item!r} is not a {key} file name or URL")
         elif report.problem:
