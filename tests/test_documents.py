@@ -215,3 +215,41 @@ def test_detect_says_how_a_page_is_taken(tiny_models, page_pairs):
     assert (page["modality"], page["source"], page["supported"]) == ("image", "pdf", True)
     assert page["detail"] == "page rendered at 300x400 px (72 dpi)"
     assert not missing["supported"] and "page 9 is out of range" in missing["problem"]
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+
+
+def test_evaluate_a_folder_of_pdfs_scores_pages_as_a_beir_corpus_of_their_renders(tiny_models, docs, tmp_path):
+    """queries.jsonl and qrels on page ids beside corpus/ of PDFs score exactly as the same pages
+    rendered to PNG files (or their text layers) listed in a corpus.jsonl."""
+    ids = [f"report.pdf#page={n}" for n in (1, 2, 3)] + ["scans/scan.pdf#page=1", "scans/scan.pdf#page=2"]
+    queries = ["revenue growth", "lower costs", "next year", "a striped page", "another striped page"]
+    pdf_task, beir_image, beir_text = (tmp_path / name for name in ("pdfs", "beir-image", "beir-text"))
+    for folder in (pdf_task, beir_image, beir_text):
+        (folder / "qrels").mkdir(parents=True)
+        (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": q}) + "\n" for i, q in enumerate(queries)))
+        (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{id_}\t1\n" for i, id_ in enumerate(ids)))
+    import shutil
+
+    shutil.copytree(docs, pdf_task / "corpus")
+    renders = []
+    for index, id_ in enumerate(ids):
+        render_page(docs / id_.split("#")[0], int(id_[-1])).save(beir_image / f"{index}.png")
+        renders.append({"_id": id_, "image": f"{index}.png"})
+    (beir_image / "corpus.jsonl").write_text("".join(json.dumps(row) + "\n" for row in renders))
+    texts = [*REPORT_PAGES, "", ""]
+    (beir_text / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in zip(ids, texts)))
+
+    model = ["--model", str(tiny_models["clip"])]
+    pages = run_json("evaluate", *model, "--data", str(pdf_task))
+    assert (pages["documents"], pages["warnings"]) == (5, [])
+    assert pages["stages"][0]["metrics"] == run_json("evaluate", *model, "--data", str(beir_image))["stages"][0]["metrics"]
+    by_text = run_json("evaluate", *model, "--data", str(pdf_task), "--pdf-text")
+    assert by_text["warnings"] == ["2 of 5 PDF page(s) have no text layer (scanned?); --pdf-text scores them as empty text"]
+    assert by_text["stages"][0]["metrics"] == run_json("evaluate", *model, "--data", str(beir_text))["stages"][0]["metrics"]
+    (pdf_task / "corpus" / "broken.pdf").write_bytes(b"%PDF-1.4\nnot a PDF body")
+    refused = run_mmst("evaluate", *model, "--data", str(pdf_task))
+    assert_one_line_error(refused, 2, "1 of 6 PDF pages are unusable", "broken.pdf#page=1: is not a readable PDF", "--skip-bad")
+    skipped = run_json("evaluate", *model, "--data", str(pdf_task), "--skip-bad")
+    assert skipped["documents"] == 5 and skipped["warnings"][0].startswith("left out 1 unusable PDF page(s)")
