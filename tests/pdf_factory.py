@@ -39,8 +39,11 @@ def write_text_pdf(path: Path, pages: list[str], size: tuple[float, float] = LET
     return path
 
 
-def write_image_pdf(path: Path, count: int, size: tuple[int, int] = (300, 400), first_hue: float = 0.0) -> Path:
-    """A PDF of ``count`` picture pages (no text layer), each a distinct hue with a stripe pattern."""
+def write_image_pdf(
+    path: Path, count: int, size: tuple[int, int] = (300, 400), first_hue: float = 0.0, dpi: float = 72
+) -> Path:
+    """A PDF of ``count`` picture pages (no text layer), each a distinct hue with a stripe pattern,
+    ``size`` pixels scanned at ``dpi`` (at 72 a pixel is a point, so a page is ``size`` points)."""
     from PIL import Image, ImageDraw
 
     pages = []
@@ -52,7 +55,7 @@ def write_image_pdf(path: Path, count: int, size: tuple[int, int] = (300, 400), 
             draw.line([(offset, 0), (0, offset)], fill=(255 - red, 255 - green, 255 - blue), width=3)
         pages.append(image)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pages[0].save(path, save_all=True, append_images=pages[1:], resolution=72)
+    pages[0].save(path, save_all=True, append_images=pages[1:], resolution=dpi)
     return path
 
 

@@ -185,11 +185,24 @@ def test_page_references_train_and_evaluate_as_rendered_images(tiny_models, page
     rendered = data.dataset["page"]
     assert all(path.endswith(".png") and "/pages/" in path for path in rendered)  # cached for epochs and reruns
     assert render_page(page_pairs.parent / "catalogue.pdf", 2).tobytes() == _pixels(rendered[1])
+    # --max-pixels of the training commands is the pages' pixel budget too (aspect kept, 3:4 pages)
+    from mmst_cli.core.train.embed import TrainEmbedOptions
+
+    budget = TrainEmbedOptions(max_pixels=40_000).media_options(None)
+    small = load_pair_data(str(page_pairs), **budget).dataset["page"]
+    assert _size(small[0]) == (172, 229) and small[0] != rendered[0]
     summary = run_json("train-embed", "--model", str(tiny_models["clip"]), "--data", str(page_pairs), "--columns",
                        "caption,page,negative", "--eval-split", "0.5", "--max-steps", "1", "--batch-size", "2",
                        "--output-dir", str(tmp_path / "run"))  # fmt: skip
     assert summary["train_rows"] == 3 and summary["eval_rows"] == 3
     assert summary["base"]["recall@10"] == 1.0  # evaluated on page references too: 3 queries over the 6 pages
+
+
+def _size(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
 
 
 def _pixels(path):

@@ -11,8 +11,8 @@ PDFium is not thread-safe, so every call into it holds one lock; ctypes lets oth
 during each call, so a page renders while the model runs on the previous batch. Documents stay
 open in a small cache, so rendering page after page of one file parses it once.
 
-This module knows files, not folders: every caller confines a file with
-:func:`mmst_cli.core.data.media.confinement_problem` before it comes here.
+This module reads files but never decides which files may be read: callers pass every file through
+:func:`mmst_cli.core.data.media.confinement_problem`, the one gate, before it comes here.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from mmst_cli.core.errors import MmstError
 
 PDF_EXTENSIONS = (".pdf",)
 
-#: Rendering resolution when none is asked for: sharp enough for 11 pt text, 1224 x 1584 px for a Letter page.
+#: Rendering resolution when none is asked for: 1224 x 1584 px for a Letter page, sharp enough for 10 pt text.
 DEFAULT_PDF_DPI = 144
 
 #: Pages larger than this at the asked resolution are refused as a "bomb", whatever the pixel
-#: budget: Pillow's own decompression-bomb limit (89 megapixels), 25x a Letter page at 600 dpi.
+#: budget: Pillow's own decompression-bomb limit (89 megapixels), 2.6x a Letter page at 600 dpi.
 MAX_PAGE_PIXELS = 89_478_485
 
 _POINTS_PER_INCH = 72
@@ -241,8 +241,8 @@ def page_numbers(reference: PageReference, count: int) -> list[int]:
     return list(range(reference.first, last + 1))
 
 
-def render_size(size: tuple[float, float], settings: RenderSettings) -> tuple[int, int]:
-    """The pixel size a page of ``size`` points renders at: ``dpi``, shrunk into ``max_pixels``, aspect kept.
+def render_scale(size: tuple[float, float], settings: RenderSettings) -> float:
+    """Pixels per point for a page of ``size`` points: ``dpi`` / 72, shrunk into ``max_pixels``.
 
     Raises:
         PdfProblem: the page would exceed :data:`MAX_PAGE_PIXELS` at ``dpi`` (a 'bomb'), or has no area.
@@ -257,10 +257,26 @@ def render_size(size: tuple[float, float], settings: RenderSettings) -> tuple[in
             f"over the {MAX_PAGE_PIXELS / 1e6:.0f}-megapixel limit (a decompression bomb?); lower --pdf-dpi or "
             "remove the page"
         )
-    if settings.max_pixels and width * height > settings.max_pixels:
-        shrink = math.sqrt(settings.max_pixels / (width * height))
-        width, height = width * shrink, height * shrink
-    return max(1, math.floor(width)), max(1, math.floor(height))
+    if settings.max_pixels and _pixels(size, scale) > settings.max_pixels:
+        scale *= math.sqrt(settings.max_pixels / (width * height))
+        while _pixels(size, scale) > settings.max_pixels and _pixels(size, scale) > 1:
+            scale *= 0.99  # PDFium rounds each side up, which can add a row or a column
+    return scale
+
+
+def _pixels(size: tuple[float, float], scale: float) -> int:
+    width, height = render_size_at(size, scale)
+    return width * height
+
+
+def render_size_at(size: tuple[float, float], scale: float) -> tuple[int, int]:
+    """The bitmap PDFium renders a page of ``size`` points into at ``scale``: each side rounded up."""
+    return math.ceil(size[0] * scale), math.ceil(size[1] * scale)
+
+
+def render_size(size: tuple[float, float], settings: RenderSettings) -> tuple[int, int]:
+    """The pixel size a page of ``size`` points renders at (see :func:`render_scale`), aspect kept."""
+    return render_size_at(size, render_scale(size, settings))
 
 
 def render_page(path: Path, number: int, settings: RenderSettings = RenderSettings()):
@@ -271,13 +287,15 @@ def render_page(path: Path, number: int, settings: RenderSettings = RenderSettin
     """
     sizes = page_sizes(path, settings.password)
     page_numbers(PageReference(str(path), number), len(sizes))
-    width, _ = render_size(sizes[number - 1], settings)
-    scale = width / sizes[number - 1][0]
+    scale = render_scale(sizes[number - 1], settings)
     with _lock:
         page = _document(path, settings.password)[number - 1]
         try:
             bitmap = page.render(scale=scale, may_draw_forms=False)
-            image = bitmap.to_pil().convert("RGB")  # a copy, so the bitmap can be freed here
+            try:
+                image = bitmap.to_pil()  # PIL copies PDFium's BGR buffer into RGB
+            finally:
+                bitmap.close()  # now, not when the garbage collector gets to it: pages are large
         finally:
             page.close()
     return image

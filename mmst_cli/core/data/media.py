@@ -179,7 +179,7 @@ def verify_image(source) -> tuple[tuple[int, int] | None, str | None]:
     return size, None
 
 
-def processor_readable_image(path: Path) -> Path:
+def processor_readable_image(path: Path, pdf: RenderSettings = RenderSettings()) -> Path:
     """The image file a model's processor can read: ``path`` itself, or an 8-bit RGB PNG copy of it.
 
     transformers reads image paths with torchvision's decoder, which knows only JPEG, PNG, WebP
@@ -189,13 +189,13 @@ def processor_readable_image(path: Path) -> Path:
     a hash of the file's bytes so that reruns reuse it. ``path`` must have passed
     :func:`verify_image`.
 
-    A PDF page (``/data/report.pdf#page=3``, checked by :func:`classify_string`) is rendered at the
-    default resolution by :func:`page_image_file`.
+    A PDF page (``/data/report.pdf#page=3``, checked by :func:`classify_string`) is rendered as
+    ``pdf`` says by :func:`page_image_file`.
     """
     from PIL import Image
 
     if string_modality(path.name)[1] == "pdf":
-        return page_image_file(page_of(path.name, path.parent, RenderSettings()))  # checked by classify_string
+        return page_image_file(page_of(path.name, path.parent, pdf))
 
     with Image.open(path) as image:
         readable = (

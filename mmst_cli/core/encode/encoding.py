@@ -177,9 +177,6 @@ def _worth_decoding_ahead(values: list[Any]) -> bool:
 
 def _load_image_file(source):
     """An image file (``str``) decoded as transformers reads it, or a PDF page rendered."""
-    from PIL import UnidentifiedImageError
-    from transformers.image_utils import load_image
-
     from mmst_cli.core.data.documents import PdfPage, PdfProblem
 
     if isinstance(source, PdfPage):
@@ -187,6 +184,9 @@ def _load_image_file(source):
             return source.render()
         except PdfProblem as error:  # changed since it was checked
             raise MmstError(f"PDF {str(source.path)!r}, page {source.number}: {error}; check the file") from error
+    from PIL import UnidentifiedImageError
+    from transformers.image_utils import load_image
+
     try:
         return load_image(source)
     except (UnidentifiedImageError, OSError, ValueError) as error:  # changed since it was checked

@@ -171,6 +171,7 @@ def _content(table, id_column: str, candidates: tuple[str, ...], part: str, sour
         audio_sampling_rate=media.audio_sampling_rate,
         allow_remote_media=media.allow_remote_media,
         allow_outside_root=media.allow_outside_root,
+        pdf=media.pdf,
     )
     return dict(zip(ids, checked.dataset[content_column])), checked.notes
 
@@ -331,6 +332,7 @@ def load_retrieval_task(
             skip_bad=media.skip_bad,
             allow_remote_media=media.allow_remote_media,
             allow_outside_root=media.allow_outside_root,
+            pdf=media.pdf,
         )
         task = pairs_to_retrieval_task(data)
     _check_qrels_ids(task, strict)
