@@ -159,6 +159,8 @@ def test_skip_bad_leaves_bad_files_out_and_a_password_opens_a_locked_one(clip, t
     assert result.summary["skipped"] == 4 and "left out 4 unusable row(s)" in notes[0]
     wrong = run_mmst("encode", f"{bad_pdfs}/locked.pdf", "--pdf-password", "nope", "-o", str(tmp_path / "x.npy"))
     assert_one_line_error(wrong, 2, "locked.pdf#page=1", "--pdf-password does not open it")
+    beyond = run_mmst("encode", f"{bad_pdfs}/good.pdf#page=1-3", "-o", str(tmp_path / "x.npy"))
+    assert_one_line_error(beyond, 2, "good.pdf#page=3", "page 3 is out of range: the document has 1 page(s)")
 
 
 # ------------------------------------------------------------------------------------------ data columns

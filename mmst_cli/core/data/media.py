@@ -347,7 +347,8 @@ def expand_pdf(reference: str, folder: Path, confine_to: Path | None, password: 
     """The page ids a PDF reference names: every page of ``report.pdf``, or ``report.pdf#page=2-5``'s.
 
     Ids are relative to ``folder`` as written (``sub/report.pdf#page=3``). A file that cannot be
-    opened gives the id of its first page, whose check then names the file's problem.
+    opened gives the id of its first page, and a range past its end the id of its last page, so
+    that checking that id names the problem.
     """
     parsed = parse_page_reference(reference)
     path = folder / Path(parsed.file).expanduser()
@@ -356,4 +357,4 @@ def expand_pdf(reference: str, folder: Path, confine_to: Path | None, password: 
             return [page_id(parsed.file, number) for number in page_numbers(parsed, len(page_sizes(path, password)))]
         except PdfProblem:
             pass
-    return [page_id(parsed.file, parsed.first or 1)]
+    return [page_id(parsed.file, parsed.last or parsed.first or 1)]

@@ -1,9 +1,9 @@
-"""The ``mmst encode`` job: texts, images and audio to embeddings on disk (or stdout), in chunks.
+"""The ``mmst encode`` job: texts, images, audio and PDF pages to embeddings on disk (or stdout), in chunks.
 
 The job runs in five steps; this module runs them, the ``encode`` wing's other modules hold them:
 
-1. :func:`~mmst_cli.core.encode.inputs.read_inputs` turns the input reference (a jsonl / csv / parquet / txt file, a folder of
-   images or audio, ``-`` for stdin, a ``save_to_disk`` folder or a Hub dataset) into an
+1. :func:`~mmst_cli.core.encode.inputs.read_inputs` turns the input reference (a jsonl / csv / parquet / txt file, a PDF file, a folder of
+   images, audio or PDFs, ``-`` for stdin, a ``save_to_disk`` folder or a Hub dataset) into an
    :class:`~mmst_cli.core.encode.inputs.EncodeInputs`: ids plus one input per row, every media reference checked before any
    model work (a missing file is an error naming its row, never text);
 2. the model is located and loaded (:mod:`mmst_cli.core.models.loading`), and the inputs are bound to it
@@ -67,8 +67,8 @@ class EncodeOptions:
     """Everything ``mmst encode`` was asked to do.
 
     Attributes:
-        inputs: A jsonl / csv / parquet / txt file, a folder of images or audio (recursive), ``-``
-            for stdin (one text or media path per line), a ``save_to_disk`` folder or a Hub
+        inputs: A jsonl / csv / parquet / txt file, a PDF file (``report.pdf``, ``report.pdf#page=2-5``),
+            a folder of images, audio or PDFs (recursive), ``-`` for stdin (one text or media path per line), a ``save_to_disk`` folder or a Hub
             dataset id. Required.
         output: The output file, or ``-`` to stream jsonl to stdout. Required.
         model: Model folder or Hub id; ``None`` (the default) for the embedded default model.
