@@ -268,3 +268,29 @@ def test_evaluate_a_folder_of_pdfs_scores_pages_as_a_beir_corpus_of_their_render
     assert_one_line_error(refused, 2, "1 of 6 PDF pages are unusable", "broken.pdf#page=1: is not a readable PDF", "--skip-bad")
     skipped = run_json("evaluate", *model, "--data", str(pdf_task), "--skip-bad")
     assert skipped["documents"] == 5 and skipped["warnings"][0].startswith("left out 1 unusable PDF page(s)")
+
+
+def test_a_reranker_reads_pdf_pages_as_their_cached_renders(docs, tmp_path):
+    import shutil
+
+    from mmst_cli.core.retrieval.evaluation import rerank
+    from mmst_cli.core.retrieval.tasks import load_retrieval_task
+
+    (tmp_path / "task" / "qrels").mkdir(parents=True)
+    shutil.copy(docs / "report.pdf", tmp_path / "task" / "report.pdf")  # PDFs directly in the folder
+    (tmp_path / "task" / "queries.jsonl").write_text(json.dumps({"_id": "q", "text": "costs"}) + "\n")
+    (tmp_path / "task" / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\treport.pdf#page=2\t1\n")
+    task = load_retrieval_task(str(tmp_path / "task"))
+    assert list(task.corpus) == [f"report.pdf#page={n}" for n in (1, 2, 3)]
+
+    class Recorder:
+        def predict(self, pairs, **_):
+            self.pairs = pairs
+            return np.array([float(index) for index in range(len(pairs))])
+
+    reranker = Recorder()
+    stage = rerank(reranker, task, {"q": {page: 0.0 for page in task.corpus}}, top_k=3, ks=(10,))
+    documents = [document for _, document in reranker.pairs]
+    assert all(document.endswith(".png") for document in documents)
+    assert _pixels(documents[1]) == render_page(tmp_path / "task" / "report.pdf", 2).tobytes()
+    assert stage.metrics["ndcg@10"] == pytest.approx(1 / np.log2(3))  # the reranker put page 2 second of three
