@@ -138,7 +138,7 @@ def bad_pdfs(tmp_path_factory):
         ("empty.pdf#page=1", ("empty.pdf#page=1", "has no pages")),
         ("poster.pdf#page=1", ("poster.pdf#page=1", "829 megapixels at 144 dpi", "--pdf-dpi")),
         ("link.pdf#page=1", ("link.pdf#page=1", "resolves outside the data folder")),
-        ("good.pdf", ("good.pdf", "names several pages", "good.pdf#page=1")),
+        ("good.pdf#page=1-2", ("good.pdf#page=1-2", "names several pages", "good.pdf#page=1")),
         ("good.pdf#page=0", ("good.pdf#page=0", "pages count from 1")),
     ],
 )

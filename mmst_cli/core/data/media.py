@@ -60,6 +60,8 @@ class InputReport:
             ``data-uri``, ``message`` or ``dict``.
         problem: Why the input cannot be used (``file not found``, ``does not decode as an image``,
             ...), or ``None`` when it is fine.
+        detail: What mmst will make of a usable input, where there is more to say (the size a PDF
+            page renders at), or ``None``.
     """
 
     value: str
@@ -243,7 +245,8 @@ def _as_8bit_rgb(path: Path):
 def string_modality(value: str) -> tuple[str, str]:
     """The modality and source (``text``, ``file``, ``pdf``, ``url``, ``data-uri``) a string names, by name only.
 
-    A PDF reference (``report.pdf``, ``report.pdf#page=3``) is an image: its page, rendered.
+    A PDF page reference (``report.pdf#page=3``) is an image: the page, rendered. A bare
+    ``report.pdf`` stays text, as a query that ends in a file name should.
     """
     if value.startswith("data:image/"):
         return "image", "data-uri"
@@ -258,9 +261,10 @@ def string_modality(value: str) -> tuple[str, str]:
 
 def _is_pdf_reference(value: str) -> bool:
     try:
-        return parse_page_reference(value) is not None
-    except PdfProblem:  # a PDF reference with a malformed page part: classify_string names it
+        reference = parse_page_reference(value)
+    except PdfProblem:  # a page reference with a malformed page part: classify_string names it
         return True
+    return reference is not None and reference.first is not None
 
 
 def classify_string(

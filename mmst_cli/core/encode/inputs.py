@@ -195,7 +195,7 @@ class PdfOptions:
     """How ``mmst encode`` takes PDF pages.
 
     Attributes:
-        render: Resolution, pixel budget and password (``--pdf-dpi``, ``--pdf-password``).
+        render: Resolution and password (``--pdf-dpi``, ``--pdf-password``).
         text: Embed each page's text layer instead of its image (``--pdf-text``); default off.
     """
 
