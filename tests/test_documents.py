@@ -8,10 +8,12 @@ pages without one (as a scanner makes), and broken files. Vectors are compared w
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from mmst_cli.core.data.documents import (
     MAX_PAGE_PIXELS,
@@ -52,6 +54,11 @@ def docs(tmp_path_factory):
     write_image_pdf(folder / "scans" / "scan.pdf", 2)
     (folder / ".hidden.pdf").write_bytes(b"not looked at")
     return folder
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
 
 
 def encode(model, model_path, inputs, output, **options):
@@ -175,8 +182,7 @@ def page_pairs(tmp_path_factory):
         {"caption": f"catalogue page {n}", "page": f"catalogue.pdf#page={n}", "negative": f"catalogue.pdf#page={n % 6 + 1}"}
         for n in range(1, 7)
     ]
-    (folder / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return folder / "pairs.jsonl"
+    return _write_jsonl(folder / "pairs.jsonl", rows)
 
 
 def test_page_references_train_and_evaluate_as_rendered_images(tiny_models, page_pairs, tmp_path):
@@ -201,15 +207,11 @@ def test_page_references_train_and_evaluate_as_rendered_images(tiny_models, page
 
 
 def _size(path):
-    from PIL import Image
-
     with Image.open(path) as image:
         return image.size
 
 
 def _pixels(path):
-    from PIL import Image
-
     with Image.open(path) as image:
         return image.convert("RGB").tobytes()
 
@@ -243,18 +245,16 @@ def test_evaluate_a_folder_of_pdfs_scores_pages_as_a_beir_corpus_of_their_render
     pdf_task, beir_image, beir_text = (tmp_path / name for name in ("pdfs", "beir-image", "beir-text"))
     for folder in (pdf_task, beir_image, beir_text):
         (folder / "qrels").mkdir(parents=True)
-        (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": q}) + "\n" for i, q in enumerate(queries)))
-        (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{id_}\t1\n" for i, id_ in enumerate(ids)))
-    import shutil
-
+        _write_jsonl(folder / "queries.jsonl", [{"_id": f"q{i}", "text": query} for i, query in enumerate(queries)])
+        qrels = "".join(f"q{i}\t{id_}\t1\n" for i, id_ in enumerate(ids))
+        (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels)
     shutil.copytree(docs, pdf_task / "corpus")
     renders = []
     for index, id_ in enumerate(ids):
         render_page(docs / id_.split("#")[0], int(id_[-1])).save(beir_image / f"{index}.png")
         renders.append({"_id": id_, "image": f"{index}.png"})
-    (beir_image / "corpus.jsonl").write_text("".join(json.dumps(row) + "\n" for row in renders))
-    texts = [*REPORT_PAGES, "", ""]
-    (beir_text / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in zip(ids, texts)))
+    _write_jsonl(beir_image / "corpus.jsonl", renders)
+    _write_jsonl(beir_text / "corpus.jsonl", [{"_id": i, "text": t} for i, t in zip(ids, [*REPORT_PAGES, "", ""])])
 
     model = ["--model", str(tiny_models["clip"])]
     pages = run_json("evaluate", *model, "--data", str(pdf_task))
@@ -271,8 +271,6 @@ def test_evaluate_a_folder_of_pdfs_scores_pages_as_a_beir_corpus_of_their_render
 
 
 def test_a_reranker_reads_pdf_pages_as_their_cached_renders(docs, tmp_path):
-    import shutil
-
     from mmst_cli.core.retrieval.evaluation import rerank
     from mmst_cli.core.retrieval.tasks import load_retrieval_task
 
