@@ -61,7 +61,7 @@ from _common import (
 )
 
 SEED = 0
-DEPTH = 100  # documents kept per query: mmst evaluate's default depth, and the evaluator's max k (MAP@100)
+DEPTH = 100  # documents kept per query: the evaluator's max k (MAP@100), i.e. `mmst evaluate --depth 100`
 MMST_KS = (1, 3, 5, 10, 100)
 TARGET = ("<=", 1.0)
 TREC_MEASURES = {"ndcg_cut.10", "recip_rank", "recall.10", "P.10", "map_cut.10", "success.10"}
@@ -144,7 +144,8 @@ def child_metrics(queries: int, docs: int, dim: int, repeats: int) -> dict:
     from mmst_cli.core.retrieval.metrics import compute_metrics
 
     query_ids, query_vectors, corpus_ids, corpus, qrels = make_task(queries, docs, dim)
-    run = retrieve(query_ids, query_vectors, corpus_ids, corpus, k=DEPTH, similarity="cosine")
+    # As plain dicts: pytrec_eval reads only dicts, and both sides then time the metrics alone.
+    run = dict(retrieve(query_ids, query_vectors, corpus_ids, corpus, k=DEPTH, similarity="cosine"))
 
     def trec():
         per_query = pytrec_eval.RelevanceEvaluator(qrels, TREC_MEASURES).evaluate(run)

@@ -256,7 +256,7 @@ def test_evaluate_a_folder_of_pdfs_scores_pages_as_a_beir_corpus_of_their_render
     _write_jsonl(beir_image / "corpus.jsonl", renders)
     _write_jsonl(beir_text / "corpus.jsonl", [{"_id": i, "text": t} for i, t in zip(ids, [*REPORT_PAGES, "", ""])])
 
-    model = ["--model", str(tiny_models["clip"])]
+    model = ["--model", str(tiny_models["clip"]), "--k", "3"]  # below the corpus size, which a cut-off must be
     pages = run_json("evaluate", *model, "--data", str(pdf_task))
     assert (pages["documents"], pages["warnings"]) == (5, [])
     assert pages["stages"][0]["metrics"] == run_json("evaluate", *model, "--data", str(beir_image))["stages"][0]["metrics"]

@@ -2,10 +2,11 @@
 
 How the reference is built (``trec_eval_reference``):
 
-* mmst's query rule is trec_eval ``-c`` over the qrels queries with a relevant document. The
-  reference drops the other qrels queries and hands pytrec_eval an *empty ranking* for every
-  judged query the run lacks, which is what trec_eval ``-c`` itself scores for a missing query
-  (its "bogus ranking"); the mean is then taken over pytrec_eval's per-query values.
+* mmst's default mean is ``trec_eval -c``'s: every qrels query counts. pytrec_eval's per-query
+  output covers the queries present in both the run and the qrels (a query with only
+  non-relevant judgements is there, at 0); a qrels query missing from the run scores 0, and the
+  mean is over every qrels query. With ``skip_queries_without_relevant`` the reference keeps
+  only the qrels queries with a relevant document.
 * ``mrr@k``: trec_eval's ``recip_rank`` has no cut-off. Its value is ``1 / r`` for the first
   relevant rank ``r``, and ``r <= k`` exactly when ``1 / r >= 1 / k``, so ``recip_rank`` when it is
   at least ``1 / k`` (else 0) *is* ``recip_rank`` of the run cut at k, without re-implementing the
@@ -38,25 +39,30 @@ TOLERANCE = 1e-9
 TREC_MEASURES = {"ndcg": "ndcg_cut", "recall": "recall", "precision": "P", "map": "map_cut", "accuracy": "success"}
 
 
-def trec_eval_reference(run, qrels, ks):
-    """Per-query values and means of every metric, from pytrec_eval, under mmst's query rule."""
-    judged = {qid: docs for qid, docs in qrels.items() if any(rel >= 1 for rel in docs.values())}
+def trec_eval_reference(run, qrels, ks, skip_queries_without_relevant=False):
+    """Per-query values and means of every metric from pytrec_eval, under the query rule asked for."""
+    if skip_queries_without_relevant:
+        qrels = {qid: docs for qid, docs in qrels.items() if any(rel >= 1 for rel in docs.values())}
     cut = ",".join(str(k) for k in ks)
-    evaluator = pytrec_eval.RelevanceEvaluator(judged, {f"{m}.{cut}" for m in TREC_MEASURES.values()} | {"recip_rank"})
-    raw = evaluator.evaluate({**run, **{qid: {} for qid in judged if qid not in run}})
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {f"{m}.{cut}" for m in TREC_MEASURES.values()} | {"recip_rank"})
+    raw = evaluator.evaluate(run)
+    keys = [f"{m}@{k}" for m in METRIC_NAMES for k in ks]
     per_query = {}
-    for qid, values in raw.items():
+    for qid in qrels:
+        if qid not in raw:  # missing from the run: trec_eval -c scores it 0
+            per_query[qid] = dict.fromkeys(keys, 0.0)
+            continue
+        values = raw[qid]
         per_query[qid] = {f"{m}@{k}": values[f"{trec}_{k}"] for m, trec in TREC_MEASURES.items() for k in ks}
         for k in ks:
             per_query[qid][f"mrr@{k}"] = values["recip_rank"] if values["recip_rank"] >= 1 / k else 0.0
-    keys = [f"{m}@{k}" for m in METRIC_NAMES for k in ks]
     means = {key: sum(values[key] for values in per_query.values()) / len(per_query) for key in keys}
     return per_query, means
 
 
-def assert_matches_trec_eval(run, qrels, ks):
-    result = compute_metrics(run, qrels, ks=ks)
-    per_query, means = trec_eval_reference(run, qrels, ks)
+def assert_matches_trec_eval(run, qrels, ks, skip_queries_without_relevant=False):
+    result = compute_metrics(run, qrels, ks=ks, skip_queries_without_relevant=skip_queries_without_relevant)
+    per_query, means = trec_eval_reference(run, qrels, ks, skip_queries_without_relevant)
     assert result.per_query.keys() == per_query.keys()
     for qid, expected in per_query.items():
         for key, value in expected.items():
@@ -136,16 +142,19 @@ def test_run_queries_absent_from_the_qrels_are_ignored_and_counted():
     assert list(result.per_query) == ["q1"]
 
 
-def test_qrels_queries_without_relevant_documents_are_skipped_and_counted():
+def test_qrels_queries_without_relevant_documents_score_zero_or_are_skipped_on_request():
     run = {"q1": {"a": 1.0}, "q2": {"b": 1.0}, "q3": {"c": 1.0}}
-    qrels = {"q1": {"a": 1}, "q2": {"b": 0, "x": 0}, "q3": {"c": -1}}
+    qrels = {"q1": {"a": 1}, "q2": {"b": 0, "x": 0}, "q3": {"c": -1}, "q4": {"d": 0}}
+    # trec_eval evaluates such queries at 0; q4 is also missing from the run.
     result = assert_matches_trec_eval(run, qrels, ks=(10,))
-    assert result.num_skipped_no_relevant == 2
-    assert result.means["ndcg@10"] == 1.0
-    # trec_eval itself evaluates such queries (at 0), with and without -c: a mean over its raw
-    # per-query output would be 1/3 here. That is the difference mmst's rule removes.
+    assert result.means["ndcg@10"] == 0.25
+    assert result.counts() == {"evaluated": 4, "without_relevant": 3, "missing_from_run": 1, "ignored_not_in_qrels": 0}
     raw = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)
     assert raw == {"q1": {"ndcg_cut_10": 1.0}, "q2": {"ndcg_cut_10": 0.0}, "q3": {"ndcg_cut_10": 0.0}}
+
+    skipping = assert_matches_trec_eval(run, qrels, ks=(10,), skip_queries_without_relevant=True)
+    assert skipping.means["ndcg@10"] == 1.0
+    assert skipping.counts() == {"evaluated": 1, "without_relevant": 3, "missing_from_run": 0, "ignored_not_in_qrels": 0}
 
 
 def test_random_runs_match_trec_eval():
@@ -167,7 +176,8 @@ def test_random_runs_match_trec_eval():
             run["not-judged"] = {"d1": 1.0}
         if not any(rel >= 1 for docs in qrels.values() for rel in docs.values()):
             qrels["q0"]["forced"] = 1
-        assert_matches_trec_eval(run, qrels, ks=(1, 3, 5, 10, 20, 100))
+        for skip in (False, True):
+            assert_matches_trec_eval(run, qrels, ks=(1, 3, 5, 10, 20, 100), skip_queries_without_relevant=skip)
 
 
 def test_scores_are_compared_as_float64():

@@ -5,8 +5,12 @@ Examples:
     # The embedded default model on the embedded emoji evaluation pairs
     $ mmst evaluate
 
-    # A finetuned model on a BEIR folder, several cut-offs, as JSON for jq
-    $ mmst evaluate --model runs/x/model --data ./scifact --k 10 --k 100 --json | jq '.metrics["ndcg@10"]'
+    # A finetuned model on a BEIR folder, chosen cut-offs, as JSON for jq
+    $ mmst evaluate --model runs/x/model --data ./scifact --k 1,10 --k 100 --json | jq .main_score
+
+    # With the prompts the model was trained with, 100 documents kept per query, as mteb results
+    $ mmst evaluate --model runs/x/model --data ./scifact --query-prompt "query: " --depth 100 \\
+        --mteb-results ./mteb-results --task-name SciFact
 
     # A ViDoRe-style Hub dataset, retrieve-then-rerank, per-query results to find the failures
     $ mmst evaluate --model ./embedder --data vidore/docvqa_test_subsampled_beir \\
@@ -19,8 +23,9 @@ Examples:
     # A folder of PDFs with queries.jsonl and qrels/test.tsv on page ids (report.pdf#page=3)
     $ mmst evaluate --model ./page-retriever --data ./reports
 
-    # Score an existing ranking, no model
+    # Score an existing ranking, no model (the mean is trec_eval -c's; or skip unjudgeable queries)
     $ mmst evaluate --run run.trec --qrels qrels.tsv
+    $ mmst evaluate --run run.trec --qrels qrels.tsv --skip-queries-without-relevant
 """
 
 from __future__ import annotations
@@ -57,7 +62,12 @@ OUTPUT = "Output"
 def evaluate(
     model: Annotated[str | None, typer.Option(help="Embedding model folder or Hub id. Default: the embedded default model.", rich_help_panel=MODEL, show_default=False)] = None,
     reranker: Annotated[str | None, typer.Option(help="Rerank each query's first-stage results with this reranker; both stages are reported.", rich_help_panel=MODEL, show_default=False)] = None,
-    rerank_top_k: Annotated[int, typer.Option(help="How many first-stage results the reranker re-scores.", rich_help_panel=MODEL)] = 100,
+    rerank_top_k: Annotated[int, typer.Option(help="How many first-stage results the reranker re-scores (at most --depth).", rich_help_panel=MODEL)] = 100,
+    depth: Annotated[int, typer.Option(help="Documents retrieved per query, scored and written by --save-run (at least the largest --k).", rich_help_panel=MODEL)] = 1000,
+    query_prompt: Annotated[str | None, typer.Option(help="Text put before every query, instead of the model's query prompt (\"\" for none).", rich_help_panel=MODEL, show_default=False)] = None,
+    document_prompt: Annotated[str | None, typer.Option(help="Text put before every document, instead of the model's document prompt.", rich_help_panel=MODEL, show_default=False)] = None,
+    query_prompt_name: Annotated[str | None, typer.Option(help="Use the model's prompt of this name for queries (see `mmst detect MODEL`).", rich_help_panel=MODEL, show_default=False)] = None,
+    document_prompt_name: Annotated[str | None, typer.Option(help="Use the model's prompt of this name for documents.", rich_help_panel=MODEL, show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.", rich_help_panel=MODEL)] = 32,
     trust_remote_code: TrustRemoteCodeOption = False,
     data: Annotated[str | None, typer.Option(help="BEIR folder, corpus/queries/qrels dataset (Hub id or folder), or pair data. Default: the embedded emoji evaluation pairs.", rich_help_panel=DATA, show_default=False)] = None,
@@ -74,17 +84,23 @@ def evaluate(
     strict: Annotated[bool, typer.Option(help="Fail when qrels name queries or documents that do not exist (default: warn with counts).", rich_help_panel=DATA)] = False,
     run: Annotated[str | None, typer.Option(help="Score this TREC run file instead of a model (needs --qrels).", rich_help_panel=DATA, show_default=False)] = None,
     qrels: Annotated[str | None, typer.Option(help="Relevance judgements for --run: TREC qrels or BEIR tsv.", rich_help_panel=DATA, show_default=False)] = None,
-    k: Annotated[list[int] | None, typer.Option("--k", help="Metric cut-off; repeatable. Default: 10.", rich_help_panel=METRICS, show_default=False)] = None,
-    dims: Annotated[str | None, typer.Option(help="Matryoshka sweep: comma-separated dimensions, one result row each.", rich_help_panel=METRICS, show_default=False)] = None,
+    k: Annotated[list[str] | None, typer.Option("--k", help="Metric cut-offs: repeat or comma-separate (--k 1,10 --k 100). Default: 1,3,5,10,100.", rich_help_panel=METRICS, show_default=False)] = None,
+    main_metric: Annotated[str | None, typer.Option(help="The metric reported as main_score (and plotted by --plot). Default: ndcg@10.", rich_help_panel=METRICS, show_default=False)] = None,
+    skip_queries_without_relevant: Annotated[bool, typer.Option("--skip-queries-without-relevant", help="Leave qrels queries without a relevant document out of the means (default: they score 0, as in trec_eval -c and mteb).", rich_help_panel=METRICS)] = False,
+    dims: Annotated[str | None, typer.Option(help="Matryoshka sweep: comma-separated dimensions, one result table each.", rich_help_panel=METRICS, show_default=False)] = None,
     fail_under: Annotated[list[str] | None, typer.Option(help="METRIC=VALUE, e.g. ndcg@10=0.85: exit 1 when the metric is below. Repeatable.", rich_help_panel=METRICS, show_default=False)] = None,
-    save_run: Annotated[str | None, typer.Option(help="Write the scored ranking as a TREC run file.", rich_help_panel=OUTPUT, show_default=False)] = None,
+    save_run: Annotated[str | None, typer.Option(help="Write the scored ranking (--depth documents per query) as a TREC run file.", rich_help_panel=OUTPUT, show_default=False)] = None,
     per_query: Annotated[str | None, typer.Option(help="Write per-query metrics as jsonl.", rich_help_panel=OUTPUT, show_default=False)] = None,
-    plot: Annotated[str | None, typer.Option(help="With --dims: write a PNG of NDCG@10 against dimension.", rich_help_panel=OUTPUT, show_default=False)] = None,
+    plot: Annotated[str | None, typer.Option(help="With --dims: write a PNG of the main metric against dimension.", rich_help_panel=OUTPUT, show_default=False)] = None,
+    mteb_results: Annotated[str | None, typer.Option(help="Write the scores as mteb result files below this folder (results/MODEL/REVISION/TASK.json).", rich_help_panel=OUTPUT, show_default=False)] = None,
+    model_name: Annotated[str | None, typer.Option(help="Model name in --mteb-results. Default: the Hub id, or the model (or run) folder's name.", rich_help_panel=OUTPUT, show_default=False)] = None,
+    task_name: Annotated[str | None, typer.Option(help="Task name in --mteb-results. Default: the name of --data.", rich_help_panel=OUTPUT, show_default=False)] = None,
+    task_languages: Annotated[str, typer.Option(help="Languages of the data in --mteb-results, comma-separated ISO codes.", rich_help_panel=OUTPUT)] = "eng-Latn",
     json_output: JsonOption = False,
 ) -> None:
     """Score retrieval (and reranking): NDCG, MRR, Recall, Precision, MAP and accuracy at k, trec_eval-exact."""
     from mmst_cli.core.data.documents import RenderSettings
-    from mmst_cli.core.retrieval.evaluation import EvaluateOptions, run_evaluation
+    from mmst_cli.core.retrieval.evaluation import DEFAULT_CUTOFFS, EvaluateOptions, run_evaluation
     from mmst_cli.core.retrieval.reports import write_jsonl_atomically
     from mmst_cli.core.progress import progress_bars
 
@@ -101,21 +117,34 @@ def evaluate(
         strict=strict,
         run=run,
         qrels=qrels,
-        ks=tuple(k or (10,)),
-        dims=_dims(dims),
+        ks=_whole_numbers("--k", k, sort=True) or DEFAULT_CUTOFFS,
+        main_metric=main_metric,
+        skip_queries_without_relevant=skip_queries_without_relevant,
+        dims=_whole_numbers("--dims", [dims] if dims else []),
         reranker=reranker,
         rerank_top_k=rerank_top_k,
+        depth=depth,
+        query_prompt=query_prompt,
+        document_prompt=document_prompt,
+        query_prompt_name=query_prompt_name,
+        document_prompt_name=document_prompt_name,
         batch_size=batch_size,
         trust_remote_code=trust_remote_code,
         fail_under=tuple(fail_under or ()),
+        mteb_results=mteb_results,
+        model_name=model_name,
+        task_name=task_name,
+        task_languages=tuple(item.strip() for item in task_languages.split(",") if item.strip()),
         pdf=RenderSettings(dpi=pdf_dpi, password=pdf_password),
         pdf_text=pdf_text,
     )
     options.validate()
     if plot and not options.dims:
         raise MmstError("--plot draws a Matryoshka sweep: add --dims")
-    from mmst_cli.core.outputs import ensure_writable_file
+    from mmst_cli.core.outputs import ensure_writable_file, ensure_writable_folder
 
+    if mteb_results:
+        ensure_writable_folder(Path(mteb_results).expanduser(), "--mteb-results")
     for flag, value in (("--save-run", save_run), ("--per-query", per_query), ("--plot", plot)):
         if value:
             ensure_writable_file(Path(value), flag)  # before the model loads
@@ -130,7 +159,7 @@ def evaluate(
     if plot:
         from mmst_cli.core.retrieval.reports import plot_matryoshka_sweep
 
-        plot_matryoshka_sweep(report["dims"], Path(plot), metric=f"ndcg@{options.ks[0]}")
+        plot_matryoshka_sweep(report["dims"], Path(plot), metric=report["main_metric"])
     for warning in report.get("warnings", []):
         console.print(f"warning: {warning}", markup=False, highlight=False)
     emit(report, as_json=json_output, render=render_report)
@@ -138,17 +167,26 @@ def evaluate(
         raise typer.Exit(EXIT_FAILURE)
 
 
-def _dims(value: str | None) -> tuple[int, ...]:
-    if not value:
-        return ()
+def _whole_numbers(flag: str, values: list[str] | None, *, sort: bool = False) -> tuple[int, ...]:
+    """Whole numbers from repeated and comma-separated option values (``["1,10", "100"]``)."""
+    items = [item.strip() for value in values or [] for item in value.split(",") if item.strip()]
     try:
-        return tuple(int(item) for item in value.split(",") if item.strip())
-    except ValueError as error:
-        raise MmstError(f"--dims takes comma-separated whole numbers, got {value!r}") from error
+        numbers = tuple(int(item) for item in items)
+    except ValueError:
+        raise MmstError(f"{flag} takes whole numbers, repeated or comma-separated (e.g. {flag} 1,10), got {', '.join(values or [])!r}") from None
+    return tuple(sorted(set(numbers))) if sort else numbers
+
+
+#: Characters a table needs per cut-off column: "0.1234" plus padding and a rule.
+_CELL_WIDTH = 9
 
 
 def render_report(console: Console, report: dict[str, Any]) -> None:
-    """Metrics per stage (and per dimension) as tables on stderr, then the --fail-under verdicts."""
+    """Metrics per stage (and per dimension) as tables on stderr, then the --fail-under verdicts.
+
+    Each table has the metrics as rows and the cut-offs as columns; when the cut-offs do not fit
+    the console's width, they continue in a second table, so no cell is ever cut.
+    """
     source = report.get("model") or report.get("run")
     data = report.get("data") or report.get("qrels")
     console.print(f"{source} on {data}", markup=False, highlight=False)
@@ -158,17 +196,32 @@ def render_report(console: Console, report: dict[str, Any]) -> None:
             f"{report['queries']} queries, {report['documents']} documents; "
             f"{counts.get('evaluated', '?')} queries scored", markup=False, highlight=False,
         )  # fmt: skip
-    rows = [(stage["name"], stage["metrics"]) for stage in report["stages"]]
+    stages = [(stage["name"], stage["metrics"]) for stage in report["stages"]]
     if "dims" in report:
-        rows = [(f"dim {entry['dim']}", entry["metrics"]) for entry in report["dims"]] + rows[1:]
-    metrics = list(rows[0][1])
-    table = Table(title="retrieval", title_justify="left")
-    table.add_column("stage")
-    for metric in metrics:
-        table.add_column(metric, justify="right")
-    for name, values in rows:
-        table.add_row(name, *(f"{values[metric]:.4f}" for metric in metrics))
-    console.print(table)
+        stages = [(f"dim {entry['dim']}", entry["metrics"]) for entry in report["dims"]] + stages[1:]
+    for name, metrics in stages:
+        for table in _metric_tables(name, metrics, console.width):
+            console.print(table)
+    console.print(f"main score: {report['main_metric']} {report['main_score']:.4f}", markup=False, highlight=False)
     for metric, check in report["fail_under"].items():
         verdict = "[green]pass[/green]" if check["passed"] else "[red]FAIL[/red]"
         console.print(f"{verdict} {metric} {check['value']:.4f} (threshold {check['threshold']})")
+
+
+def _metric_tables(title: str, metrics: dict[str, float], width: int) -> list[Table]:
+    """Tables of ``metric@k`` values, metrics as rows and as many cut-offs per table as fit."""
+    names = list(dict.fromkeys(key.split("@")[0] for key in metrics))
+    cutoffs = list(dict.fromkeys(key.split("@")[1] for key in metrics))
+    label_width = max(map(len, names)) + 4  # padding, rules and the table's left edge
+    per_table = max(1, (width - label_width) // max(_CELL_WIDTH, max(len(k) for k in cutoffs) + 4))
+    tables = []
+    for start in range(0, len(cutoffs), per_table):
+        table = Table(title=title if start == 0 else None, title_justify="left")
+        table.add_column("metric", no_wrap=True)
+        chunk = cutoffs[start : start + per_table]
+        for k in chunk:
+            table.add_column(f"@{k}", justify="right", no_wrap=True)
+        for name in names:
+            table.add_row(name, *(f"{metrics[f'{name}@{k}']:.4f}" for k in chunk))
+        tables.append(table)
+    return tables

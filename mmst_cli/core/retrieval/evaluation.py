@@ -8,8 +8,11 @@ same embeddings truncated to each dimension, so it costs one encoding.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,11 +22,17 @@ from mmst_cli.core.data.documents import PdfPage, RenderSettings
 from mmst_cli.core.data.media import page_image_file
 from mmst_cli.core.encode.encoding import encode_inputs, modality_of
 from mmst_cli.core.errors import MmstError
-from mmst_cli.core.retrieval.metrics import compute_metrics
+from mmst_cli.core.retrieval.metrics import METRIC_NAMES, Run, compute_metrics
 from mmst_cli.core.retrieval.search import search
 from mmst_cli.core.retrieval.tasks import MAIN_METRIC, RetrievalTask
 
 Tracker = Callable[[str, int], Callable[[int], None]]
+
+#: Cut-offs ``mmst evaluate`` reports by default: those mteb's retrieval results are read at.
+DEFAULT_CUTOFFS = (1, 3, 5, 10, 100)
+
+#: Documents retrieved (and written by ``--save-run``) per query by default, as mteb keeps.
+DEFAULT_DEPTH = 1000
 
 
 def _no_progress(description: str, total: int) -> Callable[[int], None]:
@@ -35,7 +44,7 @@ class StageResult:
     """The scored ranking of one stage: retrieval at one dimension, or reranking."""
 
     name: str
-    run: dict[str, dict[str, float]]
+    run: Run
     metrics: dict[str, float]
     per_query: dict[str, dict[str, float]]
     counts: dict[str, int]
@@ -46,42 +55,88 @@ def _similarity(model) -> str:
     return str(getattr(name, "value", name))
 
 
-def embed_task(model, task: RetrievalTask, *, batch_size: int = 32, track: Tracker = _no_progress):
-    """Encode queries (as queries) and corpus (as documents); returns both id lists and arrays."""
+def embed_task(
+    model,
+    task: RetrievalTask,
+    *,
+    batch_size: int = 32,
+    query_prompt: str | None = None,
+    document_prompt: str | None = None,
+    track: Tracker = _no_progress,
+):
+    """Encode queries (as queries) and corpus (as documents); returns both id lists and arrays.
+
+    ``query_prompt`` / ``document_prompt`` replace the model's own prompt for that side (as
+    ``model.encode_query(..., prompt=...)`` does); ``None`` keeps the model's.
+    """
     query_ids, corpus_ids = list(task.queries), list(task.corpus)
     query_vectors = encode_inputs(
-        model, [task.queries[i] for i in query_ids], task="query", batch_size=batch_size,
+        model, [task.queries[i] for i in query_ids], task="query", prompt=query_prompt, batch_size=batch_size,
         on_progress=track("encoding queries", len(query_ids)),
     )  # fmt: skip
     corpus_vectors = encode_inputs(
-        model, [task.corpus[i] for i in corpus_ids], task="document", batch_size=batch_size,
+        model, [task.corpus[i] for i in corpus_ids], task="document", prompt=document_prompt, batch_size=batch_size,
         on_progress=track("encoding corpus", len(corpus_ids)),
     )  # fmt: skip
     return query_ids, query_vectors, corpus_ids, corpus_vectors
 
 
+def resolve_prompt(model, side: str, text: str | None, name: str | None) -> str | None:
+    """The prompt of one side: ``text`` as given, or the model's prompt called ``name``.
+
+    Raises:
+        MmstError: ``name`` is not one of the model's prompts (the message lists them).
+    """
+    if name is None:
+        return text
+    prompts = dict(getattr(model, "prompts", None) or {})
+    if name not in prompts:
+        known = f"its prompts are {', '.join(sorted(prompts))}" if prompts else "it has none"
+        raise MmstError(f"--{side}-prompt-name {name!r}: the model has no prompt of that name; {known}")
+    return prompts[name]
+
+
+class SearchRun(Mapping[str, dict[str, float]]):
+    """A search's ranking as a run ``{qid: {docid: score}}`` that keeps the search's arrays.
+
+    A query's ``{docid: score}`` dict is built when it is read. As Python dicts, 10k queries x
+    1000 documents would take about a gigabyte per stage; the arrays take 120 MB.
+    """
+
+    def __init__(self, query_ids: list[str], corpus_ids: list[str], scores: np.ndarray, indices: np.ndarray):
+        self._rows = {qid: row for row, qid in enumerate(query_ids)}
+        self._corpus_ids = corpus_ids
+        self._scores = scores
+        self._indices = indices
+
+    def __getitem__(self, query_id: str) -> dict[str, float]:
+        row = self._rows[query_id]
+        documents = [self._corpus_ids[index] for index in self._indices[row].tolist()]
+        return dict(zip(documents, self._scores[row].tolist()))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
 def retrieve(
     query_ids, query_vectors, corpus_ids, corpus_vectors, *, k: int, similarity: str, track: Tracker = _no_progress
-) -> dict[str, dict[str, float]]:
-    """Top-``k`` documents per query as a run ``{qid: {docid: score}}``."""
+) -> SearchRun:
+    """Top-``k`` documents per query (all of them in a smaller corpus), as a run."""
     scores, indices = search(
         query_vectors, corpus_vectors, k, similarity=similarity, on_progress=track("searching", len(query_ids))
     )
-    return {
-        qid: {corpus_ids[index]: float(score) for score, index in zip(row_scores, row_indices)}
-        for qid, row_scores, row_indices in zip(query_ids, scores, indices)
-    }
+    return SearchRun(list(query_ids), list(corpus_ids), scores, indices)
 
 
-def score_run(name: str, run, task: RetrievalTask, ks: tuple[int, ...]) -> StageResult:
-    result = compute_metrics(run, task.qrels, ks=ks)
-    counts = {
-        "evaluated": result.num_queries,
-        "skipped_no_relevant": result.num_skipped_no_relevant,
-        "ignored_not_in_qrels": result.num_ignored_not_in_qrels,
-        "missing_from_run": result.num_missing_from_run,
-    }
-    return StageResult(name, run, result.means, result.per_query, counts)
+def score_run(
+    name: str, run, task: RetrievalTask, ks: tuple[int, ...], *, skip_queries_without_relevant: bool = False
+) -> StageResult:
+    """Score one stage's ranking against the task's qrels (see :func:`compute_metrics`)."""
+    result = compute_metrics(run, task.qrels, ks=ks, skip_queries_without_relevant=skip_queries_without_relevant)
+    return StageResult(name, run, result.means, result.per_query, result.counts())
 
 
 def evaluate_embedder(
@@ -91,7 +146,10 @@ def evaluate_embedder(
     ks: tuple[int, ...] = (10,),
     dims: tuple[int, ...] = (),
     batch_size: int = 32,
-    search_depth: int = 100,
+    search_depth: int = DEFAULT_DEPTH,
+    skip_queries_without_relevant: bool = False,
+    query_prompt: str | None = None,
+    document_prompt: str | None = None,
     track: Tracker = _no_progress,
 ) -> list[StageResult]:
     """Retrieval results at full dimension, or at each of ``dims`` (a Matryoshka sweep).
@@ -102,10 +160,16 @@ def evaluate_embedder(
         ks: Cut-offs for every metric.
         dims: Matryoshka dimensions to sweep; empty for the model's full dimension only.
         batch_size: Inputs per forward pass.
-        search_depth: Documents retrieved per query (at least ``max(ks)``); rerankers read these.
+        search_depth: Documents retrieved per query (at least ``max(ks)`` are); rerankers and run
+            files read these. Default :data:`DEFAULT_DEPTH`.
+        skip_queries_without_relevant: Leave qrels queries without a relevant document out of
+            the means (see :func:`compute_metrics`); default ``False``, trec_eval's rule.
+        query_prompt / document_prompt: Prompts that replace the model's own (see :func:`embed_task`).
         track: Progress tracker (see :func:`mmst_cli.core.progress.progress_bars`).
     """
-    query_ids, query_vectors, corpus_ids, corpus_vectors = embed_task(model, task, batch_size=batch_size, track=track)
+    query_ids, query_vectors, corpus_ids, corpus_vectors = embed_task(
+        model, task, batch_size=batch_size, query_prompt=query_prompt, document_prompt=document_prompt, track=track
+    )
     full = query_vectors.shape[1]
     too_large = [dim for dim in dims if dim > full]
     if too_large:
@@ -118,18 +182,19 @@ def evaluate_embedder(
             query_ids, query_vectors[:, :dim], corpus_ids, corpus_vectors[:, :dim],
             k=depth, similarity=similarity, track=track,
         )  # fmt: skip
-        results.append(score_run(f"dim {dim}", run, task, ks))
+        results.append(score_run(f"dim {dim}", run, task, ks, skip_queries_without_relevant=skip_queries_without_relevant))
     return results
 
 
 def rerank(
     reranker,
     task: RetrievalTask,
-    first_stage: dict[str, dict[str, float]],
+    first_stage: Run,
     *,
     top_k: int,
     ks: tuple[int, ...],
     batch_size: int = 32,
+    skip_queries_without_relevant: bool = False,
     track: Tracker = _no_progress,
 ) -> StageResult:
     """Re-score each query's top ``top_k`` first-stage documents with a reranker (CrossEncoder)."""
@@ -158,7 +223,9 @@ def rerank(
     run: dict[str, dict[str, float]] = {}
     for (qid, doc_id), score in zip(keys, scores):
         run.setdefault(qid, {})[doc_id] = float(score)
-    return score_run(f"rerank top {top_k}", run, task, ks)
+    return score_run(
+        f"rerank top {top_k}", run, task, ks, skip_queries_without_relevant=skip_queries_without_relevant
+    )
 
 
 def _load_reranker(options: EvaluateOptions, task: RetrievalTask):
@@ -199,35 +266,88 @@ class EvaluateOptions:
     strict: bool = False
     run: str | None = None
     qrels: str | None = None
-    ks: tuple[int, ...] = (10,)
+    ks: tuple[int, ...] = DEFAULT_CUTOFFS
+    main_metric: str | None = None
+    skip_queries_without_relevant: bool = False
     dims: tuple[int, ...] = ()
     reranker: str | None = None
     rerank_top_k: int = 100
+    depth: int = DEFAULT_DEPTH
+    query_prompt: str | None = None
+    document_prompt: str | None = None
+    query_prompt_name: str | None = None
+    document_prompt_name: str | None = None
     batch_size: int = 32
     trust_remote_code: bool = False
     fail_under: tuple[str, ...] = ()
+    mteb_results: str | None = None
+    model_name: str | None = None
+    task_name: str | None = None
+    task_languages: tuple[str, ...] = ("eng-Latn",)
     pdf: RenderSettings = RenderSettings()
     pdf_text: bool = False
 
     def validate(self) -> None:
+        if not self.ks:
+            raise MmstError("--k is empty; give at least one cut-off, e.g. --k 10")
         if any(k <= 0 for k in self.ks):
             raise MmstError(f"--k must be positive, got {list(self.ks)}")
         if any(dim <= 0 for dim in self.dims):
             raise MmstError(f"--dims must be positive, got {list(self.dims)}")
-        if self.batch_size <= 0 or self.rerank_top_k <= 0:
-            raise MmstError("--batch-size and --rerank-top-k must be positive")
+        if self.batch_size <= 0 or self.rerank_top_k <= 0 or self.depth <= 0:
+            raise MmstError("--batch-size, --rerank-top-k and --depth must be positive")
+        if self.reranker and self.rerank_top_k > self.depth:
+            raise MmstError(f"--rerank-top-k {self.rerank_top_k} exceeds --depth {self.depth}: the reranker reads the retrieved documents; raise --depth")
+        if not self.run and max(self.ks) > self.depth:
+            raise MmstError(
+                f"--k {max(self.ks)} exceeds --depth {self.depth}: metrics at k would see only {self.depth} "
+                "retrieved documents; raise --depth or lower --k"
+            )
+        for side in ("query", "document"):
+            if getattr(self, f"{side}_prompt") is not None and getattr(self, f"{side}_prompt_name") is not None:
+                raise MmstError(f"--{side}-prompt and --{side}-prompt-name both set the {side} prompt; give one")
         if (self.run is None) != (self.qrels is None):
             raise MmstError("--run and --qrels go together: score an existing ranking against judgements")
         if self.run and (self.model or self.data or self.reranker or self.dims):
             raise MmstError("--run/--qrels score a ranking without a model; drop --model, --data, --reranker and --dims")
+        if self.run and self.mteb_results:
+            raise MmstError("--mteb-results writes a model's scores; it needs --model, not --run/--qrels")
+        if self.task_name is not None and (not self.task_name.strip() or "/" in self.task_name):
+            raise MmstError(f"--task-name {self.task_name!r} names a file: give a non-empty name without '/'")
+        if self.model_name is not None and not self.model_name.strip():
+            raise MmstError("--model-name is empty; give the name results should be filed under, e.g. my-org/my-model")
+        if not self.task_languages:
+            raise MmstError("--task-languages is empty; give at least one code, e.g. eng-Latn")
+        for language in self.task_languages:
+            if not re.fullmatch(r"[a-z]{3}-[A-Z][a-z]{3}", language):
+                raise MmstError(f"--task-languages {language!r}: write ISO 639-3 language and ISO 15924 script, e.g. eng-Latn")
+        prompts = (self.query_prompt, self.document_prompt, self.query_prompt_name, self.document_prompt_name)
+        if self.run and any(prompt is not None for prompt in prompts):
+            raise MmstError("--run/--qrels score a ranking without a model; the prompt options need --model")
         parse_thresholds(self.fail_under, self.ks)
+        self.main_metric_name()
+
+    def main_metric_name(self) -> str:
+        """``--main-metric``, checked against the computed metrics; by default ndcg@10, or NDCG at
+        the cut-off nearest 10 when 10 is not one of them."""
+        if self.main_metric is None:
+            return f"ndcg@{min(self.ks, key=lambda k: (abs(k - 10), k))}"
+        name = self.main_metric.strip().lower()
+        if name not in computed_metrics(self.ks):
+            raise MmstError(
+                f"--main-metric {self.main_metric}: not a computed metric; use one of {', '.join(computed_metrics(self.ks))}"
+            )
+        return name
+
+
+def computed_metrics(ks: tuple[int, ...]) -> list[str]:
+    """Every ``metric@k`` key an evaluation at cut-offs ``ks`` reports."""
+    return [f"{name}@{k}" for name in METRIC_NAMES for k in sorted(set(ks))]
 
 
 def parse_thresholds(values: tuple[str, ...], ks: tuple[int, ...]) -> dict[str, float]:
     """``("ndcg@10=0.85",)`` -> ``{"ndcg@10": 0.85}``; the metric must be one that is computed."""
-    from mmst_cli.core.retrieval.metrics import METRIC_NAMES
-
-    computed = [f"{name}@{k}" for name in METRIC_NAMES for k in ks]
+    computed = computed_metrics(ks)
     thresholds = {}
     for value in values:
         metric, separator, number = value.partition("=")
@@ -276,13 +396,19 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
     report: dict[str, Any] = {"ks": list(options.ks)}
     if options.run:
         task = RetrievalTask({}, {}, read_qrels(options.qrels), options.qrels)
-        main = score_run("run", read_trec_run(options.run), task, options.ks)
+        main = score_run(
+            "run", read_trec_run(options.run), task, options.ks,
+            skip_queries_without_relevant=options.skip_queries_without_relevant,
+        )  # fmt: skip
         report.update(run=options.run, qrels=options.qrels, stages=[_stage_report(main)])
     else:
         source = locate_model(options.model)
         if source.kind != "embedder":
             raise MmstError(f"--model {source.reference!r} is a {source.kind}; evaluate retrieves with an embedder")
         model = load_model(source, trust_remote_code=options.trust_remote_code)
+        started = time.perf_counter()
+        query_prompt = resolve_prompt(model, "query", options.query_prompt, options.query_prompt_name)
+        document_prompt = resolve_prompt(model, "document", options.document_prompt, options.document_prompt_name)
         media = MediaOptions(
             media_root=_path_or_none(options.media_root),
             audio_sampling_rate=audio_sampling_rate(model),
@@ -297,13 +423,23 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
             data, split=options.split, config=options.data_config, columns=options.columns,
             media=media, strict=options.strict,
         )  # fmt: skip
+        beyond_corpus = [k for k in options.ks if k > len(task.corpus)]
+        if beyond_corpus:
+            at = ", ".join(f"@{k}" for k in beyond_corpus)
+            task.warnings.append(
+                f"the corpus holds {len(task.corpus)} documents, fewer than the cut-off(s) {at}: every document is "
+                f"retrieved there, so recall and accuracy {at} are 1.0 for any model; use a smaller --k or a larger corpus"
+            )
         reranker = _load_reranker(options, task) if options.reranker else None  # before the long encode
         stages = evaluate_embedder(
             model, task, ks=options.ks, dims=options.dims, batch_size=options.batch_size,
-            search_depth=max(100, options.rerank_top_k), track=track,
+            search_depth=options.depth,
+            skip_queries_without_relevant=options.skip_queries_without_relevant,
+            query_prompt=query_prompt, document_prompt=document_prompt, track=track,
         )  # fmt: skip
         main = stages[-1] if not options.dims else max(stages, key=lambda stage: int(stage.name.split()[1]))
         report.update(model=source.reference, data=data, similarity=_similarity(model), **task_summary(task))
+        report["prompts"] = {"query": query_prompt, "document": document_prompt}
         if options.dims:
             report["dims"] = [{"dim": int(stage.name.split()[1]), "metrics": stage.metrics} for stage in stages]
         report["warnings"] = task.warnings
@@ -311,14 +447,25 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
         if reranker is not None:
             main = rerank(
                 reranker, task, main.run, top_k=options.rerank_top_k, ks=options.ks,
-                batch_size=options.batch_size, track=track,
+                batch_size=options.batch_size,
+                skip_queries_without_relevant=options.skip_queries_without_relevant, track=track,
             )  # fmt: skip
             report["reranker"] = options.reranker
             report["stages"].append(_stage_report(main))
+    report["main_metric"] = options.main_metric_name()
+    report["main_score"] = main.metrics[report["main_metric"]]
     report["metrics"] = main.metrics
     report["counts"] = main.counts
     report["fail_under"] = check_thresholds(main.metrics, thresholds)
     report["passed"] = all(check["passed"] for check in report["fail_under"].values())
+    if options.mteb_results:
+        from mmst_cli.core.retrieval.reports import write_model_mteb_results
+
+        report["mteb_results"] = str(write_model_mteb_results(
+            Path(options.mteb_results).expanduser(), model, source, report, task.qrels,
+            model_name=options.model_name, task_name=options.task_name, split=options.split or "test",
+            languages=list(options.task_languages), seconds=time.perf_counter() - started,
+        ))  # fmt: skip
     return report, main
 
 
@@ -327,8 +474,6 @@ def _stage_report(stage: StageResult) -> dict[str, Any]:
 
 
 def _path_or_none(value: str | None):
-    from pathlib import Path
-
     return Path(value).expanduser() if value else None
 
 
@@ -355,7 +500,9 @@ class RetrievalEvaluator(BaseEvaluator):
 
     def scores(self, model) -> dict[str, float]:
         """The metrics without a name prefix."""
-        return evaluate_embedder(model, self.task, ks=self.ks, batch_size=self.batch_size)[-1].metrics
+        # The metrics read only the top max(ks) documents; a deeper search would only cost memory.
+        stages = evaluate_embedder(model, self.task, ks=self.ks, batch_size=self.batch_size, search_depth=max(self.ks))
+        return stages[-1].metrics
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         metrics = self.prefix_name_to_metrics(self.scores(model), self.name)

@@ -26,16 +26,20 @@ Metrics (``name@k``; each equals the trec_eval measure named after it)
                     top k, divided by *all* relevant documents in qrels (not by ``min(k, R)``).
     ``accuracy@k``  ``success_k``: 1 if any relevant document is in the top k, else 0.
 
-Which queries count (mmst's rule)
-    The mean of every metric is over the queries of the qrels that have at least one relevant
-    document; a query the run retrieved nothing for scores 0 on every metric. That is trec_eval
-    with ``-c``, except that trec_eval ``-c`` also puts qrels queries with only non-relevant
-    judgements into the denominator (each scores 0), which lowers the mean for no reason a
-    system could change; mmst skips those queries and counts them. Run queries absent from the
-    qrels cannot be judged and are ignored (and counted). Without ``-c``, trec_eval 9 averages
-    over the queries present in both files only, so a system that returns nothing for its
-    hardest queries looks better (a CI gate must not reward that), and trec_eval 10 stops with
-    an error when a qrels query is missing from the run.
+Which queries count (trec_eval ``-c``, the default)
+    Every query of the qrels counts once in the mean of every metric: a query whose judgements
+    are all non-relevant scores 0 on every metric, and so does a query the run retrieved nothing
+    for. That is ``trec_eval -c``, and the mean mteb and BEIR's evaluation report: they average
+    pytrec_eval's per-query values, which hold such queries at 0, and they retrieve for every
+    query, so none is missing from their runs. Numbers therefore compare with the leaderboards
+    built on those tools. Run queries absent from the qrels cannot be judged and are ignored.
+    Without ``-c``, trec_eval 9 (and pytrec_eval's per-query output) covers only the queries
+    present in both files, so a system that returns nothing for its hardest queries would look
+    better; trec_eval 10 stops with an error instead.
+
+    ``skip_queries_without_relevant=True`` keeps the older rule: qrels queries without any
+    relevant document leave the mean (no system can score on them) and are only counted. Every
+    count is reported either way (:class:`MetricResult`).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import math
 import operator
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +58,7 @@ import numpy as np
 from mmst_cli.core.errors import EXIT_FAILURE, MmstError
 from mmst_cli.core.outputs import atomic_path
 
-Run = dict[str, dict[str, float]]
+Run = Mapping[str, Mapping[str, float]]
 Qrels = dict[str, dict[str, int]]
 
 #: Metrics :func:`compute_metrics` knows, in the order their keys are reported.
@@ -73,23 +77,32 @@ class MetricResult:
     Attributes:
         means: ``"ndcg@10"``-style key -> mean over the evaluated queries.
         per_query: Query id -> the same keys for that query; holds exactly the evaluated queries
-            (those with a relevant document, including the ones the run missed, at 0), in
-            query-id order as ``trec_eval -q`` lists them.
+            (those the run missed at 0), in query-id order as ``trec_eval -q`` lists them.
         num_queries: Queries evaluated: the denominator of every mean.
-        num_skipped_no_relevant: Qrels queries without any relevant document (not evaluated).
-        num_ignored_not_in_qrels: Run queries absent from the qrels (not evaluated).
+        num_without_relevant: Qrels queries without any relevant document: evaluated at 0 by
+            default, left out with ``skip_queries_without_relevant``.
         num_missing_from_run: Evaluated queries the run retrieved nothing for (scored 0).
+        num_ignored_not_in_qrels: Run queries absent from the qrels (not evaluated).
     """
 
     means: dict[str, float]
     per_query: dict[str, dict[str, float]]
     num_queries: int
-    num_skipped_no_relevant: int
-    num_ignored_not_in_qrels: int
+    num_without_relevant: int
     num_missing_from_run: int
+    num_ignored_not_in_qrels: int
+
+    def counts(self) -> dict[str, int]:
+        """The query counts as reports name them."""
+        return {
+            "evaluated": self.num_queries,
+            "without_relevant": self.num_without_relevant,
+            "missing_from_run": self.num_missing_from_run,
+            "ignored_not_in_qrels": self.num_ignored_not_in_qrels,
+        }
 
 
-def rank_documents(doc_scores: dict[str, float], depth: int | None = None) -> list[tuple[str, float]]:
+def rank_documents(doc_scores: Mapping[str, float], depth: int | None = None) -> list[tuple[str, float]]:
     """Documents of one query in trec_eval's order (see the module docstring).
 
     Args:
@@ -117,40 +130,49 @@ def compute_metrics(
     qrels: Qrels,
     ks: Iterable[int] | int = (10,),
     metrics: Iterable[str] | str = METRIC_NAMES,
+    *,
+    skip_queries_without_relevant: bool = False,
 ) -> MetricResult:
-    """Score ``run`` against ``qrels`` exactly as trec_eval would (see the module docstring).
+    """Score ``run`` against ``qrels`` exactly as ``trec_eval -c`` would (see the module docstring).
 
     Args:
-        run: Query id -> document id -> score.
+        run: Query id -> document id -> score (any mapping; a query's documents are read once).
         qrels: Query id -> document id -> integer relevance.
         ks: Cut-offs, each a positive integer (or one integer); duplicates are ignored.
             Default ``(10,)``.
         metrics: Names from :data:`METRIC_NAMES` (or one name); default all of them.
+        skip_queries_without_relevant: Leave qrels queries without a relevant document out of
+            the mean instead of scoring them 0 (the rule before trec_eval's). Default ``False``.
 
     Returns:
         A :class:`MetricResult` whose keys are ``f"{metric}@{k}"``, metric-major, k ascending.
 
     Raises:
         MmstError: An unknown metric, a bad cut-off, a NaN score, a non-integer relevance, or
-            qrels without a single relevant document (no mean can be taken).
+            qrels without a single relevant document (a mean of zeros would only hide a wrong
+            qrels file).
     """
     metric_names = _check_metrics(metrics)
     cutoffs = _check_cutoffs(ks)
     keys = [f"{metric}@{k}" for metric in metric_names for k in cutoffs]
 
     per_query: dict[str, dict[str, float]] = {}
-    num_skipped = num_missing = 0
+    num_without_relevant = num_missing = 0
     for query_id in sorted(qrels):
         judgements = {doc_id: _relevance(query_id, doc_id, rel) for doc_id, rel in qrels[query_id].items()}
-        if not any(rel >= RELEVANCE_LEVEL for rel in judgements.values()):
-            num_skipped += 1
+        has_relevant = any(rel >= RELEVANCE_LEVEL for rel in judgements.values())
+        num_without_relevant += not has_relevant
+        if not has_relevant and skip_queries_without_relevant:
             continue
         retrieved = run.get(query_id) or {}
         num_missing += not retrieved
-        values = _query_metrics(retrieved, judgements, cutoffs)
-        per_query[query_id] = {f"{metric}@{k}": values[metric][k] for metric in metric_names for k in cutoffs}
+        if has_relevant:
+            values = _query_metrics(retrieved, judgements, cutoffs)
+            per_query[query_id] = {f"{metric}@{k}": values[metric][k] for metric in metric_names for k in cutoffs}
+        else:  # nothing to find: trec_eval scores every measure 0
+            per_query[query_id] = dict.fromkeys(keys, 0.0)
 
-    if not per_query:
+    if num_without_relevant == len(qrels):
         raise MmstError(
             f"no query in the qrels has a relevant document (relevance >= {RELEVANCE_LEVEL}), "
             "so there is nothing to average; check that the qrels file is the right one"
@@ -160,9 +182,9 @@ def compute_metrics(
         means=means,
         per_query=per_query,
         num_queries=len(per_query),
-        num_skipped_no_relevant=num_skipped,
-        num_ignored_not_in_qrels=sum(query_id not in qrels for query_id in run),
+        num_without_relevant=num_without_relevant,
         num_missing_from_run=num_missing,
+        num_ignored_not_in_qrels=sum(query_id not in qrels for query_id in run),
     )
 
 
@@ -192,7 +214,7 @@ def _relevance(query_id: str, doc_id: str, value: object) -> int:
 
 
 def _query_metrics(
-    retrieved: dict[str, float], judgements: dict[str, int], cutoffs: list[int]
+    retrieved: Mapping[str, float], judgements: dict[str, int], cutoffs: list[int]
 ) -> dict[str, dict[int, float]]:
     """Every metric at every cut-off for one query with at least one relevant document."""
     ranking = rank_documents(retrieved, depth=cutoffs[-1])
@@ -227,7 +249,7 @@ def _query_metrics(
 # TREC files
 
 
-def read_trec_run(path: str | os.PathLike) -> Run:
+def read_trec_run(path: str | os.PathLike) -> dict[str, dict[str, float]]:
     """Read a TREC run file: one ``qid Q0 docid rank score tag`` line per retrieved document.
 
     Columns are separated by whitespace; blank lines are skipped. The ``Q0``, ``rank`` and
@@ -245,7 +267,7 @@ def read_trec_run(path: str | os.PathLike) -> Run:
             integer, the score is not a number or is NaN, or a document is listed twice for one
             query. Messages give ``file:line``.
     """
-    run: Run = {}
+    run: dict[str, dict[str, float]] = {}
     for where, fields in _data_lines(path):
         if len(fields) != 6:
             raise MmstError(

@@ -203,14 +203,18 @@ def reranking_metrics(data: RerankData, scores: list[float]) -> tuple[dict[str, 
             f"evaluation data {data.source!r} has no relevant document (label >= 1, or >= 0.5 for fractions): nothing to rank"
         )
     depth = max(len(judged) for judged in qrels.values())
-    result = compute_metrics(run, qrels, ks=sorted({1, 10, depth}), metrics=("ndcg", "mrr", "map", "accuracy"))
+    # A query with only negative candidates says nothing about the reranker's order: skipped.
+    result = compute_metrics(
+        run, qrels, ks=sorted({1, 10, depth}), metrics=("ndcg", "mrr", "map", "accuracy"),
+        skip_queries_without_relevant=True,
+    )  # fmt: skip
     metrics = {
         "ndcg@10": result.means["ndcg@10"],
         "mrr@10": result.means["mrr@10"],
         "map": result.means[f"map@{depth}"],
         "accuracy@1": result.means["accuracy@1"],
     }
-    counts = {"evaluated": result.num_queries, "skipped_no_relevant": result.num_skipped_no_relevant}
+    counts = {"evaluated": result.num_queries, "skipped_no_relevant": result.num_without_relevant}
     return metrics, counts
 
 
