@@ -20,6 +20,9 @@ Examples:
     $ mmst evaluate --model ./m --data pairs.parquet --dims 768,512,256,64 --plot sweep.png
     $ mmst evaluate --model ./m --data pairs.parquet --fail-under ndcg@10=0.85
 
+    # A folder of PDFs with queries.jsonl and qrels/test.tsv on page ids (report.pdf#page=3)
+    $ mmst evaluate --model ./page-retriever --data ./reports
+
     # Score an existing ranking, no model (the mean is trec_eval -c's; or skip unjudgeable queries)
     $ mmst evaluate --run run.trec --qrels qrels.tsv
     $ mmst evaluate --run run.trec --qrels qrels.tsv --skip-queries-without-relevant
@@ -40,10 +43,14 @@ from mmst_cli.cli.options import (
     AllowRemoteMediaOption,
     JsonOption,
     MediaRootOption,
+    PdfDpiOption,
+    PdfPasswordOption,
+    PdfTextOption,
     SkipBadOption,
     TrustRemoteCodeOption,
 )
 from mmst_cli.cli.output import console, emit
+from mmst_cli.core.data.documents import DEFAULT_PDF_DPI
 from mmst_cli.core.errors import EXIT_FAILURE, MmstError
 
 MODEL = "Model"
@@ -71,6 +78,9 @@ def evaluate(
     skip_bad: SkipBadOption = False,
     allow_remote_media: AllowRemoteMediaOption = False,
     allow_outside_root: AllowOutsideRootOption = False,
+    pdf_dpi: PdfDpiOption = DEFAULT_PDF_DPI,
+    pdf_password: PdfPasswordOption = None,
+    pdf_text: PdfTextOption = False,
     strict: Annotated[bool, typer.Option(help="Fail when qrels name queries or documents that do not exist (default: warn with counts).", rich_help_panel=DATA)] = False,
     run: Annotated[str | None, typer.Option(help="Score this TREC run file instead of a model (needs --qrels).", rich_help_panel=DATA, show_default=False)] = None,
     qrels: Annotated[str | None, typer.Option(help="Relevance judgements for --run: TREC qrels or BEIR tsv.", rich_help_panel=DATA, show_default=False)] = None,
@@ -89,6 +99,7 @@ def evaluate(
     json_output: JsonOption = False,
 ) -> None:
     """Score retrieval (and reranking): NDCG, MRR, Recall, Precision, MAP and accuracy at k, trec_eval-exact."""
+    from mmst_cli.core.data.documents import RenderSettings
     from mmst_cli.core.retrieval.evaluation import DEFAULT_CUTOFFS, EvaluateOptions, run_evaluation
     from mmst_cli.core.retrieval.reports import write_jsonl_atomically
     from mmst_cli.core.progress import progress_bars
@@ -124,6 +135,8 @@ def evaluate(
         model_name=model_name,
         task_name=task_name,
         task_languages=tuple(item.strip() for item in task_languages.split(",") if item.strip()),
+        pdf=RenderSettings(dpi=pdf_dpi, password=pdf_password),
+        pdf_text=pdf_text,
     )
     options.validate()
     if plot and not options.dims:

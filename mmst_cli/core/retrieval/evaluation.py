@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
+from mmst_cli.core.data.documents import PdfPage, RenderSettings
+from mmst_cli.core.data.media import page_image_file
 from mmst_cli.core.encode.encoding import encode_inputs, modality_of
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.retrieval.metrics import METRIC_NAMES, Run, compute_metrics
@@ -202,7 +204,10 @@ def rerank(
     for qid, ranked in first_stage.items():
         best = sorted(ranked.items(), key=lambda item: (-item[1], item[0]))[:top_k]
         for doc_id, _ in best:
-            pairs.append((task.queries[qid], task.corpus[doc_id]))
+            document = task.corpus[doc_id]
+            if isinstance(document, PdfPage):  # rerankers read image files; rendered once, cached
+                document = str(page_image_file(document))
+            pairs.append((task.queries[qid], document))
             keys.append((qid, doc_id))
     advance = track("reranking", len(pairs))
     scores = []
@@ -279,6 +284,8 @@ class EvaluateOptions:
     model_name: str | None = None
     task_name: str | None = None
     task_languages: tuple[str, ...] = ("eng-Latn",)
+    pdf: RenderSettings = RenderSettings()
+    pdf_text: bool = False
 
     def validate(self) -> None:
         if not self.ks:
@@ -408,6 +415,8 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
             skip_bad=options.skip_bad,
             allow_remote_media=options.allow_remote_media,
             allow_outside_root=options.allow_outside_root,
+            pdf=options.pdf,
+            pdf_text=options.pdf_text,
         )
         data = options.data or str(EMOJI_EVAL)
         task = load_retrieval_task(

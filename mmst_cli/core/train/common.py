@@ -25,6 +25,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from mmst_cli.core.data.documents import RenderSettings
 from mmst_cli.core.data.tables import PairData
 from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.models.lora import LoraOptions
@@ -120,6 +121,8 @@ class TrainingOptions:
             "skip_bad": self.skip_bad,
             "allow_remote_media": self.allow_remote_media,
             "allow_outside_root": self.allow_outside_root,
+            # PDF pages render within the image budget both training commands take as --max-pixels.
+            "pdf": RenderSettings(max_pixels=getattr(self, "max_pixels", None)),
         }
 
     def resolved_output_dir(self) -> Path:
