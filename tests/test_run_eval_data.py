@@ -1,0 +1,89 @@
+"""A train-embed run's evaluation data, recorded in its run folder and scored again by ``mmst evaluate``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.data_factory import write_colour_pairs
+from tests.helpers import assert_one_line_error, run_json, run_mmst
+
+
+@pytest.fixture(scope="module")
+def router_run(tiny_models, tmp_path_factory) -> dict:
+    """A 4-step Router run (tiny BERT text, tiny CLIP image) with --eval-split 0.5 on 16 colour pairs,
+    and the Router it started from (composed the same way, seeded), saved as the base."""
+    from mmst_cli.core.models.composition import compose_router
+
+    root = tmp_path_factory.mktemp("router-run")
+    data = write_colour_pairs(root / "data", count=16)
+    towers = {"text_encoder": str(tiny_models["bert"]), "image_encoder": str(tiny_models["clip"]), "dim": 16}
+    summary = run_json(
+        "train-embed", "--text-encoder", towers["text_encoder"], "--image-encoder", towers["image_encoder"],
+        "--dim", "16", "--data", str(data), "--eval-split", "0.5", "--max-steps", "4", "--batch-size", "8",
+        "--warmup", "0", "--head-lr", "0.05", "--output-dir", str(root / "run"),
+    )  # fmt: skip
+    compose_router(text_encoder=towers["text_encoder"], image_encoder=towers["image_encoder"], audio_encoder=None, dim=16, seed=42).model.save(
+        str(root / "base")
+    )
+    return {"run": root / "run", "data": data, "base": root / "base", "summary": summary}
+
+
+def _assert_same_metrics(reported: dict, expected: dict) -> None:
+    assert expected and set(expected) <= set(reported), (reported, expected)
+    for metric, value in expected.items():
+        assert reported[metric] == pytest.approx(value, abs=1e-6), metric
+
+
+def test_evaluate_scores_a_run_on_exactly_its_held_out_split(router_run):
+    run = router_run["run"]
+    record = json.loads((run / "eval_data.json").read_text())
+    assert record["kind"] == "split" and record["seed"] == 42 and record["rows"] == 16 and len(record["held_out"]) == 8
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["final"] != metrics["base"]  # training moved the model: the comparisons below can tell them apart
+
+    after = run_json("evaluate", "--model", str(run))
+    assert after["queries"] == 8 and "held-out 0.5" in after["data"]
+    _assert_same_metrics(after["metrics"], metrics["final"])
+    before = run_json("evaluate", "--eval-of", str(run), "--model", str(router_run["base"]))
+    _assert_same_metrics(before["metrics"], metrics["base"])
+
+
+def test_a_copied_checkout_is_accepted_and_changed_data_refused(router_run, tmp_path):
+    run, data = router_run["run"], router_run["data"]
+    # New modification times, same content (a fresh CI checkout): the rows' digest vouches for them.
+    os.utime(data, (1, 1))
+    again = run_json("evaluate", "--model", str(run))
+    _assert_same_metrics(again["metrics"], json.loads((run / "metrics.json").read_text())["final"])
+
+    original = data.read_text()
+    try:
+        lines = original.splitlines()
+        data.write_text("\n".join(line.replace("a photo of", "an image of") for line in lines) + "\n")
+        result = run_mmst("evaluate", "--model", str(run))
+        assert_one_line_error(result, 2, str(data), "changed since the run", "restore the data")
+        data.write_text("\n".join(lines[:-1]) + "\n")
+        assert_one_line_error(run_mmst("evaluate", "--model", str(run)), 2, "15 usable rows, the run split 16")
+    finally:
+        data.write_text(original)
+
+    bare = tmp_path / "bare"
+    shutil.copytree(run, bare, ignore=shutil.ignore_patterns("eval_data.json", "checkpoints"))
+    assert_one_line_error(run_mmst("evaluate", "--model", str(bare)), 2, "has no eval_data.json", "pass --data")
+    assert_one_line_error(run_mmst("evaluate", "--eval-of", str(run), "--data", str(data)), 2, "--eval-of", "drop --data")
+
+
+def test_eval_data_runs_record_their_reference(tiny_models, tmp_path):
+    data = write_colour_pairs(tmp_path / "data", count=6)
+    run_json(
+        "train-embed", "--model", str(tiny_models["clip"]), "--data", str(data), "--eval-data", str(data),
+        "--max-steps", "1", "--batch-size", "4", "--output-dir", str(tmp_path / "run"),
+    )  # fmt: skip
+    record = json.loads((tmp_path / "run" / "eval_data.json").read_text())
+    assert record["kind"] == "data" and record["data_path"] == str(Path(data).resolve()) and record["held_out"] is None
+    before = run_json("evaluate", "--eval-of", str(tmp_path / "run"), "--model", str(tiny_models["clip"]))
+    _assert_same_metrics(before["metrics"], json.loads((tmp_path / "run" / "metrics.json").read_text())["base"])
