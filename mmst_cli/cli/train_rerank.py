@@ -71,7 +71,7 @@ OUTPUT = "Output"
 
 def train_rerank(
     ctx: typer.Context,
-    model: Annotated[str | None, typer.Option(help="Checkpoint or saved reranker to train: a causal LM / VLM, an encoder (BERT, MiniLM), or a CrossEncoder folder (training continues). Folder or Hub id.", rich_help_panel=MODEL, show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(help="Checkpoint or saved reranker to train: a causal LM / VLM, an encoder (BERT, MiniLM), a CrossEncoder folder (training continues), or a train-embed run folder (its text tower). Folder or Hub id.", rich_help_panel=MODEL, show_default=False)] = None,
     arch: Annotated[str, typer.Option(help="logit-score (LM judgement: logit(true) - logit(false)), pooling-dense (last token + Dense initialised from the LM head), classifier (encoder + 1-label head), or auto: continue a saved reranker, logit-score for LM/VLM checkpoints, else classifier.", rich_help_panel=MODEL)] = "auto",
     true_token: Annotated[str, typer.Option(help="Answer token meaning relevant (logit-score, pooling-dense); one token, e.g. 1 or yes.", rich_help_panel=MODEL)] = "1",
     false_token: Annotated[str, typer.Option(help="Answer token meaning not relevant; one token, e.g. 0 or no.", rich_help_panel=MODEL)] = "0",

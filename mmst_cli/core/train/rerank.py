@@ -27,6 +27,7 @@ trec_eval would.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,35 @@ class TrainRerankOptions(TrainingOptions):
                 "--loss cmnrl (GradCache) cannot be combined with --gradient-checkpointing; drop one "
                 "(GradCache already bounds activation memory through --mini-batch-size)"
             )
+
+
+def text_tower_start(reference: str | None, log=print) -> str | None:
+    """The checkpoint a reranker starts from: ``reference`` itself, or for an mmst-trained embedder
+    (a train-embed run folder, or its saved ``model/``, a Router) the folder of its text route's
+    transformer, which then gets a fresh one-label head (``--arch classifier``).
+
+    Raises:
+        MmstError: when such a Router has no text route to start from.
+    """
+    from mmst_cli.core.retrieval.run_eval_data import is_run_folder
+
+    if reference is None:
+        return None
+    run_folder = is_run_folder(reference)
+    folder = Path(reference).expanduser() / ("model" if run_folder else "")
+    router = folder / "router_config.json"
+    if not router.is_file():
+        return str(folder) if run_folder else reference
+    config = json.loads(router.read_text(encoding="utf8"))
+    routes = config.get("structure", {})
+    first = (routes.get("text") or [None])[0]
+    if first is None or not str(config.get("types", {}).get(first, "")).endswith("Transformer"):
+        raise MmstError(
+            f"--model {reference!r} is an embedder whose Router has no text tower (routes: {', '.join(routes) or 'none'}); "
+            "a reranker starts from a text transformer: train the embedder with --text-encoder, or pass a checkpoint"
+        )
+    log(f"reranker: starting from the text tower of {reference} ({first})")
+    return str(folder / first)
 
 
 def build_rerank_loss(model, name: str, mini_batch_size: int, mini_batch_tokens: int | None = None):
@@ -332,13 +362,14 @@ def _train(options: TrainRerankOptions, output_dir: Path, progress_console, log)
     from mmst_cli.core.models.rerankers import build_reranker, instruction_of
 
     model_dir = output_dir / "model"
+    start = text_tower_start(options.model, log)
     # Data first: bad media fails in seconds, before any weights are loaded.
-    train_data, eval_data = _load_training_data(options, peek_audio_sampling_rate(options.model))
+    train_data, eval_data = _load_training_data(options, peek_audio_sampling_rate(start))
     # The shape the loss reads, checked before the weights load too (bce on positives only, ...).
     train_dataset = training_dataset(train_data, options.loss, options.negatives_per_positive, log)
     set_seed(options.seed)
     built = build_reranker(
-        options.model,
+        start,
         arch=options.arch,
         true_token=options.true_token,
         false_token=options.false_token,

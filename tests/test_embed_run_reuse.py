@@ -1,4 +1,5 @@
-"""A train-embed run's evaluation data, recorded in its run folder and scored again by ``mmst evaluate``."""
+"""A train-embed run folder used by the other commands: ``evaluate`` scores the run's own evaluation
+data, ``train-rerank`` starts a reranker from its text tower."""
 
 from __future__ import annotations
 
@@ -87,3 +88,28 @@ def test_eval_data_runs_record_their_reference(tiny_models, tmp_path):
     assert record["kind"] == "data" and record["data_path"] == str(Path(data).resolve()) and record["held_out"] is None
     before = run_json("evaluate", "--eval-of", str(tmp_path / "run"), "--model", str(tiny_models["clip"]))
     _assert_same_metrics(before["metrics"], json.loads((tmp_path / "run" / "metrics.json").read_text())["base"])
+
+
+def _rerank_pairs(folder: Path) -> Path:
+    rows = [{"query": f"what colour is thing {i}?", "positive": f"thing {i} is colour {i}", "negative": f"thing {i + 1} is round"}
+            for i in range(8)]  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "qa.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf8")
+    return path
+
+
+def test_train_rerank_starts_from_the_text_tower_of_a_run(router_run, tiny_models, tmp_path):
+    from mmst_cli.core.models.composition import compose_router
+
+    data = _rerank_pairs(tmp_path / "data")
+    common = ["--data", str(data), "--eval-split", "0.25", "--max-steps", "1", "--batch-size", "4"]
+    for name, reference in (("run", router_run["run"]), ("saved", router_run["run"] / "model")):
+        summary = run_json("train-rerank", "--model", str(reference), *common, "--output-dir", str(tmp_path / name))
+        assert summary["arch"] == "classifier" and summary["model"].startswith(str(router_run["run"] / "model" / "text_0_Transformer"))
+
+    image_only = tmp_path / "image-only"
+    compose_router(text_encoder=None, image_encoder=str(tiny_models["clip"]), audio_encoder=None, dim=16).model.save(str(image_only))
+    refused = run_mmst("train-rerank", "--model", str(image_only), *common, "--output-dir", str(tmp_path / "refused"))
+    assert_one_line_error(refused, 2, str(image_only), "no text tower (routes: image)", "--text-encoder")
+    assert not (tmp_path / "refused").exists()
