@@ -108,6 +108,11 @@ def test_train_rerank_starts_from_the_text_tower_of_a_run(router_run, tiny_model
         summary = run_json("train-rerank", "--model", str(reference), *common, "--output-dir", str(tmp_path / name))
         assert summary["arch"] == "classifier" and summary["model"].startswith(str(router_run["run"] / "model" / "text_0_Transformer"))
 
+    # A reranker run is not something evaluate retrieves with: it says where the reranker goes.
+    assert_one_line_error(run_mmst("evaluate", "--model", str(tmp_path / "run")), 2, "is a reranker")
+    refused = run_mmst("evaluate", "--eval-of", str(tmp_path / "run"), "--model", str(router_run["base"]))
+    assert_one_line_error(refused, 2, "is a train-rerank run", f"--reranker {tmp_path / 'run' / 'model'}")
+
     image_only = tmp_path / "image-only"
     compose_router(text_encoder=None, image_encoder=str(tiny_models["clip"]), audio_encoder=None, dim=16).model.save(str(image_only))
     refused = run_mmst("train-rerank", "--model", str(image_only), *common, "--output-dir", str(tmp_path / "refused"))

@@ -147,12 +147,25 @@ def resolve_run_folder(model: str | None, eval_of: str | None, data: str | None)
     return str(Path(model).expanduser() / "model"), eval_of or (None if data else model)
 
 
+def _run_command(folder: Path) -> str | None:
+    """The command that made a run folder, from its ``run.json`` (``None`` when unreadable)."""
+    try:
+        return json.loads((folder / "run.json").read_text(encoding="utf8")).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def read_eval_record(run_folder: str) -> dict[str, Any]:
     """The record of ``run_folder``, or a one-line error saying why there is none."""
     folder = Path(run_folder).expanduser()
     if not is_run_folder(run_folder):
         raise MmstError(f"--eval-of {run_folder!r} is not a training run folder (one with run.json and model/); check the path")
     record = folder / RECORD_NAME
+    if not record.is_file() and _run_command(folder) == "train-rerank":
+        raise MmstError(
+            f"run folder {run_folder!r} is a train-rerank run, and evaluate retrieves with an embedder; "
+            f"pass its model as --reranker {folder / 'model'} with an embedding --model"
+        )
     if not record.is_file():
         raise MmstError(
             f"run folder {run_folder!r} has no {RECORD_NAME}: the run had no evaluation data (no --eval-split or "
