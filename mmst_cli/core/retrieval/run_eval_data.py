@@ -34,8 +34,6 @@ from mmst_cli.core.retrieval.tasks import RetrievalTask, content_key, pairs_to_r
 #: The record's file name in a run folder.
 RECORD_NAME = "eval_data.json"
 RECORD_VERSION = 1
-#: The files that make a folder a training run folder.
-RUN_FOLDER_MARKERS = ("run.json", "model")
 
 
 def files_fingerprint(reference: str | None) -> str:
@@ -214,9 +212,10 @@ def load_run_eval_pairs(run_folder: str, audio_sampling_rate: int | None = None)
     if not Path(location).expanduser().exists() and Path(record["data_path"] or "").is_absolute():
         raise MmstError(
             f"run folder {run_folder!r}: the run's {flag} {record['data_path']} is gone; put the data back there "
-            "(or run from the folder its relative path starts in), or pass --data instead"
+            f"(or run from where {record['data']!r} is found), or pass --data instead"
         )
     data = load_pair_data(location, config=record["data_config"], split=record["split"], columns=record["columns"], **media_options)
+
     def changed(why: str) -> MmstError:
         return MmstError(
             f"run folder {run_folder!r}: the run's {flag} {location} changed since the run ({why}); "
