@@ -27,6 +27,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mmst_cli.core.data.documents import RenderSettings
 from mmst_cli.core.data.tables import PairData, load_pair_data
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.retrieval.tasks import RetrievalTask, content_key, pairs_to_retrieval_task
@@ -99,7 +100,7 @@ def eval_record(
         reference, config, split, columns: How the evaluated table is loaded: ``--data`` for a
             split, ``--eval-data`` otherwise (``None`` for the embedded data).
         media: The run's media options (``media_root``, ``skip_bad``, ``allow_remote_media``,
-            ``allow_outside_root``; the audio rate is the evaluated model's).
+            ``allow_outside_root``, ``pdf``; the audio rate is the evaluated model's).
         fraction, seed: ``--eval-split`` and ``--seed`` (a split only).
         rows: Rows of ``--data`` after loading and checking (a split only).
         held_out: Indices of the held-out rows among those ``rows`` (a split only).
@@ -118,6 +119,8 @@ def eval_record(
             "skip_bad": bool(media.get("skip_bad")),
             "allow_remote_media": bool(media.get("allow_remote_media")),
             "allow_outside_root": bool(media.get("allow_outside_root")),
+            # How PDF pages were rendered (never the password): the same pages must become the same images.
+            "pdf": {"dpi": pdf.dpi, "max_pixels": pdf.max_pixels} if (pdf := media.get("pdf")) else None,
         },
         "fraction": fraction,
         "seed": seed,
@@ -202,6 +205,7 @@ def load_run_eval_pairs(run_folder: str, audio_sampling_rate: int | None = None)
         skip_bad=media["skip_bad"],
         allow_remote_media=media["allow_remote_media"],
         allow_outside_root=media["allow_outside_root"],
+        pdf=RenderSettings(**media["pdf"]) if media.get("pdf") else RenderSettings(),
     )
     if record["kind"] == "embedded":
         from mmst_cli.core.models.composition import EMOJI_EVAL
