@@ -60,7 +60,7 @@ OUTPUT = "Output"
 
 
 def evaluate(
-    model: Annotated[str | None, typer.Option(help="Embedding model folder or Hub id. Default: the embedded default model.", rich_help_panel=MODEL, show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(help="Embedding model folder or Hub id, or a train-embed run folder: its model, on the run's evaluation data unless --data is given. Default: the embedded default model.", rich_help_panel=MODEL, show_default=False)] = None,
     reranker: Annotated[str | None, typer.Option(help="Rerank each query's first-stage results with this reranker; both stages are reported.", rich_help_panel=MODEL, show_default=False)] = None,
     rerank_top_k: Annotated[int, typer.Option(help="How many first-stage results the reranker re-scores (at most --depth).", rich_help_panel=MODEL)] = 100,
     depth: Annotated[int, typer.Option(help="Documents retrieved per query, scored and written by --save-run (at least the largest --k).", rich_help_panel=MODEL)] = 1000,
@@ -74,6 +74,7 @@ def evaluate(
     split: Annotated[str | None, typer.Option(help="Split (BEIR qrels or dataset). Default: test for corpus/queries/qrels data, train for pairs.", rich_help_panel=DATA, show_default=False)] = None,
     data_config: Annotated[str | None, typer.Option(help="Hub configuration of pair data.", rich_help_panel=DATA, show_default=False)] = None,
     columns: Annotated[str | None, typer.Option(help="Pair data columns: query,positive[,negative...].", rich_help_panel=DATA, show_default=False)] = None,
+    eval_of: Annotated[str | None, typer.Option(help="Score on the evaluation data of this train-embed run folder (its --eval-split rows, --eval-data or demo pairs), e.g. with the base --model.", rich_help_panel=DATA, show_default=False)] = None,
     media_root: MediaRootOption = None,
     skip_bad: SkipBadOption = False,
     allow_remote_media: AllowRemoteMediaOption = False,
@@ -103,7 +104,9 @@ def evaluate(
     from mmst_cli.core.retrieval.evaluation import DEFAULT_CUTOFFS, EvaluateOptions, run_evaluation
     from mmst_cli.core.retrieval.reports import write_jsonl_atomically
     from mmst_cli.core.progress import progress_bars
+    from mmst_cli.core.retrieval.run_eval_data import resolve_run_folder
 
+    model, eval_of = resolve_run_folder(model, eval_of, data)
     options = EvaluateOptions(
         model=model,
         data=data,
@@ -137,6 +140,7 @@ def evaluate(
         task_languages=tuple(item.strip() for item in task_languages.split(",") if item.strip()),
         pdf=RenderSettings(dpi=pdf_dpi, password=pdf_password),
         pdf_text=pdf_text,
+        eval_of=eval_of,
     )
     options.validate()
     if plot and not options.dims:

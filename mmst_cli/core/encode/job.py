@@ -252,6 +252,23 @@ class EncodeResult:
     reused_chunks: int
 
 
+#: How far from 1 a float32 vector's L2 norm may be and still count as unit length: a model that
+#: normalises in bf16 or fp16 and is read back as float32 lands within about 1e-3 of it.
+UNIT_LENGTH_TOLERANCE = 5e-3
+
+
+def is_unit_length(vectors) -> bool:
+    """Whether every row of ``vectors`` (float, before any --precision conversion) has L2 norm 1.
+
+    Measured rather than inferred from the flags, so a model whose own Normalize module made the
+    vectors unit length says so without ``--normalize``, and a ``--dim`` cut of such a model does not.
+    """
+    import numpy as np
+
+    norms = np.linalg.norm(np.asarray(vectors, dtype=np.float32), axis=1)
+    return bool(np.all(np.abs(norms - 1) <= UNIT_LENGTH_TOLERANCE))
+
+
 def _chunk_bounds(count: int, chunk_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + chunk_size, count)) for start in range(0, count, chunk_size)]
 
@@ -358,6 +375,7 @@ def run_encode(
         if done:
             dim = next(iter(done.values()))
             log(f"resuming: {len(done)} of {len(bounds)} chunks already encoded")
+    unit_length = all(is_unit_length(parts.load(index)) for index in done)
 
     metadata = {
         "model": source.reference,
@@ -403,6 +421,7 @@ def run_encode(
                         decode_workers=0 if pool is not None else options.decode_workers,
                     )
                     dim = vectors.shape[1]
+                    unit_length = unit_length and is_unit_length(vectors)
                     encoded += 1
                     if parts is not None:
                         parts.save(index, vectors)
@@ -422,6 +441,7 @@ def run_encode(
                 model.stop_multi_process_pool(pool)
 
         metadata["dim"] = dim
+        metadata["unit_length"] = unit_length
         ranges = None
         if options.precision == "int8":
             ranges = int8_ranges(held if parts is None else (parts.load(index) for index in range(len(bounds))))
@@ -460,6 +480,7 @@ def run_encode(
         "format": options.output_format,
         "precision": options.precision,
         "normalize": options.normalize,
+        "unit_length": unit_length,
         "task": options.task,
         "chunks": len(bounds),
         "reused_chunks": len(done),

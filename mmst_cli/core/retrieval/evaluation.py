@@ -286,6 +286,8 @@ class EvaluateOptions:
     task_languages: tuple[str, ...] = ("eng-Latn",)
     pdf: RenderSettings = RenderSettings()
     pdf_text: bool = False
+    #: A train-embed run folder whose evaluation data is scored instead of ``data`` (``--eval-of``).
+    eval_of: str | None = None
 
     def validate(self) -> None:
         if not self.ks:
@@ -324,6 +326,8 @@ class EvaluateOptions:
         prompts = (self.query_prompt, self.document_prompt, self.query_prompt_name, self.document_prompt_name)
         if self.run and any(prompt is not None for prompt in prompts):
             raise MmstError("--run/--qrels score a ranking without a model; the prompt options need --model")
+        if self.eval_of and (self.data or self.run):
+            raise MmstError("--eval-of scores a run's own evaluation data; drop --data (and --run/--qrels)")
         parse_thresholds(self.fail_under, self.ks)
         self.main_metric_name()
 
@@ -385,6 +389,7 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
     from mmst_cli.core.models.loading import load_model
     from mmst_cli.core.models.locate import locate_model
     from mmst_cli.core.retrieval.metrics import read_qrels, read_trec_run
+    from mmst_cli.core.retrieval.run_eval_data import run_eval_task
     from mmst_cli.core.retrieval.tasks import (
         MediaOptions,
         load_retrieval_task,
@@ -418,11 +423,15 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
             pdf=options.pdf,
             pdf_text=options.pdf_text,
         )
-        data = options.data or str(EMOJI_EVAL)
-        task = load_retrieval_task(
-            data, split=options.split, config=options.data_config, columns=options.columns,
-            media=media, strict=options.strict,
-        )  # fmt: skip
+        if options.eval_of:
+            task = run_eval_task(options.eval_of, media.audio_sampling_rate)
+            data = task.source
+        else:
+            data = options.data or str(EMOJI_EVAL)
+            task = load_retrieval_task(
+                data, split=options.split, config=options.data_config, columns=options.columns,
+                media=media, strict=options.strict,
+            )  # fmt: skip
         beyond_corpus = [k for k in options.ks if k > len(task.corpus)]
         if beyond_corpus:
             at = ", ".join(f"@{k}" for k in beyond_corpus)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mmst_cli.core.data.tables import PairData, load_pair_data, split_off_eval
+from mmst_cli.core.data.tables import PairData
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.models.locate import peek_audio_sampling_rate
 from mmst_cli.core.models.lora import add_lora, merge_lora
@@ -22,13 +22,13 @@ from mmst_cli.core.train.common import (
     check_modalities,
     common_training_arguments,
     ensure_disk_space,
-    load_train_and_eval,
     run_in_owned_folder,
     save_run,
     train_summary,
     train_with_progress,
     world_size,
 )
+from mmst_cli.core.train.eval_record import load_pairs_with_eval_record, write_eval_record
 from mmst_cli.core.train.losses import LossOptions, build_loss
 
 #: ``--batch-sampler`` values -> Sentence Transformers' batch samplers.
@@ -126,17 +126,6 @@ def with_demo_recipe(options: TrainEmbedOptions, chosen: set[str]) -> tuple[Trai
     return replace(options, **changes), applied
 
 
-def _load_training_data(options: TrainEmbedOptions, audio_rate: int | None) -> tuple[PairData, PairData | None]:
-    from mmst_cli.core.models.composition import EMOJI_EVAL, EMOJI_TRAIN
-
-    def load(reference: str, **where) -> PairData:
-        return load_pair_data(reference, columns=options.columns, **where, **options.media_options(audio_rate))
-
-    if options.data is None:
-        return load(str(EMOJI_TRAIN)), load(str(EMOJI_EVAL))
-    return load_train_and_eval(options, load, split_off_eval)
-
-
 def _training_arguments(options: TrainEmbedOptions, checkpoints: Path, built, data: PairData, has_eval: bool):
     from sentence_transformers import SentenceTransformerTrainingArguments
 
@@ -185,7 +174,9 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
 
     model_dir = output_dir / "model"
     # Data first: bad media fails in seconds, before any weights are loaded.
-    train_data, eval_data = _load_training_data(options, peek_audio_sampling_rate(options.audio_encoder or options.model))
+    train_data, eval_data, eval_record = load_pairs_with_eval_record(
+        options, peek_audio_sampling_rate(options.audio_encoder or options.model)
+    )
     set_seed(options.seed)
     built = build_training_model(options)
     model = built.model
@@ -260,6 +251,7 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
         "train": train_summary(trainer, output, runtime),
         "options": options.as_json(),
     }
+    write_eval_record(output_dir, eval_record)  # what `mmst evaluate --model RUN` scores
     save_run(model, model_dir, output_dir, summary)
     return TrainingResult(summary, model)
 
