@@ -95,7 +95,7 @@ def test_detect_inputs_reports_missing_files_instead_of_text(tiny_models, tmp_pa
     assert result.returncode == 1  # one input cannot be used
     inputs = {item["input"]: item for item in json.loads(result.stdout)["inputs"]}
     assert inputs[str(image)] == {
-        "input": str(image), "modality": "image", "source": "file", "supported": True, "problem": None,
+        "input": str(image), "modality": "image", "source": "file", "supported": True, "problem": None, "detail": None,
     }  # fmt: skip
     assert inputs[str(missing)]["modality"] == "image"
     assert inputs[str(missing)]["problem"] == "file not found"

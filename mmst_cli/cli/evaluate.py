@@ -20,6 +20,9 @@ Examples:
     $ mmst evaluate --model ./m --data pairs.parquet --dims 768,512,256,64 --plot sweep.png
     $ mmst evaluate --model ./m --data pairs.parquet --fail-under ndcg@10=0.85
 
+    # A folder of PDFs with queries.jsonl and qrels/test.tsv on page ids (report.pdf#page=3)
+    $ mmst evaluate --model ./page-retriever --data ./reports
+
     # Score an existing ranking, no model (the mean is trec_eval -c's; or skip unjudgeable queries)
     $ mmst evaluate --run run.trec --qrels qrels.tsv
     $ mmst evaluate --run run.trec --qrels qrels.tsv --skip-queries-without-relevant
@@ -40,10 +43,14 @@ from mmst_cli.cli.options import (
     AllowRemoteMediaOption,
     JsonOption,
     MediaRootOption,
+    PdfDpiOption,
+    PdfPasswordOption,
+    PdfTextOption,
     SkipBadOption,
     TrustRemoteCodeOption,
 )
 from mmst_cli.cli.output import console, emit
+from mmst_cli.core.data.documents import DEFAULT_PDF_DPI
 from mmst_cli.core.errors import EXIT_FAILURE, MmstError
 
 MODEL = "Model"
@@ -53,7 +60,7 @@ OUTPUT = "Output"
 
 
 def evaluate(
-    model: Annotated[str | None, typer.Option(help="Embedding model folder or Hub id. Default: the embedded default model.", rich_help_panel=MODEL, show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(help="Embedding model folder or Hub id, or a train-embed run folder: its model, on the run's evaluation data unless --data is given. Default: the embedded default model.", rich_help_panel=MODEL, show_default=False)] = None,
     reranker: Annotated[str | None, typer.Option(help="Rerank each query's first-stage results with this reranker; both stages are reported.", rich_help_panel=MODEL, show_default=False)] = None,
     rerank_top_k: Annotated[int, typer.Option(help="How many first-stage results the reranker re-scores (at most --depth).", rich_help_panel=MODEL)] = 100,
     depth: Annotated[int, typer.Option(help="Documents retrieved per query, scored and written by --save-run (at least the largest --k).", rich_help_panel=MODEL)] = 1000,
@@ -67,10 +74,14 @@ def evaluate(
     split: Annotated[str | None, typer.Option(help="Split (BEIR qrels or dataset). Default: test for corpus/queries/qrels data, train for pairs.", rich_help_panel=DATA, show_default=False)] = None,
     data_config: Annotated[str | None, typer.Option(help="Hub configuration of pair data.", rich_help_panel=DATA, show_default=False)] = None,
     columns: Annotated[str | None, typer.Option(help="Pair data columns: query,positive[,negative...].", rich_help_panel=DATA, show_default=False)] = None,
+    eval_of: Annotated[str | None, typer.Option(help="Score on the evaluation data of this train-embed run folder (its --eval-split rows, --eval-data or demo pairs), e.g. with the base --model.", rich_help_panel=DATA, show_default=False)] = None,
     media_root: MediaRootOption = None,
     skip_bad: SkipBadOption = False,
     allow_remote_media: AllowRemoteMediaOption = False,
     allow_outside_root: AllowOutsideRootOption = False,
+    pdf_dpi: PdfDpiOption = DEFAULT_PDF_DPI,
+    pdf_password: PdfPasswordOption = None,
+    pdf_text: PdfTextOption = False,
     strict: Annotated[bool, typer.Option(help="Fail when qrels name queries or documents that do not exist (default: warn with counts).", rich_help_panel=DATA)] = False,
     run: Annotated[str | None, typer.Option(help="Score this TREC run file instead of a model (needs --qrels).", rich_help_panel=DATA, show_default=False)] = None,
     qrels: Annotated[str | None, typer.Option(help="Relevance judgements for --run: TREC qrels or BEIR tsv.", rich_help_panel=DATA, show_default=False)] = None,
@@ -89,10 +100,13 @@ def evaluate(
     json_output: JsonOption = False,
 ) -> None:
     """Score retrieval (and reranking): NDCG, MRR, Recall, Precision, MAP and accuracy at k, trec_eval-exact."""
+    from mmst_cli.core.data.documents import RenderSettings
     from mmst_cli.core.retrieval.evaluation import DEFAULT_CUTOFFS, EvaluateOptions, run_evaluation
     from mmst_cli.core.retrieval.reports import write_jsonl_atomically
     from mmst_cli.core.progress import progress_bars
+    from mmst_cli.core.retrieval.run_eval_data import resolve_run_folder
 
+    model, eval_of = resolve_run_folder(model, eval_of, data)
     options = EvaluateOptions(
         model=model,
         data=data,
@@ -124,6 +138,9 @@ def evaluate(
         model_name=model_name,
         task_name=task_name,
         task_languages=tuple(item.strip() for item in task_languages.split(",") if item.strip()),
+        pdf=RenderSettings(dpi=pdf_dpi, password=pdf_password),
+        pdf_text=pdf_text,
+        eval_of=eval_of,
     )
     options.validate()
     if plot and not options.dims:
@@ -178,11 +195,8 @@ def render_report(console: Console, report: dict[str, Any]) -> None:
     data = report.get("data") or report.get("qrels")
     console.print(f"{source} on {data}", markup=False, highlight=False)
     if "queries" in report:
-        counts = report["counts"]
-        console.print(
-            f"{report['queries']} queries, {report['documents']} documents; "
-            f"{counts.get('evaluated', '?')} queries scored", markup=False, highlight=False,
-        )  # fmt: skip
+        console.print(f"{report['queries']} queries, {report['documents']} documents", markup=False, highlight=False)
+    console.print(_counted(report["counts"], report["queries_without_relevant"]), markup=False, highlight=False)
     stages = [(stage["name"], stage["metrics"]) for stage in report["stages"]]
     if "dims" in report:
         stages = [(f"dim {entry['dim']}", entry["metrics"]) for entry in report["dims"]] + stages[1:]
@@ -193,6 +207,20 @@ def render_report(console: Console, report: dict[str, Any]) -> None:
     for metric, check in report["fail_under"].items():
         verdict = "[green]pass[/green]" if check["passed"] else "[red]FAIL[/red]"
         console.print(f"{verdict} {metric} {check['value']:.4f} (threshold {check['threshold']})")
+
+
+def _counted(counts: dict[str, int], without_relevant: str) -> str:
+    """What the means are over, e.g. ``3 queries scored (1 without a relevant document, scored 0; ...)``."""
+    notes = [
+        f"{counts[key]} {label}"
+        for key, label in (
+            ("without_relevant", f"without a relevant document, {without_relevant}"),
+            ("missing_from_run", "missing from the run, scored 0"),
+            ("ignored_not_in_qrels", "in the run but not the qrels, ignored"),
+        )
+        if counts.get(key)
+    ]
+    return f"{counts.get('evaluated', 0)} queries scored" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _metric_tables(title: str, metrics: dict[str, float], width: int) -> list[Table]:

@@ -121,6 +121,29 @@ AllowOutsideRootOption = Annotated[
     ),
 ]
 
+# PDF pages (report.pdf#page=3, or every page of a PDF or of a folder of PDFs) in encode and evaluate.
+PdfDpiOption = Annotated[
+    float,
+    typer.Option(help="Resolution PDF pages are rendered at, in dots per inch.", rich_help_panel=DATA_PANEL),
+]
+PdfPasswordOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Password of encrypted PDF files (or set MMST_PDF_PASSWORD, which ps does not show).",
+        envvar="MMST_PDF_PASSWORD",
+        rich_help_panel=DATA_PANEL,
+        show_default=False,
+        show_envvar=False,
+    ),
+]
+PdfTextOption = Annotated[
+    bool,
+    typer.Option(
+        help="Take PDF pages by their text layer (empty for scanned pages, which are counted) instead of as rendered images.",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+
 
 DataConfigOption = Annotated[
     str | None, typer.Option(help="Hub dataset configuration.", rich_help_panel=DATA_PANEL, show_default=False)

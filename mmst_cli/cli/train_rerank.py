@@ -2,6 +2,9 @@
 
 Examples:
 
+    # The offline demo: a cross-encoder from the packaged MiniLM on emoji-name pairs, NDCG@10 before and after
+    $ mmst train-rerank
+
     # A VLM reads each (query, document) pair as a chat; score = logit("1") - logit("0")
     $ mmst train-rerank --model Qwen/Qwen3-VL-2B-Instruct --data pairs.jsonl --eval-split 0.1 --bf16
 
@@ -71,7 +74,7 @@ OUTPUT = "Output"
 
 def train_rerank(
     ctx: typer.Context,
-    model: Annotated[str | None, typer.Option(help="Checkpoint or saved reranker to train: a causal LM / VLM, an encoder (BERT, MiniLM), or a CrossEncoder folder (training continues). Folder or Hub id.", rich_help_panel=MODEL, show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(help="Checkpoint or saved reranker to train: a causal LM / VLM, an encoder (BERT, MiniLM), a CrossEncoder folder (training continues), or a train-embed run folder (its text tower). Folder or Hub id. Default: the packaged all-MiniLM-L6-v2 as a classifier.", rich_help_panel=MODEL, show_default=False)] = None,
     arch: Annotated[str, typer.Option(help="logit-score (LM judgement: logit(true) - logit(false)), pooling-dense (last token + Dense initialised from the LM head), classifier (encoder + 1-label head), or auto: continue a saved reranker, logit-score for LM/VLM checkpoints, else classifier.", rich_help_panel=MODEL)] = "auto",
     true_token: Annotated[str, typer.Option(help="Answer token meaning relevant (logit-score, pooling-dense); one token, e.g. 1 or yes.", rich_help_panel=MODEL)] = "1",
     false_token: Annotated[str, typer.Option(help="Answer token meaning not relevant; one token, e.g. 0 or no.", rich_help_panel=MODEL)] = "0",
@@ -80,7 +83,7 @@ def train_rerank(
     max_pixels: MaxPixelsOption = None,
     attn_implementation: AttnImplementationOption = "auto",
     trust_remote_code: TrustRemoteCodeOption = False,
-    data: Annotated[str | None, typer.Option(help="Training data: (query, document, label) rows, (query, positive, negatives...) pairs, or listwise (query, [documents], [labels]); jsonl/csv/parquet file or folder, save_to_disk folder, or Hub dataset id.", rich_help_panel=DATA, show_default=False)] = None,
+    data: Annotated[str | None, typer.Option(help="Training data: (query, document, label) rows, (query, positive, negatives...) pairs, or listwise (query, [documents], [labels]); jsonl/csv/parquet file or folder, save_to_disk folder, or Hub dataset id. Default (with no --model): the embedded emoji-name demo pairs.", rich_help_panel=DATA, show_default=False)] = None,
     data_config: DataConfigOption = None,
     split: SplitOption = None,
     columns: Annotated[str | None, typer.Option(help="Comma-separated content columns: query,document (pointwise), query,positive[,negative...] (pairs) or query,documents (listwise). Default: all but id/label columns, in order.", rich_help_panel=DATA, show_default=False)] = None,
@@ -119,7 +122,11 @@ def train_rerank(
     config: ConfigOption = None,
     print_config: PrintConfigOption = False,
 ) -> None:
-    """Train a reranker on pointwise, pair or listwise data and report NDCG@10, MRR@10 and MAP before and after."""
+    """Train a reranker on pointwise, pair or listwise data and report NDCG@10, MRR@10 and MAP before and after.
+
+    With no --model and no --data it runs the offline demo: the packaged all-MiniLM-L6-v2 with a new
+    head learns to find an emoji name from its shuffled words among look-alike names.
+    """
     from mmst_cli.core.models.lora import LoraOptions
     from mmst_cli.core.train.rerank import TrainRerankOptions
 

@@ -16,6 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from mmst_cli.core.data.documents import (
+    PdfPage,
+    PdfProblem,
+    RenderSettings,
+    page_id,
+    page_numbers,
+    page_of,
+    page_sizes,
+    parse_page_reference,
+    render_size,
+)
 from mmst_cli.core.errors import first_line
 from mmst_cli.core.outputs import atomic_path
 
@@ -45,15 +56,19 @@ class InputReport:
         value: The input as given.
         modality: ``text``, ``image``, ``audio``, ``video``, ``message``, or a sorted tuple such as
             ``("image", "text")`` for a multimodal dict.
-        source: ``text``, ``file``, ``url``, ``data-uri``, ``message`` or ``dict``.
+        source: ``text``, ``file``, ``pdf`` (a page of a PDF file, ``report.pdf#page=3``), ``url``,
+            ``data-uri``, ``message`` or ``dict``.
         problem: Why the input cannot be used (``file not found``, ``does not decode as an image``,
             ...), or ``None`` when it is fine.
+        detail: What mmst will make of a usable input, where there is more to say (the size a PDF
+            page renders at), or ``None``.
     """
 
     value: str
     modality: str | tuple[str, ...]
     source: str
     problem: str | None = None
+    detail: str | None = None
 
 
 def media_cache_dir() -> Path:
@@ -166,7 +181,7 @@ def verify_image(source) -> tuple[tuple[int, int] | None, str | None]:
     return size, None
 
 
-def processor_readable_image(path: Path) -> Path:
+def processor_readable_image(path: Path, pdf: RenderSettings = RenderSettings()) -> Path:
     """The image file a model's processor can read: ``path`` itself, or an 8-bit RGB PNG copy of it.
 
     transformers reads image paths with torchvision's decoder, which knows only JPEG, PNG, WebP
@@ -175,8 +190,14 @@ def processor_readable_image(path: Path) -> Path:
     orientation applied) and first frame only, into ``converted/`` in the media cache, named by
     a hash of the file's bytes so that reruns reuse it. ``path`` must have passed
     :func:`verify_image`.
+
+    A PDF page (``/data/report.pdf#page=3``, checked by :func:`classify_string`) is rendered as
+    ``pdf`` says by :func:`page_image_file`.
     """
     from PIL import Image
+
+    if string_modality(path.name)[1] == "pdf":
+        return page_image_file(page_of(path.name, path.parent, pdf))
 
     with Image.open(path) as image:
         readable = (
@@ -194,6 +215,21 @@ def processor_readable_image(path: Path) -> Path:
     return converted
 
 
+def page_image_file(page: PdfPage) -> Path:
+    """A PDF page rendered into a PNG file in ``pages/`` of the media cache, for readers that take
+    image files (trainers, rerankers); named by a hash of the file's path, size, modification time,
+    the page and how it renders, so that every epoch and rerun reuses it."""
+    stat = page.path.stat()
+    settings = page.settings
+    key = json.dumps([str(page.path), stat.st_size, stat.st_mtime_ns, page.number, settings.dpi, settings.max_pixels])
+    rendered = media_cache_dir() / "pages" / f"{hashlib.sha256(key.encode()).hexdigest()}.png"
+    if not rendered.exists():
+        image = page.render()
+        with atomic_path(rendered) as temporary:
+            image.save(temporary, format="PNG", compress_level=1)  # fast; pages are re-read, not shipped
+    return rendered
+
+
 def _as_8bit_rgb(path: Path):
     import numpy as np
     from PIL import Image, ImageOps
@@ -207,35 +243,70 @@ def _as_8bit_rgb(path: Path):
 
 
 def string_modality(value: str) -> tuple[str, str]:
-    """The modality and source (``text``, ``file``, ``url``, ``data-uri``) a string names, by name only."""
+    """The modality and source (``text``, ``file``, ``pdf``, ``url``, ``data-uri``) a string names, by name only.
+
+    A PDF page reference (``report.pdf#page=3``) is an image: the page, rendered. A bare
+    ``report.pdf`` stays text, as a query that ends in a file name should.
+    """
     if value.startswith("data:image/"):
         return "image", "data-uri"
     if _is_url(value):
         modality = media_modality_of_name(urlparse(value).path)
         return (modality, "url") if modality else ("text", "text")
     modality = media_modality_of_name(value)
+    if modality is None and _is_pdf_reference(value):
+        return "image", "pdf"
     return (modality, "file") if modality else ("text", "text")
 
 
-def classify_string(value: str, root: Path | None = None, confine_to: Path | None = None) -> InputReport:
-    """Classify one string input: plain text, a media file path, a media URL or a data URI.
+def _is_pdf_reference(value: str) -> bool:
+    try:
+        reference = parse_page_reference(value)
+    except PdfProblem:  # a page reference with a malformed page part: classify_string names it
+        return True
+    return reference is not None and reference.first is not None
+
+
+def classify_string(
+    value: str, root: Path | None = None, confine_to: Path | None = None, pdf: RenderSettings = RenderSettings()
+) -> InputReport:
+    """Classify one string input: plain text, a media file path, a PDF page, a media URL or a data URI.
 
     Args:
         value: The string as a user would pass it to ``model.encode``.
         root: Folder that relative paths are resolved against; the current directory when ``None``.
         confine_to: When set, a media path that resolves outside this folder (``../../etc/passwd``,
             an absolute path elsewhere, a symlink out) is refused: see :func:`confinement_problem`.
+        pdf: How PDF pages render (resolution, pixel budget, password); the defaults when not given.
     """
     modality, source = string_modality(value)
-    if source != "file":
+    if source not in ("file", "pdf"):
         return InputReport(value, modality, source)
-    path = Path(value).expanduser()
+    try:
+        reference = parse_page_reference(value) if source == "pdf" else None
+    except PdfProblem as error:
+        return InputReport(value, modality, source, str(error))
+    path = Path(reference.file if reference else value).expanduser()
     if root is not None and not path.is_absolute():
         path = root / path
-    return InputReport(value, modality, "file", confinement_problem(path, confine_to) or check_media_file(path, modality))
+    problem = confinement_problem(path, confine_to)
+    if reference is None:
+        return InputReport(value, modality, source, problem or check_media_file(path, modality))
+    if problem:
+        return InputReport(value, modality, source, problem)
+    if not reference.is_one_page:
+        example = f"{reference.file}#page={reference.first or 1}"
+        return InputReport(value, modality, source, f"names several pages; an input is one page, such as {example}")
+    try:
+        sizes = page_sizes(path, pdf.password)
+        number = page_numbers(reference, len(sizes))[0]
+        width, height = render_size(sizes[number - 1], pdf)
+    except PdfProblem as error:
+        return InputReport(value, modality, source, str(error))
+    return InputReport(value, modality, source, detail=f"page rendered at {width}x{height} px ({pdf.dpi:g} dpi)")
 
 
-def classify_input(value: str, root: Path | None = None) -> InputReport:
+def classify_input(value: str, root: Path | None = None, pdf: RenderSettings = RenderSettings()) -> InputReport:
     """Classify a command-line input, which may also be a JSON object.
 
     A JSON object with ``role`` and ``content`` is a chat message; one with keys among
@@ -249,11 +320,11 @@ def classify_input(value: str, root: Path | None = None) -> InputReport:
         except json.JSONDecodeError:
             parsed = None
         if isinstance(parsed, dict):
-            return _classify_dict(value, parsed, root)
-    return classify_string(value, root)
+            return _classify_dict(value, parsed, root, pdf)
+    return classify_string(value, root, pdf=pdf)
 
 
-def _classify_dict(value: str, parsed: dict, root: Path | None) -> InputReport:
+def _classify_dict(value: str, parsed: dict, root: Path | None, pdf: RenderSettings) -> InputReport:
     if "role" in parsed and "content" in parsed:
         return InputReport(value, "message", "message")
     unknown = sorted(set(parsed) - set(MULTIMODAL_KEYS))
@@ -265,7 +336,7 @@ def _classify_dict(value: str, parsed: dict, root: Path | None) -> InputReport:
     for key, item in parsed.items():
         if key == "text":
             continue
-        report = classify_string(str(item), root)
+        report = classify_string(str(item), root, pdf=pdf)
         if report.modality != key:
             problems.append(f"{key}: {item!r} is not a {key} file name or URL")
         elif report.problem:
@@ -274,3 +345,20 @@ def _classify_dict(value: str, parsed: dict, root: Path | None) -> InputReport:
     if len(modality) == 1:
         modality = modality[0]
     return InputReport(value, modality, "dict", "; ".join(problems) or None)
+
+
+def expand_pdf(reference: str, folder: Path, confine_to: Path | None, password: str | None = None) -> list[str]:
+    """The page ids a PDF reference names: every page of ``report.pdf``, or ``report.pdf#page=2-5``'s.
+
+    Ids are relative to ``folder`` as written (``sub/report.pdf#page=3``). A file that cannot be
+    opened gives the id of its first page, and a range past its end the id of its last page, so
+    that checking that id names the problem.
+    """
+    parsed = parse_page_reference(reference)
+    path = folder / Path(parsed.file).expanduser()
+    if confinement_problem(path, confine_to) is None:  # opening a file outside the folder is the gate's call
+        try:
+            return [page_id(parsed.file, number) for number in page_numbers(parsed, len(page_sizes(path, password)))]
+        except PdfProblem:
+            pass
+    return [page_id(parsed.file, parsed.last or parsed.first or 1)]

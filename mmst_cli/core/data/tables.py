@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmst_cli.core.data.documents import RenderSettings
 from mmst_cli.core.data.frames import frame_list_problems, frames_as_videos, is_frame_list_feature
 from mmst_cli.core.data.media import (
     audio_length_problem,
@@ -203,7 +204,7 @@ def decode_audio(source, sampling_rate: int):
 
 
 def _string_column_modality(
-    values: list[Any], root: Path, remote_failures: dict[str, str], confine_to: Path | None
+    values: list[Any], root: Path, remote_failures: dict[str, str], confine_to: Path | None, pdf: RenderSettings
 ) -> tuple[str, list[tuple[int, str, str]]]:
     """Classify a string column; return its modality and (row, value, problem) for unusable rows.
 
@@ -213,7 +214,7 @@ def _string_column_modality(
     modalities: dict[str, int] = {}
     reports = []
     for value in values:
-        report = classify_string(value, root, confine_to) if isinstance(value, str) else None
+        report = classify_string(value, root, confine_to, pdf) if isinstance(value, str) else None
         reports.append(report)
         modality = report.modality if report else "text"
         modalities[modality] = modalities.get(modality, 0) + 1
@@ -309,6 +310,7 @@ def prepare_media(
     skip_bad: bool = False,
     allow_remote_media: bool = False,
     allow_outside_root: bool = False,
+    pdf: RenderSettings = RenderSettings(),
 ) -> PairData:
     """Find each column's modality, check every media reference, and make paths absolute.
 
@@ -321,6 +323,7 @@ def prepare_media(
         allow_remote_media: Download http(s) media (:mod:`mmst_cli.core.data.remote_media`); refused otherwise.
         allow_outside_root: Accept media paths outside the data folder / ``media_root`` (absolute
             paths elsewhere, ``../..``); refused otherwise.
+        pdf: How PDF pages (``report.pdf#page=3``) render: resolution and pixel budget (``--max-pixels``).
 
     Raises:
         MmstError: listing how many rows failed and the first few, when ``skip_bad`` is off.
@@ -348,7 +351,7 @@ def prepare_media(
             remote_failures: dict[str, str] = {}
             if allow_remote_media:
                 table, remote_failures = _fetch_remote_column(table, column)
-            modality, problems = _string_column_modality(table[column], root, remote_failures, confine_to)
+            modality, problems = _string_column_modality(table[column], root, remote_failures, confine_to, pdf)
             column_modalities[column] = modality
         elif is_frame_list_feature(feature):
             column_modalities[column] = "video"
@@ -391,7 +394,7 @@ def prepare_media(
         table = table.select(keep)
         skipped = len(bad_rows)
 
-    table = _absolutise_paths(table, column_modalities, root)
+    table = _absolutise_paths(table, column_modalities, root, pdf)
     table, notes = _cut_long_text_columns(table, column_modalities)
     if frame_columns:
         table = frames_as_videos(table, frame_columns, root)
@@ -453,7 +456,7 @@ def _fetch_remote_column(table, column: str):
     return table.map(substitute, batched=True, desc="fetching remote media"), failures
 
 
-def _absolutise_paths(table, column_modalities: dict[str, str], root: Path):
+def _absolutise_paths(table, column_modalities: dict[str, str], root: Path, pdf: RenderSettings):
     import datasets
 
     path_columns = [
@@ -468,7 +471,7 @@ def _absolutise_paths(table, column_modalities: dict[str, str], root: Path):
         for column in path_columns:
             paths = [(root / Path(value).expanduser()).resolve() for value in batch[column]]
             if column_modalities[column] == "image":
-                paths = [processor_readable_image(path) for path in paths]
+                paths = [processor_readable_image(path, pdf) for path in paths]
             batch[column] = [str(path) for path in paths]
         return batch
 
@@ -523,6 +526,7 @@ def load_pair_data(
     skip_bad: bool = False,
     allow_remote_media: bool = False,
     allow_outside_root: bool = False,
+    pdf: RenderSettings = RenderSettings(),
 ) -> PairData:
     """Load (anchor, positive[, negatives...]) data and validate its media: see the module docstring."""
     table = load_table(reference, config=config, split=split)
@@ -535,6 +539,7 @@ def load_pair_data(
         skip_bad=skip_bad,
         allow_remote_media=allow_remote_media,
         allow_outside_root=allow_outside_root,
+        pdf=pdf,
     )
 
 

@@ -10,7 +10,9 @@ Image files of photo size are decoded ahead of the model in a small thread pool 
 the GIL while decoding), one batch per call and a few batches ahead: the next images are ready when
 a forward pass ends, instead of being decoded between passes as ``model.encode`` does. They are read exactly as
 transformers' image processors read a path (``load_image``: EXIF orientation applied, RGB), so the
-vectors equal ``model.encode`` on the paths.
+vectors equal ``model.encode`` on the paths. PDF pages (:class:`~mmst_cli.core.data.documents.PdfPage`)
+are rendered the same way, a few batches ahead, even with no threads (then one call at a time), so a
+corpus of thousands of pages never sits in memory as images.
 Embeddings come back as float32 even when the model runs in bf16/fp16, so scores are computed in
 float32.
 """
@@ -48,10 +50,13 @@ def modality_of(value: Any) -> str:
     Strings are classified by name only: inputs reach this point already checked, and opening every
     file again would cost as much as the check did.
     """
+    from mmst_cli.core.data.documents import PdfPage
     from mmst_cli.core.data.media import string_modality
 
     if isinstance(value, str):
         return string_modality(value)[0]
+    if isinstance(value, PdfPage):
+        return "image"
     if isinstance(value, dict) and "array" in value:
         return "audio"
     if isinstance(value, dict) and "video" in value:
@@ -117,7 +122,8 @@ def encode_inputs(
     try:
         for modality, indices in groups.items():
             indices.sort(key=lambda index: -input_size(inputs[index]))  # stable: media keep their order
-            if pool is not None and modality == "image" and _worth_decoding_ahead([inputs[i] for i in indices]):
+            ahead = modality == "image" and _worth_decoding_ahead([inputs[i] for i in indices])
+            if ahead and (pool is not None or _has_pages([inputs[i] for i in indices])):
                 calls = _decoded_ahead(pool, inputs, indices, batch_size)
             else:
                 calls = ((chunk, [inputs[i] for i in chunk]) for chunk in _slices(indices, chunk_size))
@@ -151,27 +157,49 @@ def _slices(indices: list[int], size: int) -> Iterator[list[int]]:
         yield indices[start : start + size]
 
 
+def _has_pages(values: list[Any]) -> bool:
+    from mmst_cli.core.data.documents import PdfPage
+
+    return any(isinstance(value, PdfPage) for value in values)
+
+
 def _worth_decoding_ahead(values: list[Any]) -> bool:
-    """Whether ``values`` are all image files, of :data:`DECODE_AHEAD_MIN_BYTES` or more on average."""
+    """Whether ``values`` hold PDF pages (rendering always pays), or are all image files, of
+    :data:`DECODE_AHEAD_MIN_BYTES` or more on average."""
     from mmst_cli.core.data.media import string_modality
 
+    if _has_pages(values):
+        return True
     if not all(isinstance(value, str) and string_modality(value) == ("image", "file") for value in values):
         return False
     return sum(os.path.getsize(value) for value in values) >= DECODE_AHEAD_MIN_BYTES * len(values)
 
 
-def _load_image_file(path: str):
+def _load_image_file(source):
+    """An image file (``str``) decoded as transformers reads it, or a PDF page rendered."""
+    from mmst_cli.core.data.documents import PdfPage, PdfProblem
+
+    if isinstance(source, PdfPage):
+        try:
+            return source.render()
+        except PdfProblem as error:  # changed since it was checked
+            raise MmstError(f"PDF {str(source.path)!r}, page {source.number}: {error}; check the file") from error
     from PIL import UnidentifiedImageError
     from transformers.image_utils import load_image
 
     try:
-        return load_image(path)
+        return load_image(source)
     except (UnidentifiedImageError, OSError, ValueError) as error:  # changed since it was checked
-        raise MmstError(f"image {path!r} does not decode ({error.__class__.__name__}); check the file") from error
+        raise MmstError(f"image {source!r} does not decode ({error.__class__.__name__}); check the file") from error
 
 
-def _decoded_ahead(pool: ThreadPoolExecutor, inputs: Sequence[Any], indices: list[int], call_size: int):
-    """Yield ``(indices, images)`` per call of ``call_size``, decoding the next calls' files in ``pool``."""
+def _decoded_ahead(pool: ThreadPoolExecutor | None, inputs: Sequence[Any], indices: list[int], call_size: int):
+    """Yield ``(indices, images)`` per call of ``call_size``, decoding the next calls' files in ``pool``
+    (with no pool, each call's files as it comes)."""
+    if pool is None:
+        for chunk in _slices(indices, call_size):
+            yield chunk, [_load_image_file(inputs[i]) for i in chunk]
+        return
     pending: deque[tuple[list[int], list[Future]]] = deque()
     for chunk in _slices(indices, call_size):
         pending.append((chunk, [pool.submit(_load_image_file, inputs[i]) for i in chunk]))

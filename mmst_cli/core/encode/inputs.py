@@ -14,8 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
+from mmst_cli.core.data.documents import PdfProblem, RenderSettings, is_pdf_name, page_of, page_sizes
 from mmst_cli.core.data.frames import is_frame_list_feature
-from mmst_cli.core.data.media import audio_length_problem, classify_string, media_modality_of_name, processor_readable_image
+from mmst_cli.core.data.media import (
+    audio_length_problem,
+    classify_string,
+    expand_pdf,
+    media_modality_of_name,
+    processor_readable_image,
+)
 from mmst_cli.core.data.tables import DATA_FILE_BUILDERS, NON_CONTENT_COLUMNS, PROBLEMS_SHOWN, cut_long_texts, cut_note
 from mmst_cli.core.errors import MmstError
 
@@ -25,7 +32,7 @@ PREFERRED_COLUMNS = ("input", "text", "sentence", "content", "image", "audio", "
 #: Plain-text files read like stdin: one text or media path per line.
 LINE_FILE_EXTENSIONS = (".txt",)
 
-#: Media a folder input picks up (by extension, recursively).
+#: Media a folder input picks up (by extension, recursively), besides PDF files (each page an image).
 FOLDER_MODALITIES = ("image", "audio")
 
 @dataclass
@@ -42,6 +49,9 @@ class EncodeInputs:
         fingerprint: A hash of the ids and inputs, recorded in the resume manifest.
         column: The table column embedded; ``None`` for line and folder inputs.
         notes: Choices made for the user (which column), shown on stderr.
+        skipped: Rows left out because they are unusable (``skip_bad``).
+        pdf_pages: One record per PDF page row (id, file, page, width and height in points),
+            stored with the output.
     """
 
     source: str
@@ -51,6 +61,8 @@ class EncodeInputs:
     fingerprint: str = ""
     column: str | None = None
     notes: list[str] = field(default_factory=list)
+    skipped: int = 0
+    pdf_pages: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -82,18 +94,19 @@ class EncodeInputs:
 
 @dataclass
 class ReferenceInputs(EncodeInputs):
-    """Inputs given as strings: texts, and media file paths made absolute.
+    """Inputs given as strings: texts, media file paths made absolute, and PDF pages.
 
     Audio files are decoded (and resampled to the model's rate) a chunk at a time, so a large
-    audio collection is never held in memory at once.
+    audio collection is never held in memory at once. PDF pages stay :class:`PdfPage` references
+    until :func:`mmst_cli.core.encode.encoding.encode_inputs` renders them, a few batches ahead.
 
     Attributes:
-        values: One string per row: the text, or the absolute path of the media file.
+        values: One value per row: the text, the absolute path of the media file, or a PDF page.
         audio_rows: Rows whose value is an audio file path.
         sampling_rate: The model's audio rate (set by :meth:`bind`).
     """
 
-    values: list[str] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)
     audio_rows: set[int] = field(default_factory=set)
     sampling_rate: int | None = None
 
@@ -177,77 +190,119 @@ def _fingerprint(*sequences: Sequence[Any]) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class PdfOptions:
+    """How ``mmst encode`` takes PDF pages.
+
+    Attributes:
+        render: Resolution and password (``--pdf-dpi``, ``--pdf-password``).
+        text: Embed each page's text layer instead of its image (``--pdf-text``); default off.
+    """
+
+    render: RenderSettings = RenderSettings()
+    text: bool = False
+
+
 def _check_references(
-    values: Sequence[Any], labels: Callable[[int], str], root: Path, source: str, confine_to: Path | None
-) -> tuple[list[str], dict[str, int], dict[str, str], set[int]]:
+    ids: list[Any],
+    values: Sequence[Any],
+    labels: Callable[[int], str],
+    root: Path,
+    source: str,
+    confine_to: Path | None,
+    pdf: PdfOptions,
+    skip_bad: bool,
+) -> ReferenceInputs:
     """Classify every string input, one cell at a time, and make media paths absolute.
 
-    Unlike a training column (one modality per column), each cell may be text, an image or an
-    audio file. A string that names a media file by its extension is media: a missing or
+    Unlike a training column (one modality per column), each cell may be text, an image, an audio
+    file or a PDF page. A string that names a media file by its extension is media: a missing or
     undecodable file is an error naming its row, never text.
 
     Returns:
-        The prepared values, modality counts, the first row of each modality, and the audio rows.
+        The inputs, with the unusable rows left out when ``skip_bad``.
 
     Raises:
-        MmstError: listing how many rows are unusable and the first few.
+        MmstError: listing how many rows are unusable and the first few (unless ``skip_bad``).
     """
-    prepared: list[str] = []
-    modalities: dict[str, int] = {}
-    first_rows: dict[str, str] = {}
-    audio_rows: set[int] = set()
+    inputs = ReferenceInputs(source=source, ids=[])
     problems: list[str] = []
+    textless = 0
     for row, value in enumerate(values):
         if not isinstance(value, str):
             kind = "no value" if value is None else f"not a text or path but {type(value).__name__}"
             problems.append(f"{labels(row)}: {kind}")
-            prepared.append("")
             continue
-        report = classify_string(value, root, confine_to)
+        report = classify_string(value, root, confine_to, pdf.render)
         modality = str(report.modality)
         if report.source == "url":
             problems.append(f"{labels(row)}: {value[:80]}: remote media is not downloaded by mmst encode; "
                             "download it and pass the local path")
-        elif report.problem:
+            continue
+        if report.problem:
             problems.append(f"{labels(row)}: {value[:80]}: {report.problem}")
+            continue
+        if report.source == "pdf":
+            page = page_of(value, root, pdf.render)
+            width, height = page_sizes(page.path, pdf.render.password)[page.number - 1]
+            inputs.pdf_pages.append({
+                "id": ids[row], "file": value.rpartition("#")[0], "page": page.number, "width_pt": width,
+                "height_pt": height,
+            })  # fmt: skip
+            value = page
+            if pdf.text:
+                value, modality = page.text(), "text"
+                textless += not value
         elif report.source == "file":
             path = Path(value).expanduser()
             path = (path if path.is_absolute() else root / path).resolve()
             if modality == "image":
                 path = processor_readable_image(path)
             elif modality == "audio":
-                audio_rows.add(row)
+                inputs.audio_rows.add(len(inputs.values))
             value = str(path)
-        prepared.append(value)
-        modalities[modality] = modalities.get(modality, 0) + 1
-        first_rows.setdefault(modality, labels(row))
+        inputs.ids.append(ids[row])
+        inputs.values.append(value)
+        inputs.modalities[modality] = inputs.modalities.get(modality, 0) + 1
+        inputs.first_rows.setdefault(modality, labels(row))
     if problems:
         shown = "; ".join(problems[:PROBLEMS_SHOWN])
         more = f" and {len(problems) - PROBLEMS_SHOWN} more" if len(problems) > PROBLEMS_SHOWN else ""
-        raise MmstError(
-            f"input {source!r}: {len(problems)} of {len(values)} rows are unusable ({shown}{more}); "
-            "fix them or set --media-root"
+        if not skip_bad:
+            raise MmstError(
+                f"input {source!r}: {len(problems)} of {len(values)} rows are unusable ({shown}{more}); "
+                "fix them, set --media-root, or pass --skip-bad to leave them out"
+            )
+        if not inputs.values:
+            raise MmstError(f"input {source!r}: every row is unusable ({shown}{more}); nothing left to encode")
+        inputs.skipped = len(problems)
+        inputs.notes.append(f"left out {len(problems)} unusable row(s) of input {source!r} (--skip-bad): {shown}{more}")
+    if textless:
+        inputs.notes.append(
+            f"{textless} of {len(inputs.pdf_pages)} PDF page(s) have no text layer (scanned?); "
+            "they are embedded as empty text (--pdf-text)"
         )
-    return prepared, modalities, first_rows, audio_rows
+    return inputs
 
 
 def _reference_inputs(
-    source: str, ids: list[Any], values: Sequence[Any], labels, root: Path, confine_to: Path | None
+    source: str,
+    ids: list[Any],
+    values: Sequence[Any],
+    labels,
+    root: Path,
+    confine_to: Path | None,
+    pdf: PdfOptions = PdfOptions(),
+    skip_bad: bool = False,
 ) -> ReferenceInputs:
     if not values:
         raise MmstError(f"input {source!r} has no inputs")
-    prepared, modalities, first_rows, audio_rows = _check_references(values, labels, root, source, confine_to)
-    prepared, cut = cut_long_texts(prepared)
-    return ReferenceInputs(
-        source=source,
-        ids=ids,
-        modalities=modalities,
-        first_rows=first_rows,
-        fingerprint=_fingerprint(ids, prepared),
-        notes=[cut_note(cut, f"input {source!r}")] if cut else [],
-        values=prepared,
-        audio_rows=audio_rows,
-    )
+    inputs = _check_references(ids, values, labels, root, source, confine_to, pdf, skip_bad)
+    inputs.values, cut = cut_long_texts(inputs.values)
+    inputs.fingerprint = _fingerprint(inputs.ids, inputs.values)
+    if cut:
+        inputs.notes.append(cut_note(cut, f"input {source!r}"))
+    return inputs
 
 
 def _utf8_lines(source: str, stream: TextIO | BinaryIO) -> Iterator[tuple[int, str]]:
@@ -264,7 +319,9 @@ def _utf8_lines(source: str, stream: TextIO | BinaryIO) -> Iterator[tuple[int, s
         yield number, line
 
 
-def _line_inputs(source: str, stream: TextIO | BinaryIO, root: Path, confine_to: Path | None) -> ReferenceInputs:
+def _line_inputs(
+    source: str, stream: TextIO | BinaryIO, root: Path, confine_to: Path | None, pdf: PdfOptions, skip_bad: bool
+) -> ReferenceInputs:
     """One input per non-blank line; ids are the 0-based positions, messages name line numbers."""
     values: list[str] = []
     line_numbers: list[int] = []
@@ -274,17 +331,17 @@ def _line_inputs(source: str, stream: TextIO | BinaryIO, root: Path, confine_to:
             values.append(text)
             line_numbers.append(number)
     labels = lambda row: f"line {line_numbers[row]}"  # noqa: E731
-    return _reference_inputs(source, list(range(len(values))), values, labels, root, confine_to)
+    return _reference_inputs(source, list(range(len(values))), values, labels, root, confine_to, pdf, skip_bad)
 
 
 def _folder_media(folder: Path) -> list[Path]:
-    """Image and audio files under ``folder`` (recursive, hidden files and folders skipped), sorted."""
+    """Image, audio and PDF files under ``folder`` (recursive, hidden files and folders skipped), sorted."""
     found = []
     for path in folder.rglob("*"):
         relative = path.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts):
             continue
-        if path.is_file() and media_modality_of_name(path.name) in FOLDER_MODALITIES:
+        if path.is_file() and (media_modality_of_name(path.name) in FOLDER_MODALITIES or is_pdf_name(path.name)):
             found.append(relative)
     return sorted(found, key=lambda p: p.as_posix())
 
@@ -357,6 +414,8 @@ def _table_inputs(
     root: Path,
     media_root: Path | None,
     confine_to: Path | None,
+    pdf: PdfOptions,
+    skip_bad: bool,
 ) -> EncodeInputs:
     import datasets
 
@@ -372,7 +431,7 @@ def _table_inputs(
     feature = table.features[chosen]
     if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
         labels = lambda row: f"row {row + 1}, column {chosen!r}"  # noqa: E731
-        inputs = _reference_inputs(source, ids, list(table[chosen]), labels, root, confine_to)
+        inputs = _reference_inputs(source, ids, list(table[chosen]), labels, root, confine_to, pdf, skip_bad)
         inputs.column, inputs.notes = chosen, notes + inputs.notes
         return inputs
     is_bytes = isinstance(feature, datasets.Value) and feature.dtype in ("binary", "large_binary")
@@ -403,14 +462,18 @@ def read_inputs(
     media_root: str | Path | None = None,
     stdin: TextIO | None = None,
     allow_outside_root: bool = False,
+    pdf: PdfOptions = PdfOptions(),
+    skip_bad: bool = False,
 ) -> EncodeInputs:
     """Read and check the inputs, before any model is loaded.
 
     Args:
         reference: ``-`` for stdin; a ``.txt`` file (one input per line); a jsonl / json / csv /
-            parquet file; a folder with ``save_to_disk`` files or data files at its top level (a
-            dataset); any other folder (its image and audio files, recursively, sorted by relative
-            path; ids are the relative paths); or a Hub dataset id.
+            parquet file; a PDF file (every page; ``report.pdf#page=2-5`` for some; ids are page
+            ids, ``report.pdf#page=3``); a folder with ``save_to_disk`` files or data files at its
+            top level (a dataset); any other folder (its image and audio files and the pages of its
+            PDF files, recursively, sorted by relative path; ids are the relative paths and page
+            ids); or a Hub dataset id.
         column: The table column to embed; ``None`` picks one with :func:`pick_column`.
         id_column: The table column of ids; ``None`` (default) for 0-based row numbers.
         split: Dataset split; ``None`` for ``train``.
@@ -421,6 +484,8 @@ def read_inputs(
         allow_outside_root: Accept media paths that resolve outside their folder (the table's or the
             text file's folder, the folder given, the current one for stdin, or ``media_root``),
             including symlinks that point out of a folder; refused by default.
+        pdf: How PDF pages are taken (rendering, password, text layer); defaults when not given.
+        skip_bad: Leave unusable rows (a missing file, a bad page) out and count them, instead of failing.
 
     Raises:
         MmstError: for a missing input, a bad column, or unusable media (naming the row).
@@ -437,31 +502,45 @@ def read_inputs(
 
     if reference == "-":
         root = root_override or Path.cwd()
-        return _line_inputs("-", stdin if stdin is not None else sys.stdin, root, confined(root))
+        return _line_inputs("-", stdin if stdin is not None else sys.stdin, root, confined(root), pdf, skip_bad)
     path = Path(reference).expanduser()
     if not path.exists() and path.suffix.lower() in (*DATA_FILE_BUILDERS, *LINE_FILE_EXTENSIONS):
         raise MmstError(f"input {reference!r} does not exist; check the path")
     if path.is_file() and path.suffix.lower() in LINE_FILE_EXTENSIONS:
         root = root_override or path.parent
         with path.open("rb") as stream:
-            return _line_inputs(reference, stream, root, confined(root))
+            return _line_inputs(reference, stream, root, confined(root), pdf, skip_bad)
+    labels = lambda row: f"file {ids[row]!r}"  # noqa: E731
+    if is_pdf_name(path.name.partition("#")[0]) and not path.is_dir():
+        if column is not None or id_column is not None:
+            raise MmstError(f"--column and --id-column apply to tables; {reference!r} is a PDF file")
+        try:
+            ids = expand_pdf(path.name, path.parent, confined(path.parent), pdf.render.password)
+        except PdfProblem as error:
+            raise MmstError(f"input {reference!r}: {error}") from error
+        return _reference_inputs(reference, ids, ids, labels, path.parent, confined(path.parent), pdf, skip_bad)
     if path.is_dir() and not _is_dataset_folder(path):
         if column is not None or id_column is not None:
             raise MmstError(f"--column and --id-column apply to tables; {reference!r} is a folder of media files")
         files = _folder_media(path)
         if not files:
             raise MmstError(
-                f"folder {reference!r} has no image or audio files (by extension) and no dataset or data files"
+                f"folder {reference!r} has no image, audio or PDF files (by extension) and no dataset or data files"
             )
-        ids = [file.as_posix() for file in files]
-        return _reference_inputs(reference, ids, ids, lambda row: f"file {ids[row]!r}", path, confined(path))
+        ids = [
+            item
+            for file in files
+            for item in (expand_pdf(file.as_posix(), path, confined(path), pdf.render.password)
+                         if is_pdf_name(file.name) else [file.as_posix()])
+        ]  # fmt: skip
+        return _reference_inputs(reference, ids, ids, labels, path, confined(path), pdf, skip_bad)
     if split is not None and path.is_file():
         raise MmstError(f"--split applies to dataset folders and Hub datasets; {reference!r} is one file")
     table = load_table(reference, config=data_config, split=split)
     root = root_override or (path.parent if path.is_file() else path if path.is_dir() else Path.cwd())
     return _table_inputs(
         table, reference, column=column, id_column=id_column, root=root, media_root=root_override,
-        confine_to=confined(root),
+        confine_to=confined(root), pdf=pdf, skip_bad=skip_bad,
     )  # fmt: skip
 
 

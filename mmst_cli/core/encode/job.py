@@ -1,9 +1,9 @@
-"""The ``mmst encode`` job: texts, images and audio to embeddings on disk (or stdout), in chunks.
+"""The ``mmst encode`` job: texts, images, audio and PDF pages to embeddings on disk (or stdout), in chunks.
 
 The job runs in five steps; this module runs them, the ``encode`` wing's other modules hold them:
 
-1. :func:`~mmst_cli.core.encode.inputs.read_inputs` turns the input reference (a jsonl / csv / parquet / txt file, a folder of
-   images or audio, ``-`` for stdin, a ``save_to_disk`` folder or a Hub dataset) into an
+1. :func:`~mmst_cli.core.encode.inputs.read_inputs` turns the input reference (a jsonl / csv / parquet / txt file, a PDF file, a folder of
+   images, audio or PDFs, ``-`` for stdin, a ``save_to_disk`` folder or a Hub dataset) into an
    :class:`~mmst_cli.core.encode.inputs.EncodeInputs`: ids plus one input per row, every media reference checked before any
    model work (a missing file is an error naming its row, never text);
 2. the model is located and loaded (:mod:`mmst_cli.core.models.loading`), and the inputs are bound to it
@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from mmst_cli.core.encode.inputs import read_inputs
+from mmst_cli.core.data.documents import DEFAULT_PDF_DPI, RenderSettings
+from mmst_cli.core.encode.inputs import PdfOptions, read_inputs
 from mmst_cli.core.encode.parts import MANIFEST_VERSION, Parts
 from mmst_cli.core.encode.writers import (
     JsonlWriter,
@@ -66,8 +67,8 @@ class EncodeOptions:
     """Everything ``mmst encode`` was asked to do.
 
     Attributes:
-        inputs: A jsonl / csv / parquet / txt file, a folder of images or audio (recursive), ``-``
-            for stdin (one text or media path per line), a ``save_to_disk`` folder or a Hub
+        inputs: A jsonl / csv / parquet / txt file, a PDF file (``report.pdf``, ``report.pdf#page=2-5``),
+            a folder of images, audio or PDFs (recursive), ``-`` for stdin (one text or media path per line), a ``save_to_disk`` folder or a Hub
             dataset id. Required.
         output: The output file, or ``-`` to stream jsonl to stdout. Required.
         model: Model folder or Hub id; ``None`` (the default) for the embedded default model.
@@ -99,6 +100,10 @@ class EncodeOptions:
         decode_workers: Threads decoding image files ahead of the model; ``None`` (default) for one
             per core, at most 4; 0 leaves decoding to the model. Unused with several devices (each
             encoding process decodes its own inputs).
+        pdf_dpi: Resolution PDF pages render at; default 144.
+        pdf_password: Password of encrypted PDF files; ``None`` (default) for none.
+        pdf_text: Embed PDF pages' text layers instead of their images; default off.
+        skip_bad: Leave unusable rows (missing files, bad pages) out and count them; default off (fail).
     """
 
     inputs: str
@@ -122,6 +127,10 @@ class EncodeOptions:
     device: str | None = None
     trust_remote_code: bool = False
     decode_workers: int | None = None
+    pdf_dpi: float = DEFAULT_PDF_DPI
+    pdf_password: str | None = None
+    pdf_text: bool = False
+    skip_bad: bool = False
 
     @property
     def to_stdout(self) -> bool:
@@ -243,6 +252,23 @@ class EncodeResult:
     reused_chunks: int
 
 
+#: How far from 1 a float32 vector's L2 norm may be and still count as unit length: a model that
+#: normalises in bf16 or fp16 and is read back as float32 lands within about 1e-3 of it.
+UNIT_LENGTH_TOLERANCE = 5e-3
+
+
+def is_unit_length(vectors) -> bool:
+    """Whether every row of ``vectors`` (float, before any --precision conversion) has L2 norm 1.
+
+    Measured rather than inferred from the flags, so a model whose own Normalize module made the
+    vectors unit length says so without ``--normalize``, and a ``--dim`` cut of such a model does not.
+    """
+    import numpy as np
+
+    norms = np.linalg.norm(np.asarray(vectors, dtype=np.float32), axis=1)
+    return bool(np.all(np.abs(norms - 1) <= UNIT_LENGTH_TOLERANCE))
+
+
 def _chunk_bounds(count: int, chunk_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + chunk_size, count)) for start in range(0, count, chunk_size)]
 
@@ -302,6 +328,8 @@ def run_encode(
         media_root=options.media_root,
         stdin=stdin,
         allow_outside_root=options.allow_outside_root,
+        pdf=PdfOptions(RenderSettings(dpi=options.pdf_dpi, password=options.pdf_password), text=options.pdf_text),
+        skip_bad=options.skip_bad,
     )
     for note in inputs.notes:
         log(note)
@@ -347,6 +375,7 @@ def run_encode(
         if done:
             dim = next(iter(done.values()))
             log(f"resuming: {len(done)} of {len(bounds)} chunks already encoded")
+    unit_length = all(is_unit_length(parts.load(index)) for index in done)
 
     metadata = {
         "model": source.reference,
@@ -356,6 +385,8 @@ def run_encode(
         "normalize": options.normalize,
         "precision": options.precision,
     }
+    if inputs.pdf_pages:
+        metadata["pdf"] = {"dpi": options.pdf_dpi, "text": options.pdf_text, "pages": inputs.pdf_pages}
     stream = stdout if stdout is not None else sys.stdout
     # -o - writes each chunk as soon as it is encoded, except int8, whose ranges need every row.
     held: list[Any] = []
@@ -390,6 +421,7 @@ def run_encode(
                         decode_workers=0 if pool is not None else options.decode_workers,
                     )
                     dim = vectors.shape[1]
+                    unit_length = unit_length and is_unit_length(vectors)
                     encoded += 1
                     if parts is not None:
                         parts.save(index, vectors)
@@ -409,6 +441,7 @@ def run_encode(
                 model.stop_multi_process_pool(pool)
 
         metadata["dim"] = dim
+        metadata["unit_length"] = unit_length
         ranges = None
         if options.precision == "int8":
             ranges = int8_ranges(held if parts is None else (parts.load(index) for index in range(len(bounds))))
@@ -447,9 +480,12 @@ def run_encode(
         "format": options.output_format,
         "precision": options.precision,
         "normalize": options.normalize,
+        "unit_length": unit_length,
         "task": options.task,
         "chunks": len(bounds),
         "reused_chunks": len(done),
+        "skipped": inputs.skipped,
+        "pdf_pages": len(inputs.pdf_pages),
         "seconds": round(time.perf_counter() - started, 3),
     }
     return EncodeResult(summary, encoded_chunks=encoded, reused_chunks=len(done))
@@ -459,10 +495,11 @@ def summary_line(summary: dict[str, Any]) -> str:
     """The one-line human summary: count, modalities, dim, precision, output and seconds."""
     modalities = ", ".join(f"{count} {name}" for name, count in summary["modalities"].items())
     reused = f", {summary['reused_chunks']} of {summary['chunks']} chunks resumed" if summary["reused_chunks"] else ""
+    skipped = f", {summary['skipped']} unusable rows left out" if summary["skipped"] else ""
     where = "stdout (jsonl)" if summary["output"] == "-" else f"{summary['output']} ({summary['format']})"
     return (
         f"encoded {summary['count']} inputs ({modalities}) -> {summary['dim']}-d {summary['precision']} "
-        f"to {where} in {summary['seconds']:.1f} s{reused}"
+        f"to {where} in {summary['seconds']:.1f} s{reused}{skipped}"
     )
 
 

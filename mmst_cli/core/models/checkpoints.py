@@ -10,6 +10,7 @@ from typing import Any
 
 from mmst_cli.core.errors import MmstError, first_line
 from mmst_cli.core.models.locate import ModelSource
+from mmst_cli.core.models.portable import load_with_mmst_modules, names_mmst_modules
 
 
 def _names_mmst_modules(source: ModelSource) -> bool:
@@ -17,8 +18,7 @@ def _names_mmst_modules(source: ModelSource) -> bool:
     folder = Path(source.location)
     if not folder.is_dir():
         return source.is_sentence_transformers_folder
-    listings = [folder / "modules.json", folder / "router_config.json", *folder.glob("*/router_config.json")]
-    return any(path.is_file() and "mmst_cli." in path.read_text(encoding="utf8") for path in listings)
+    return names_mmst_modules(folder)
 
 
 def load_checkpoint(source: ModelSource, *, trust_remote_code: bool = False, device: str | None = None, **kwargs: Any):
@@ -41,8 +41,6 @@ def load_checkpoint(source: ModelSource, *, trust_remote_code: bool = False, dev
     try:
         if _names_mmst_modules(source):
             # mmst's own modules (the timm image encoder) load by class, without trusting any other code.
-            from mmst_cli.core.models.timm_encoder import load_with_mmst_modules
-
             return load_with_mmst_modules(
                 source.location, model_class, trust_remote_code=trust_remote_code, device=device, **kwargs
             )

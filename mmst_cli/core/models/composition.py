@@ -91,15 +91,16 @@ def _timm_encoder(reference: str, image_size: int | None):
     """``timm:NAME`` or ``timm:NAME@/path/to/weights`` -> a TimmImageEncoder with real weights."""
     from mmst_cli.core.models.timm_encoder import (
         EFFICIENTNET_LITE0_MODEL_NAME,
-        TimmImageEncoder,
+        efficientnet_lite0_encoder,
+        timm_image_encoder,
     )
 
     name, _, weights = reference[len(TIMM_PREFIX) :].partition("@")
     if weights:
-        return TimmImageEncoder(name, image_size=image_size, weights_path=Path(weights).expanduser())
+        return timm_image_encoder(name, image_size=image_size, weights_path=Path(weights).expanduser())
     if name == EFFICIENTNET_LITE0_MODEL_NAME:
-        return TimmImageEncoder.from_efficientnet_lite0_package(image_size=image_size or 224)
-    return TimmImageEncoder(name, image_size=image_size, weights_path=_download_timm_weights(name))
+        return efficientnet_lite0_encoder(image_size=image_size or 224)
+    return timm_image_encoder(name, image_size=image_size, weights_path=_download_timm_weights(name))
 
 
 def _download_timm_weights(name: str) -> Path:

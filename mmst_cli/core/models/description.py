@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmst_cli.core.data.documents import RenderSettings
 from mmst_cli.core.data.media import classify_input
 from mmst_cli.core.models.attention import attention_support
 from mmst_cli.core.models.loading import load_model
@@ -140,7 +141,7 @@ def _combined_attention(described_modules: list[dict[str, Any]]) -> dict[str, st
     return combined
 
 
-def check_inputs(model, inputs: list[str]) -> list[dict[str, Any]]:
+def check_inputs(model, inputs: list[str], pdf: RenderSettings = RenderSettings()) -> list[dict[str, Any]]:
     """Say, for each command-line input, which modality it is and whether ``model`` can take it.
 
     A media path that does not exist is reported as ``file not found`` rather than being taken as
@@ -148,7 +149,7 @@ def check_inputs(model, inputs: list[str]) -> list[dict[str, Any]]:
     """
     reports = []
     for value in inputs:
-        report = classify_input(value)
+        report = classify_input(value, pdf=pdf)
         supported = report.problem is None and bool(model.supports(report.modality))
         problem = report.problem
         if problem is None and not supported:
@@ -160,12 +161,15 @@ def check_inputs(model, inputs: list[str]) -> list[dict[str, Any]]:
                 "source": report.source,
                 "supported": supported,
                 "problem": problem,
+                "detail": report.detail,
             }
         )
     return reports
 
 
-def inspect_model(reference: str | None, *, inputs: list[str], trust_remote_code: bool = False) -> dict[str, Any]:
+def inspect_model(
+    reference: str | None, *, inputs: list[str], trust_remote_code: bool = False, pdf: RenderSettings = RenderSettings()
+) -> dict[str, Any]:
     """Locate, load (on CPU) and describe a model, and check ``inputs`` against it (``mmst detect``).
 
     Args:
@@ -176,5 +180,5 @@ def inspect_model(reference: str | None, *, inputs: list[str], trust_remote_code
     source = locate_model(reference)
     model = load_model(source, trust_remote_code=trust_remote_code, device="cpu")
     report = describe_model(model, source)
-    report["inputs"] = check_inputs(model, inputs)
+    report["inputs"] = check_inputs(model, inputs, pdf)
     return report

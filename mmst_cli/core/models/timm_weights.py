@@ -12,18 +12,10 @@ from pathlib import Path
 import torch
 
 from mmst_cli.core.errors import MmstError
+from mmst_cli.core.models.timm_image_encoder import backbone_dimension
 
 #: torch.load files are read with weights_only=True; these suffixes are read with safetensors instead.
 _SAFETENSORS_SUFFIXES = (".safetensors",)
-
-
-def backbone_dimension(backbone: torch.nn.Module) -> int:
-    """The size of what a ``num_classes=0`` timm model returns.
-
-    That is ``head_hidden_size`` when the model has one (e.g. MobileNetV3: ``num_features`` 960 but a
-    1280-d pre-logits head), else ``num_features``.
-    """
-    return int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
 
 
 def _read_weights(path: Path) -> list[tuple[str, torch.Tensor]]:

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
+from mmst_cli.core.data.documents import PdfPage, RenderSettings
+from mmst_cli.core.data.media import page_image_file
 from mmst_cli.core.encode.encoding import encode_inputs, modality_of
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.retrieval.metrics import METRIC_NAMES, Run, compute_metrics
@@ -202,7 +204,10 @@ def rerank(
     for qid, ranked in first_stage.items():
         best = sorted(ranked.items(), key=lambda item: (-item[1], item[0]))[:top_k]
         for doc_id, _ in best:
-            pairs.append((task.queries[qid], task.corpus[doc_id]))
+            document = task.corpus[doc_id]
+            if isinstance(document, PdfPage):  # rerankers read image files; rendered once, cached
+                document = str(page_image_file(document))
+            pairs.append((task.queries[qid], document))
             keys.append((qid, doc_id))
     advance = track("reranking", len(pairs))
     scores = []
@@ -279,6 +284,10 @@ class EvaluateOptions:
     model_name: str | None = None
     task_name: str | None = None
     task_languages: tuple[str, ...] = ("eng-Latn",)
+    pdf: RenderSettings = RenderSettings()
+    pdf_text: bool = False
+    #: A train-embed run folder whose evaluation data is scored instead of ``data`` (``--eval-of``).
+    eval_of: str | None = None
 
     def validate(self) -> None:
         if not self.ks:
@@ -317,6 +326,8 @@ class EvaluateOptions:
         prompts = (self.query_prompt, self.document_prompt, self.query_prompt_name, self.document_prompt_name)
         if self.run and any(prompt is not None for prompt in prompts):
             raise MmstError("--run/--qrels score a ranking without a model; the prompt options need --model")
+        if self.eval_of and (self.data or self.run):
+            raise MmstError("--eval-of scores a run's own evaluation data; drop --data (and --run/--qrels)")
         parse_thresholds(self.fail_under, self.ks)
         self.main_metric_name()
 
@@ -378,6 +389,7 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
     from mmst_cli.core.models.loading import load_model
     from mmst_cli.core.models.locate import locate_model
     from mmst_cli.core.retrieval.metrics import read_qrels, read_trec_run
+    from mmst_cli.core.retrieval.run_eval_data import run_eval_task
     from mmst_cli.core.retrieval.tasks import (
         MediaOptions,
         load_retrieval_task,
@@ -408,12 +420,18 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
             skip_bad=options.skip_bad,
             allow_remote_media=options.allow_remote_media,
             allow_outside_root=options.allow_outside_root,
+            pdf=options.pdf,
+            pdf_text=options.pdf_text,
         )
-        data = options.data or str(EMOJI_EVAL)
-        task = load_retrieval_task(
-            data, split=options.split, config=options.data_config, columns=options.columns,
-            media=media, strict=options.strict,
-        )  # fmt: skip
+        if options.eval_of:
+            task = run_eval_task(options.eval_of, media.audio_sampling_rate)
+            data = task.source
+        else:
+            data = options.data or str(EMOJI_EVAL)
+            task = load_retrieval_task(
+                data, split=options.split, config=options.data_config, columns=options.columns,
+                media=media, strict=options.strict,
+            )  # fmt: skip
         beyond_corpus = [k for k in options.ks if k > len(task.corpus)]
         if beyond_corpus:
             at = ", ".join(f"@{k}" for k in beyond_corpus)
@@ -447,6 +465,7 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
     report["main_score"] = main.metrics[report["main_metric"]]
     report["metrics"] = main.metrics
     report["counts"] = main.counts
+    report["queries_without_relevant"] = "left out" if options.skip_queries_without_relevant else "scored 0"
     report["fail_under"] = check_thresholds(main.metrics, thresholds)
     report["passed"] = all(check["passed"] for check in report["fail_under"].values())
     if options.mteb_results:

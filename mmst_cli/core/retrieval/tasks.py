@@ -2,6 +2,9 @@
 
 - **BEIR folder**: ``corpus.jsonl`` (``_id``, ``title``, ``text``; or ``image`` / ``audio`` paths),
   ``queries.jsonl`` (``_id``, ``text``), ``qrels/<split>.tsv`` (``query-id``, ``corpus-id``, ``score``).
+- **BEIR folder of PDFs**: PDF files in place of ``corpus.jsonl``, in the folder or in ``corpus/``;
+  every page is a document whose id is its page id relative to that folder (``report.pdf#page=3``),
+  taken as an image, or by its text layer (``pdf_text``).
 - **ViDoRe / mteb schema**: a Hub dataset with ``corpus``, ``queries`` and ``qrels`` configurations,
   or a local folder with ``corpus``, ``queries`` and ``qrels`` files (jsonl / csv / parquet) or
   ``save_to_disk`` sub-folders: corpus (``corpus-id``, ``image`` or ``text``), queries
@@ -22,7 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmst_cli.core.data.documents import RenderSettings, page_of, pdf_files
+from mmst_cli.core.data.media import classify_string, expand_pdf
 from mmst_cli.core.data.tables import (
+    PROBLEMS_SHOWN,
     DATA_FILE_BUILDERS,
     PairData,
     load_pair_data,
@@ -121,6 +127,8 @@ class MediaOptions:
     skip_bad: bool = False
     allow_remote_media: bool = False
     allow_outside_root: bool = False
+    pdf: RenderSettings = RenderSettings()
+    pdf_text: bool = False
 
 
 def _find_part(folder: Path, name: str) -> Path | None:
@@ -163,6 +171,7 @@ def _content(table, id_column: str, candidates: tuple[str, ...], part: str, sour
         audio_sampling_rate=media.audio_sampling_rate,
         allow_remote_media=media.allow_remote_media,
         allow_outside_root=media.allow_outside_root,
+        pdf=media.pdf,
     )
     return dict(zip(ids, checked.dataset[content_column])), checked.notes
 
@@ -181,16 +190,21 @@ def _qrels_from_table(table, source: str) -> dict[str, dict[str, int]]:
     return qrels
 
 
-def _beir_task(folder: Path, split: str, media: MediaOptions) -> RetrievalTask:
+def _beir_qrels(folder: Path, split: str) -> dict[str, dict[str, int]]:
     from mmst_cli.core.retrieval.metrics import read_qrels
 
-    source = str(folder)
-    corpus_table = load_table(str(folder / "corpus.jsonl"))
-    queries_table = load_table(str(folder / "queries.jsonl"))
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         available = sorted(path.stem for path in (folder / "qrels").glob("*.tsv"))
-        raise MmstError(f"BEIR folder {source!r} has no qrels/{split}.tsv; splits: {available}; pass --split")
+        raise MmstError(f"BEIR folder {str(folder)!r} has no qrels/{split}.tsv; splits: {available}; pass --split")
+    return read_qrels(qrels_path)
+
+
+def _beir_task(folder: Path, split: str, media: MediaOptions) -> RetrievalTask:
+    source = str(folder)
+    corpus_table = load_table(str(folder / "corpus.jsonl"))
+    queries_table = load_table(str(folder / "queries.jsonl"))
+    qrels = _beir_qrels(folder, split)
     if "text" in corpus_table.column_names and "title" in corpus_table.column_names:
         # BEIR's convention: a document is its title and text joined by a space.
         corpus_table = corpus_table.map(
@@ -198,7 +212,51 @@ def _beir_task(folder: Path, split: str, media: MediaOptions) -> RetrievalTask:
         )
     corpus, corpus_notes = _content(corpus_table, "_id", ("image", "video", "audio", "text"), "corpus", source, media)
     queries, query_notes = _content(queries_table, "_id", ("image", "video", "audio", "text"), "queries", source, media)
-    return RetrievalTask(queries, corpus, read_qrels(qrels_path), source, warnings=query_notes + corpus_notes)
+    return RetrievalTask(queries, corpus, qrels, source, warnings=query_notes + corpus_notes)
+
+
+def _pdf_corpus_folder(folder: Path) -> Path | None:
+    """Where the PDFs of a BEIR folder without ``corpus.jsonl`` are: ``corpus/``, else the folder itself."""
+    if (folder / "corpus").is_dir() and pdf_files(folder / "corpus"):
+        return folder / "corpus"
+    return folder if any(path.suffix.lower() == ".pdf" for path in folder.iterdir() if path.is_file()) else None
+
+
+def _pdf_task(folder: Path, pdf_folder: Path, split: str, media: MediaOptions) -> RetrievalTask:
+    """A BEIR folder whose corpus is the pages of its PDFs (see the module docstring)."""
+    source = str(folder)
+    confine_to = None if media.allow_outside_root else pdf_folder
+    ids = [
+        page
+        for file in pdf_files(pdf_folder)
+        for page in expand_pdf(file.as_posix(), pdf_folder, confine_to, media.pdf.password)
+    ]
+    corpus: dict[str, Any] = {}
+    problems = []
+    for page_id in ids:
+        problem = classify_string(page_id, pdf_folder, confine_to, media.pdf).problem
+        if problem:
+            problems.append(f"{page_id}: {problem}")
+            continue
+        page = page_of(page_id, pdf_folder, media.pdf)
+        corpus[page_id] = page.text() if media.pdf_text else page  # pages render as the corpus is encoded
+    shown = "; ".join(problems[:PROBLEMS_SHOWN])
+    shown += f" and {len(problems) - PROBLEMS_SHOWN} more" if len(problems) > PROBLEMS_SHOWN else ""
+    if problems and (not media.skip_bad or not corpus):
+        raise MmstError(
+            f"corpus of {source!r}: {len(problems)} of {len(ids)} PDF pages are unusable ({shown}); fix them, or pass "
+            "--skip-bad to leave them out"
+        )
+    warnings = [f"left out {len(problems)} unusable PDF page(s) (--skip-bad): {shown}"] if problems else []
+    textless = sum(1 for text in corpus.values() if text == "")
+    if textless:
+        warnings.append(
+            f"{textless} of {len(corpus)} PDF page(s) have no text layer (scanned?); --pdf-text scores them as empty text"
+        )
+    queries, query_notes = _content(
+        load_table(str(folder / "queries.jsonl")), "_id", ("image", "video", "audio", "text"), "queries", source, media
+    )
+    return RetrievalTask(queries, corpus, _beir_qrels(folder, split), source, warnings=warnings + query_notes)
 
 
 def _schema_task(reference: str, folder: Path | None, split: str, config: str | None, media: MediaOptions) -> RetrievalTask:
@@ -246,8 +304,11 @@ def load_retrieval_task(
     """
     path = Path(reference).expanduser()
     beir_parts = (path / "corpus.jsonl", path / "queries.jsonl")
-    if path.is_dir() and all(part.is_file() for part in beir_parts) and list((path / "qrels").glob("*.tsv")):
+    has_beir_queries = path.is_dir() and beir_parts[1].is_file() and list((path / "qrels").glob("*.tsv"))
+    if has_beir_queries and beir_parts[0].is_file():
         task = _beir_task(path, split or "test", media)
+    elif has_beir_queries and (pdf_folder := _pdf_corpus_folder(path)) is not None:
+        task = _pdf_task(path, pdf_folder, split or "test", media)
     elif path.is_dir() and all(_find_part(path, name) for name in ("corpus", "queries", "qrels")):
         task = _schema_task(reference, path, split or "test", None, media)
     elif path.is_dir() and any(_find_part(path, name) for name in ("corpus", "queries", "qrels")):
@@ -271,6 +332,7 @@ def load_retrieval_task(
             skip_bad=media.skip_bad,
             allow_remote_media=media.allow_remote_media,
             allow_outside_root=media.allow_outside_root,
+            pdf=media.pdf,
         )
         task = pairs_to_retrieval_task(data)
     _check_qrels_ids(task, strict)

@@ -2,8 +2,9 @@
 
 Owns run options, trainer arguments, checkpoints and progress shared by both commands
 (:mod:`.common`), the ownership of a run folder: its lock, its resume record and clean-up
-(:mod:`.run_folder`), the embedding trainer (:mod:`.embed`) and its losses
-(:mod:`.losses`), the reranker's data shapes (:mod:`.rerank_data`) and trainer (:mod:`.rerank`),
+(:mod:`.run_folder`), the record of a run's evaluation data (:mod:`.eval_record`), the embedding
+trainer (:mod:`.embed`) and its losses (:mod:`.losses`), the reranker's data shapes
+(:mod:`.rerank_data`), offline defaults (:mod:`.rerank_demo`) and trainer (:mod:`.rerank`),
 and the ``--dry-run`` memory planner (:mod:`.memory_plan`). Sentence Transformers' trainers and
 losses do the training.
 

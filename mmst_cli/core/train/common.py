@@ -25,9 +25,11 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from mmst_cli.core.data.documents import RenderSettings
 from mmst_cli.core.data.tables import PairData
 from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.models.lora import LoraOptions
+from mmst_cli.core.models.portable import save_model
 from mmst_cli.core.outputs import atomic_path, existing_ancestor
 from mmst_cli.core.train.run_folder import latest_intact_checkpoint, owned_run_folder
 
@@ -119,6 +121,8 @@ class TrainingOptions:
             "skip_bad": self.skip_bad,
             "allow_remote_media": self.allow_remote_media,
             "allow_outside_root": self.allow_outside_root,
+            # PDF pages render within the image budget both training commands take as --max-pixels.
+            "pdf": RenderSettings(max_pixels=getattr(self, "max_pixels", None)),
         }
 
     def resolved_output_dir(self) -> Path:
@@ -372,12 +376,13 @@ def train_summary(trainer, output, runtime: float) -> dict[str, Any]:
 
 
 def save_run(model, model_dir: Path, output_dir: Path, summary: dict[str, Any]) -> None:
-    """Write the model and ``metrics.json`` under temporary names, then rename (main process only)."""
+    """Write the model (loadable without mmst: :func:`save_model`) and ``metrics.json`` under temporary
+    names, then rename (main process only)."""
     if not is_main_process():
         return
     # A full disk mid-save leaves neither a half-written model nor its temporary folder.
     with atomic_path(model_dir) as temporary:
-        model.save(str(temporary))
+        save_model(model, temporary)
     with atomic_path(output_dir / "metrics.json") as pending:
         pending.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf8")
 

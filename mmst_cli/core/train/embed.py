@@ -11,23 +11,24 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mmst_cli.core.data.tables import PairData, load_pair_data, split_off_eval
+from mmst_cli.core.data.tables import PairData
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.models.locate import peek_audio_sampling_rate
 from mmst_cli.core.models.lora import add_lora, merge_lora
+from mmst_cli.core.models.model_card import name_training_data, record_scores, show_loading
 from mmst_cli.core.retrieval.tasks import MAIN_METRIC, pairs_to_retrieval_task
 from mmst_cli.core.train.common import (
     TrainingOptions,
     check_modalities,
     common_training_arguments,
     ensure_disk_space,
-    load_train_and_eval,
     run_in_owned_folder,
     save_run,
     train_summary,
     train_with_progress,
     world_size,
 )
+from mmst_cli.core.train.eval_record import load_pairs_with_eval_record, write_eval_record
 from mmst_cli.core.train.losses import LossOptions, build_loss
 
 #: ``--batch-sampler`` values -> Sentence Transformers' batch samplers.
@@ -125,17 +126,6 @@ def with_demo_recipe(options: TrainEmbedOptions, chosen: set[str]) -> tuple[Trai
     return replace(options, **changes), applied
 
 
-def _load_training_data(options: TrainEmbedOptions, audio_rate: int | None) -> tuple[PairData, PairData | None]:
-    from mmst_cli.core.models.composition import EMOJI_EVAL, EMOJI_TRAIN
-
-    def load(reference: str, **where) -> PairData:
-        return load_pair_data(reference, columns=options.columns, **where, **options.media_options(audio_rate))
-
-    if options.data is None:
-        return load(str(EMOJI_TRAIN)), load(str(EMOJI_EVAL))
-    return load_train_and_eval(options, load, split_off_eval)
-
-
 def _training_arguments(options: TrainEmbedOptions, checkpoints: Path, built, data: PairData, has_eval: bool):
     from sentence_transformers import SentenceTransformerTrainingArguments
 
@@ -184,7 +174,9 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
 
     model_dir = output_dir / "model"
     # Data first: bad media fails in seconds, before any weights are loaded.
-    train_data, eval_data = _load_training_data(options, peek_audio_sampling_rate(options.audio_encoder or options.model))
+    train_data, eval_data, eval_record = load_pairs_with_eval_record(
+        options, peek_audio_sampling_rate(options.audio_encoder or options.model)
+    )
     set_seed(options.seed)
     built = build_training_model(options)
     model = built.model
@@ -198,6 +190,9 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
     check_modalities(model, train_data)
     if eval_data is not None:
         check_modalities(model, eval_data)
+    adopted = adopt_training_prompts(model, options.prompts, train_data)
+    if adopted:
+        log(f"prompts: {adopted} (kept with the model, so evaluation and later encoding use them)")
     log(
         f"data: {len(train_data.dataset)} training rows from {train_data.source}"
         + (f", {len(eval_data.dataset)} evaluation rows" if eval_data else ", no evaluation data")
@@ -224,6 +219,8 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
     base_metrics = evaluator.scores(model) if evaluator else {}
     if base_metrics:
         log(f"before training: NDCG@10 {base_metrics[MAIN_METRIC]:.4f}")
+        record_scores(model, evaluator, base_metrics)
+    name_training_data(model, train_data.source)
 
     from sentence_transformers import SentenceTransformerTrainer
 
@@ -239,6 +236,9 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
     if options.lora.enabled:
         merge_lora(model)
     final_metrics = evaluator.scores(model) if evaluator else {}
+    if final_metrics:
+        record_scores(model, evaluator, final_metrics, epoch=trainer.state.epoch or 0, step=trainer.state.global_step)
+    show_loading(model, model_dir)
 
     summary = {
         "model": built.description,
@@ -254,8 +254,39 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
         "train": train_summary(trainer, output, runtime),
         "options": options.as_json(),
     }
+    write_eval_record(output_dir, eval_record)  # what `mmst evaluate --model RUN` scores
     save_run(model, model_dir, output_dir, summary)
     return TrainingResult(summary, model)
+
+
+def adopt_training_prompts(model, prompts: str | dict[str, str] | None, data: PairData) -> dict[str, str]:
+    """Make the ``--prompts`` a run trains with the model's own ``query`` and ``document`` prompts.
+
+    The trainer prepends ``--prompts`` to the columns it trains on but does not keep them with the
+    model, so evaluation before, during and after training, ``mmst evaluate`` and every later
+    ``encode_query`` / ``encode_document`` would feed inputs the model never trained on. The
+    first data column is the query side and the second the document side (negatives share the
+    documents' encoder). A column without a prompt leaves that side as the model had it.
+
+    Args:
+        model: The SentenceTransformer about to train.
+        prompts: ``--prompts``: one prompt for every column, a column -> prompt mapping, or ``None``.
+        data: The training pairs, whose column order says which column is which side.
+
+    Returns:
+        The prompts given to the model, ``{"query": ..., "document": ...}`` (empty without ``--prompts``).
+    """
+    if not prompts:
+        return {}
+    query_column, document_column = list(data.column_modalities)[:2]
+    sides = {"query": query_column, "document": document_column}
+    adopted = {
+        side: prompts if isinstance(prompts, str) else prompts[column]
+        for side, column in sides.items()
+        if isinstance(prompts, str) or column in prompts
+    }
+    model.prompts = {**(model.prompts or {}), **adopted}
+    return adopted
 
 
 def _dry_run(options: TrainEmbedOptions, built, train_data: PairData) -> TrainingResult:

@@ -27,6 +27,7 @@ trec_eval would.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from mmst_cli.core.train.common import (
     train_with_progress,
 )
 from mmst_cli.core.train.losses import gradcache_kwargs, validate_token_budget
+from mmst_cli.core.train.rerank_demo import DEFAULT_MODEL_NOTE, DEMO_EVAL, DEMO_TRAIN, default_reranker_start
 from mmst_cli.core.train.rerank_data import (
     RerankData,
     load_rerank_data,
@@ -66,10 +68,12 @@ MAIN_METRIC = "ndcg@10"
 class TrainRerankOptions(TrainingOptions):
     """Every option of ``mmst train-rerank``; the CLI fills it, tests may build it directly.
 
-    Model: ``model`` (a checkpoint or a saved reranker), ``arch`` (see
+    Model: ``model`` (a checkpoint, a saved reranker or a train-embed run; ``None``: the packaged
+    all-MiniLM-L6-v2, see :mod:`~mmst_cli.core.train.rerank_demo`), ``arch`` (see
     :data:`mmst_cli.core.models.rerankers.ARCHITECTURES`), the answer tokens, ``prompt`` (the
     instruction; ``None`` keeps a saved one or uses the default for new LM rerankers),
-    ``pair_template`` and ``max_pixels``. Data: ``data`` etc. as in train-embed, plus
+    ``pair_template`` and ``max_pixels``. Data: ``data`` etc. as in train-embed (``None``, with no
+    model: the demo's emoji-name pairs), plus
     ``label_column`` and ``negatives_per_positive``. Loss: ``loss``, ``mini_batch_size`` (pairs
     per forward pass of the cached and listwise losses) and ``mini_batch_tokens`` (a token budget
     per forward pass instead, where the installed loss supports one).
@@ -98,10 +102,13 @@ class TrainRerankOptions(TrainingOptions):
         from mmst_cli.core.models.rerankers import ARCHITECTURES, PAIR_TEMPLATES
 
         self.validate_schedule()
-        if not self.model:
-            raise MmstError("--model is required: a causal LM / VLM checkpoint, an encoder, or a saved reranker")
-        if not self.data:
-            raise MmstError("--data is required: (query, document, label), (query, positive, negatives...) or listwise rows")
+        if not self.data and self.model:
+            raise MmstError(
+                "--data is required when you choose a model: (query, document, label), (query, positive, negatives...) "
+                "or listwise rows (the emoji demo data goes with the default model)"
+            )
+        if not self.data and (self.eval_data or self.eval_split):
+            raise MmstError("--eval-data and --eval-split need --data; the demo brings its own evaluation pairs")
         if self.arch not in ARCHITECTURES:
             raise MmstError(f"--arch {self.arch!r} is unknown; use one of {', '.join(ARCHITECTURES)}")
         if self.pair_template not in PAIR_TEMPLATES:
@@ -128,6 +135,33 @@ class TrainRerankOptions(TrainingOptions):
                 "--loss cmnrl (GradCache) cannot be combined with --gradient-checkpointing; drop one "
                 "(GradCache already bounds activation memory through --mini-batch-size)"
             )
+
+
+def text_tower_start(reference: str, log=print) -> str:
+    """The checkpoint a reranker starts from: ``reference`` itself, or for an mmst-trained embedder
+    (a train-embed run folder, or its saved ``model/``, a Router) the folder of its text route's
+    transformer, which then gets a fresh one-label head (``--arch classifier``).
+
+    Raises:
+        MmstError: when such a Router has no text route to start from.
+    """
+    from mmst_cli.core.retrieval.run_eval_data import is_run_folder
+
+    run_folder = is_run_folder(reference)
+    folder = Path(reference).expanduser() / ("model" if run_folder else "")
+    router = folder / "router_config.json"
+    if not router.is_file():
+        return str(folder) if run_folder else reference
+    config = json.loads(router.read_text(encoding="utf8"))
+    routes = config.get("structure", {})
+    first = (routes.get("text") or [None])[0]
+    if first is None or not str(config.get("types", {}).get(first, "")).endswith("Transformer"):
+        raise MmstError(
+            f"--model {reference!r} is an embedder whose Router has no text tower (routes: {', '.join(routes) or 'none'}); "
+            "a reranker starts from a text transformer: train the embedder with --text-encoder, or pass a checkpoint"
+        )
+    log(f"reranker: starting from the text tower of {reference} ({first})")
+    return str(folder / first)
 
 
 def build_rerank_loss(model, name: str, mini_batch_size: int, mini_batch_tokens: int | None = None):
@@ -278,6 +312,8 @@ def _load_training_data(options: TrainRerankOptions, audio_rate: int | None) -> 
             **options.media_options(audio_rate),
         )
 
+    if options.data is None:
+        return load(str(DEMO_TRAIN)), load(str(DEMO_EVAL))
     return load_train_and_eval(options, load, split_queries)
 
 
@@ -332,13 +368,18 @@ def _train(options: TrainRerankOptions, output_dir: Path, progress_console, log)
     from mmst_cli.core.models.rerankers import build_reranker, instruction_of
 
     model_dir = output_dir / "model"
+    if options.model:
+        start = text_tower_start(options.model, log)
+    else:
+        start = default_reranker_start()
+        log(DEFAULT_MODEL_NOTE)
     # Data first: bad media fails in seconds, before any weights are loaded.
-    train_data, eval_data = _load_training_data(options, peek_audio_sampling_rate(options.model))
+    train_data, eval_data = _load_training_data(options, peek_audio_sampling_rate(start))
     # The shape the loss reads, checked before the weights load too (bce on positives only, ...).
     train_dataset = training_dataset(train_data, options.loss, options.negatives_per_positive, log)
     set_seed(options.seed)
     built = build_reranker(
-        options.model,
+        start,
         arch=options.arch,
         true_token=options.true_token,
         false_token=options.false_token,

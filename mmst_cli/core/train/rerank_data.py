@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mmst_cli.core.data.documents import RenderSettings
 from mmst_cli.core.data.tables import (
     NON_CONTENT_COLUMNS,
     PairData,
@@ -226,6 +227,7 @@ def load_rerank_data(
     skip_bad: bool = False,
     allow_remote_media: bool = False,
     allow_outside_root: bool = False,
+    pdf: RenderSettings = RenderSettings(),
 ) -> RerankData:
     """Load pointwise, pair or listwise data (see the module docstring) as grouped rows."""
     import datasets
@@ -236,6 +238,7 @@ def load_rerank_data(
         "skip_bad": skip_bad,
         "allow_remote_media": allow_remote_media,
         "allow_outside_root": allow_outside_root,
+        "pdf": pdf,
     }
     table = load_table(reference, config=config, split=split)
     label = _label_column(table, label_column, reference)

@@ -14,7 +14,6 @@ Plain Python; the Sentence Transformers trainer does the checkpointing itself.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from typing import Any, Iterator
 
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.outputs import atomic_path, ensure_writable_folder
+from mmst_cli.core.retrieval.run_eval_data import files_fingerprint
 
 LOCK_NAME = ".mmst-run.lock"
 RECORD_NAME = "run.json"
@@ -33,24 +33,6 @@ RECORD_NAME = "run.json"
 #: Options that steer a run without changing what it learns from, so they may differ on ``--resume``.
 #: The length (``max_steps``, ``epochs``) may grow: that is how a finished run is trained further.
 RESUMABLE_CHANGES = {"output_dir", "resume", "force", "dry_run", "report_to", "save_steps", "eval_steps", "max_steps", "epochs"}
-
-
-def files_fingerprint(reference: str | None) -> str:
-    """A cheap fingerprint of local data: every file's name, size and modification time.
-
-    Hub ids and the embedded data (``None``) are fingerprinted by their reference alone.
-    """
-    if reference is None:
-        return "embedded"
-    path = Path(reference).expanduser()
-    if not path.exists():
-        return f"reference:{reference}"
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    digest = hashlib.sha256()
-    for file in files:
-        stat = file.stat()
-        digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
 
 
 def run_record(options) -> dict[str, Any]:
