@@ -12,6 +12,7 @@ import pytest
 from mmst_cli.core.retrieval.search import FAISS_MIN_IVF_DOCUMENTS, faiss_search, search
 
 from tests.data_factory import write_colour_pairs, write_tone_pairs
+from tests.pdf_factory import write_text_pdf
 from tests.helpers import assert_one_line_error, run_json, run_mmst, run_mmst_process
 
 FACTS = [
@@ -96,6 +97,21 @@ def test_a_copy_of_the_positive_under_another_name_is_never_its_negative(tmp_pat
     trained = run_json("train-embed", "--model", str(tiny_models["clip"]), "--data", str(output), "--max-steps", "1",
                        "--batch-size", "4", "--output-dir", str(tmp_path / "run"))  # fmt: skip
     assert trained["train"]["steps"] == 1
+
+
+def test_pdf_pages_stay_page_references_and_a_copied_pdf_is_caught(tmp_path, tiny_models):
+    write_text_pdf(tmp_path / "docs" / "report.pdf", ["alpha page", "beta page", "gamma page"])
+    shutil.copy(tmp_path / "docs" / "report.pdf", tmp_path / "docs" / "copy.pdf")
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"q": f"question {i}", "page": f"docs/report.pdf#page={i}"}) + "\n" for i in (1, 2, 3)))
+    summary = run_json("mine", "--model", str(tiny_models["clip"]), "--data", str(tmp_path / "pairs.jsonl"),
+                       "--corpus", str(tmp_path / "docs"), "--num-negatives", "2", "--range-max", "6",
+                       "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "mined.jsonl"))  # fmt: skip
+    # Each positive's copy in copy.pdf is caught by content; so is a second copy among the negatives.
+    assert summary["removed"]["same_content_as_positive"] == 3 and summary["removed"]["same_content_as_negative"] == 3
+    for row in read_rows(tmp_path / "mined.jsonl"):
+        page = row["positive"].split("#")[1]
+        assert row["positive"].startswith("docs/report.pdf#page=") and f"docs/copy.pdf#{page}" not in negatives_of(row)
+        assert all(negative.startswith("docs/") and "#page=" in negative for negative in negatives_of(row))
 
 
 def test_audio_copies_are_caught_by_content(tmp_path, tiny_models):

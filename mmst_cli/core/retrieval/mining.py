@@ -35,7 +35,15 @@ from typing import Any
 import numpy as np
 
 from mmst_cli.core.errors import MmstError
-from mmst_cli.core.retrieval.mining_data import MiningSet, add_corpus, content_hash, is_retrieval_folder, pair_set, task_set
+from mmst_cli.core.retrieval.mining_data import (
+    MiningSet,
+    add_corpus,
+    content_hash,
+    is_retrieval_folder,
+    page_reference,
+    pair_set,
+    task_set,
+)
 
 Tracker = Callable[[str, int], Callable[[int], None]]
 
@@ -340,7 +348,8 @@ def _reference(value: Any, folder: Path) -> Any:
     """
     from mmst_cli.core.data.media import string_modality
 
-    if isinstance(value, str) and string_modality(value.split("#", 1)[0])[1] == "file":
+    value = page_reference(value) or value
+    if isinstance(value, str) and string_modality(value)[1] in ("file", "pdf"):
         return Path(os.path.relpath(value, folder)).as_posix()
     return value
 

@@ -70,10 +70,19 @@ class MiningSet:
         self.relevant.setdefault(a, set()).add(p)
 
 
+def page_reference(value: Any) -> str | None:
+    """``/abs/report.pdf#page=3`` for a checked PDF page (:class:`~mmst_cli.core.data.documents.PdfPage`), else ``None``."""
+    from mmst_cli.core.data.documents import PdfPage
+
+    return f"{value.path}#page={value.number}" if isinstance(value, PdfPage) else None
+
+
 def _identity(value: Any) -> Any:
-    """A hashable key for a prepared value: strings as they are, other values by content."""
+    """A hashable key for a prepared value: strings and PDF pages as references, other values by content."""
     if isinstance(value, str):
         return value
+    if page_reference(value) is not None:
+        return page_reference(value)
     from mmst_cli.core.retrieval.tasks import content_key
 
     return content_key(value)
@@ -82,16 +91,17 @@ def _identity(value: Any) -> Any:
 def content_hash(value: Any) -> str:
     """What a document *is*: the SHA-1 of a media file's bytes, or of a text, or of decoded media.
 
-    A page reference (``report.pdf#page=3``) hashes its file's bytes with the fragment, so two
-    copies of the same PDF give the same page the same hash.
+    A PDF page (a :class:`~mmst_cli.core.data.documents.PdfPage` or ``report.pdf#page=3``) hashes
+    its file's bytes with the page, so two copies of the same PDF give the same page the same hash.
     """
     from mmst_cli.core.data.media import string_modality
     from mmst_cli.core.retrieval.tasks import content_key
 
+    value = page_reference(value) or value
     if not isinstance(value, str):
         return content_key(value)
-    modality, source = string_modality(value.split("#", 1)[0])
-    if source != "file":
+    modality, source = string_modality(value)
+    if source not in ("file", "pdf"):
         return "t:" + hashlib.sha1(value.encode("utf-8")).hexdigest()
     path, _, fragment = value.partition("#")
     digest = hashlib.sha1()
