@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from mmst_cli.core.data.media import page_image_file
 from mmst_cli.core.encode.encoding import encode_inputs, modality_of
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.retrieval.metrics import METRIC_NAMES, Run, compute_metrics
-from mmst_cli.core.retrieval.search import search
+from mmst_cli.core.retrieval.search import model_similarity, search
 from mmst_cli.core.retrieval.tasks import MAIN_METRIC, RetrievalTask
 
 Tracker = Callable[[str, int], Callable[[int], None]]
@@ -48,11 +48,6 @@ class StageResult:
     metrics: dict[str, float]
     per_query: dict[str, dict[str, float]]
     counts: dict[str, int]
-
-
-def _similarity(model) -> str:
-    name = getattr(model, "similarity_fn_name", None) or "cosine"
-    return str(getattr(name, "value", name))
 
 
 def embed_task(
@@ -174,7 +169,7 @@ def evaluate_embedder(
     too_large = [dim for dim in dims if dim > full]
     if too_large:
         raise MmstError(f"--dims {too_large} exceed the model's embedding dimension {full}")
-    similarity = _similarity(model)
+    similarity = model_similarity(model)
     depth = max(max(ks), search_depth)
     results = []
     for dim in dims or (full,):
@@ -228,24 +223,30 @@ def rerank(
     )
 
 
-def _load_reranker(options: EvaluateOptions, task: RetrievalTask):
-    """Load ``--reranker`` and make sure it reads every modality of the task's queries and documents.
+def load_reranker_for(reference: str, sides: Mapping[str, Iterable[Any]], source: str, *, trust_remote_code: bool = False):
+    """Load ``--reranker`` and make sure it reads every modality of the inputs it will score.
 
     A text-only reranker handed image documents would score their file paths as text.
+
+    Args:
+        reference: The reranker's folder or Hub id.
+        sides: Side name (``queries``, ``documents``, ...) -> the inputs of that side.
+        source: The data's name, for the message.
+        trust_remote_code: Passed to the loader. Default ``False``.
     """
     from mmst_cli.core.models.loading import load_model
     from mmst_cli.core.models.locate import locate_model
 
-    source = locate_model(options.reranker)
-    if source.kind != "reranker":
-        raise MmstError(f"--reranker {options.reranker!r} is a {source.kind}, not a reranker")
-    reranker = load_model(source, trust_remote_code=options.trust_remote_code)
-    for side, values in (("queries", task.queries), ("documents", task.corpus)):
-        unreadable = sorted(m for m in {modality_of(value) for value in values.values()} if not reranker.supports(m))
+    located = locate_model(reference)
+    if located.kind != "reranker":
+        raise MmstError(f"--reranker {reference!r} is a {located.kind}, not a reranker")
+    reranker = load_model(located, trust_remote_code=trust_remote_code)
+    for side, values in sides.items():
+        unreadable = sorted(m for m in {modality_of(value) for value in values} if not reranker.supports(m))
         if unreadable:
             raise MmstError(
-                f"--reranker {options.reranker!r} cannot read {' or '.join(unreadable)} inputs, but the {side} of "
-                f"{task.source!r} hold them; choose a reranker that takes them (`mmst detect MODEL` shows what a model takes)"
+                f"--reranker {reference!r} cannot read {' or '.join(unreadable)} inputs, but the {side} of "
+                f"{source!r} hold them; choose a reranker that takes them (`mmst detect MODEL` shows what a model takes)"
             )
     return reranker
 
@@ -439,7 +440,14 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
                 f"the corpus holds {len(task.corpus)} documents, fewer than the cut-off(s) {at}: every document is "
                 f"retrieved there, so recall and accuracy {at} are 1.0 for any model; use a smaller --k or a larger corpus"
             )
-        reranker = _load_reranker(options, task) if options.reranker else None  # before the long encode
+        reranker = (  # before the long encode
+            load_reranker_for(
+                options.reranker, {"queries": task.queries.values(), "documents": task.corpus.values()}, task.source,
+                trust_remote_code=options.trust_remote_code,
+            )  # fmt: skip
+            if options.reranker
+            else None
+        )
         stages = evaluate_embedder(
             model, task, ks=options.ks, dims=options.dims, batch_size=options.batch_size,
             search_depth=options.depth,
@@ -447,7 +455,7 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
             query_prompt=query_prompt, document_prompt=document_prompt, track=track,
         )  # fmt: skip
         main = stages[-1] if not options.dims else max(stages, key=lambda stage: int(stage.name.split()[1]))
-        report.update(model=source.reference, data=data, similarity=_similarity(model), **task_summary(task))
+        report.update(model=source.reference, data=data, similarity=model_similarity(model), **task_summary(task))
         report["prompts"] = {"query": query_prompt, "document": document_prompt}
         if options.dims:
             report["dims"] = [{"dim": int(stage.name.split()[1]), "metrics": stage.metrics} for stage in stages]

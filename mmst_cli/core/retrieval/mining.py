@@ -39,7 +39,6 @@ from mmst_cli.core.retrieval.mining_data import (
     MiningSet,
     add_corpus,
     content_hash,
-    is_retrieval_folder,
     page_reference,
     pair_set,
     task_set,
@@ -226,26 +225,6 @@ def default_range_max(options: MineOptions, max_positives: int) -> int:
     return options.range_min + options.num_negatives * (10 if bounded else 1) + max_positives
 
 
-def _load_reranker(options: MineOptions, mining: MiningSet):
-    from mmst_cli.core.encode.encoding import modality_of
-    from mmst_cli.core.models.loading import load_model
-    from mmst_cli.core.models.locate import locate_model
-
-    source = locate_model(options.reranker)
-    if source.kind != "reranker":
-        raise MmstError(f"--reranker {options.reranker!r} is a {source.kind}, not a reranker")
-    reranker = load_model(source, trust_remote_code=options.trust_remote_code)
-    unreadable = sorted(
-        m for m in {modality_of(v) for v in (*mining.anchors, *mining.documents)} if not reranker.supports(m)
-    )  # fmt: skip
-    if unreadable:
-        raise MmstError(
-            f"--reranker {options.reranker!r} cannot read {' or '.join(unreadable)} inputs, which {mining.source!r} holds; "
-            "choose a reranker that takes them (`mmst detect MODEL` shows what a model takes)"
-        )
-    return reranker
-
-
 def choose_negatives(
     mining: MiningSet,
     hashes: list[str],
@@ -397,8 +376,9 @@ def run_mining(options: MineOptions, *, track: Tracker = _no_progress) -> dict[s
     from mmst_cli.core.models.loading import load_model
     from mmst_cli.core.models.locate import locate_model
     from mmst_cli.core.outputs import atomic_path, ensure_writable_file
-    from mmst_cli.core.retrieval.evaluation import _similarity
-    from mmst_cli.core.retrieval.search import FAISS_MIN_DOCUMENTS, faiss_search, pair_scores, search
+    from mmst_cli.core.retrieval.evaluation import load_reranker_for
+    from mmst_cli.core.retrieval.tasks import is_retrieval_folder
+    from mmst_cli.core.retrieval.search import FAISS_MIN_DOCUMENTS, faiss_search, model_similarity, pair_scores, search
 
     options.validate()
     output = Path(options.output).expanduser()
@@ -422,7 +402,7 @@ def run_mining(options: MineOptions, *, track: Tracker = _no_progress) -> dict[s
 
     query_vectors = _encode(model, mining.anchors, "query", sampling_rate, options.batch_size, track)
     document_vectors, cache = _cached_corpus_embeddings(model, _model_identity(source), mining, hashes, options, track)
-    similarity = _similarity(model)
+    similarity = model_similarity(model)
     max_positives = max(len(documents) for documents in mining.relevant.values())
     depth = min(default_range_max(options, max_positives), len(mining.documents))
     index = options.index
@@ -442,7 +422,10 @@ def run_mining(options: MineOptions, *, track: Tracker = _no_progress) -> dict[s
 
     rerank = None
     if options.reranker:
-        reranker = _load_reranker(options, mining)
+        reranker = load_reranker_for(
+            options.reranker, {"anchors": mining.anchors, "documents": mining.documents}, mining.source,
+            trust_remote_code=options.trust_remote_code,
+        )  # fmt: skip
         advance = track("reranking", len(mining.anchors))
 
         def rerank(anchor: int, documents: list[int]) -> list[float]:

@@ -170,16 +170,6 @@ def task_set(options: Any, sampling_rate: int | None) -> MiningSet:
     return mining
 
 
-def is_retrieval_folder(reference: str) -> bool:
-    """Whether ``reference`` is a BEIR or mteb / ViDoRe folder (queries, corpus and qrels)."""
-    from mmst_cli.core.retrieval.tasks import _find_part
-
-    path = Path(reference).expanduser()
-    return path.is_dir() and (
-        (path / "corpus.jsonl").is_file() or all(_find_part(path, name) for name in ("corpus", "queries", "qrels"))
-    )
-
-
 def add_corpus(mining: MiningSet, options: Any) -> int:
     """Add ``--corpus`` documents (checked like ``mmst encode`` inputs); returns how many it held."""
     from mmst_cli.core.encode.inputs import ReferenceInputs, read_inputs

@@ -14,6 +14,12 @@ import numpy as np
 SIMILARITIES = ("cosine", "dot", "euclidean", "manhattan")
 
 
+def model_similarity(model) -> str:
+    """The similarity function a Sentence Transformers model scores with, as one of :data:`SIMILARITIES`."""
+    name = getattr(model, "similarity_fn_name", None) or "cosine"
+    return str(getattr(name, "value", name))
+
+
 def _scores(queries, documents, similarity: str):
     import torch
 

@@ -282,6 +282,17 @@ def _is_hub_schema_dataset(reference: str) -> bool:
         return False
 
 
+def is_retrieval_folder(reference: str) -> bool:
+    """Whether ``reference`` is a local folder laid out as a retrieval task, or meant to be one.
+
+    True when any part is there (``corpus``, ``queries`` or ``qrels`` as a data file or a sub-folder):
+    a BEIR folder, one whose corpus is PDFs, or mteb / ViDoRe parts. :func:`load_retrieval_task`
+    reads it, or names the part that is missing.
+    """
+    path = Path(reference).expanduser()
+    return path.is_dir() and any(_find_part(path, name) for name in ("corpus", "queries", "qrels"))
+
+
 def load_retrieval_task(
     reference: str,
     *,
@@ -311,7 +322,7 @@ def load_retrieval_task(
         task = _pdf_task(path, pdf_folder, split or "test", media)
     elif path.is_dir() and all(_find_part(path, name) for name in ("corpus", "queries", "qrels")):
         task = _schema_task(reference, path, split or "test", None, media)
-    elif path.is_dir() and any(_find_part(path, name) for name in ("corpus", "queries", "qrels")):
+    elif is_retrieval_folder(reference):
         present = [name for name in ("corpus", "queries", "qrels") if _find_part(path, name)]
         missing = [name for name in ("corpus", "queries", "qrels") if name not in present]
         raise MmstError(
