@@ -83,3 +83,42 @@ def test_multi_vector_only_options_are_refused_where_they_do_not_apply(tmp_path,
     assert_one_line_error(swept, 2, "--dims", "multi-vector")
     low = run_mmst("evaluate", "--model", str(tiny_multi_vector), "--data", str(beir), "--token-pool-factor", "0.5")
     assert_one_line_error(low, 2, "--token-pool-factor", "at least 1")
+
+
+def test_train_embed_multi_vector_from_a_text_checkpoint_then_resume_and_evaluate(tmp_path, tiny_models):
+    from safetensors import safe_open
+
+    from tests.data_factory import write_text_pairs
+
+    data = write_text_pairs(tmp_path / "data", 16)
+    common = ["train-embed", "--model", str(tiny_models["bert"]), "--multi-vector", "--dim", "24",
+              "--query-length", "12", "--document-length", "20", "--data", str(data), "--eval-split", "0.25",
+              "--batch-size", "4", "--mini-batch-size", "2", "--save-steps", "2", "--output-dir", str(tmp_path / "run")]  # fmt: skip
+    first = run_json(*common, "--max-steps", "2")
+    assert first["loss"] == "cached-mnrl" and first["train"]["steps"] == 2
+    assert 0 < first["base"]["ndcg@10"] <= 1 and 0 < first["final"]["ndcg@10"] <= 1
+    model_dir = Path(first["model_dir"])
+    modules = [module["type"] for module in json.loads((model_dir / "modules.json").read_text())]
+    assert any("MultiVectorMask" in kind for kind in modules)
+    lengths = json.loads((model_dir / "sentence_bert_config.json").read_text())
+    assert (lengths["query_length"], lengths["document_length"]) == (12, 20)
+    with safe_open(str(next((model_dir).glob("1_Dense/*.safetensors"))), "pt") as weights:
+        assert weights.get_tensor("linear.weight").shape[0] == 24  # the --dim projection
+    resumed = run_json(*common, "--max-steps", "4", "--resume")
+    assert resumed["train"]["steps"] == 4
+    # The saved model is a MultiVectorEncoder that evaluate scores with the same MaxSim as training did.
+    again = run_json("evaluate", "--model", str(tmp_path / "run"), "--k", "10")
+    assert again["similarity"] == "maxsim"
+    assert again["metrics"]["ndcg@10"] == pytest.approx(resumed["final"]["ndcg@10"], abs=1e-9)
+
+
+def test_multi_vector_training_refuses_single_vector_only_options(tmp_path, tiny_models, tiny_multi_vector):
+    from tests.data_factory import write_text_pairs
+
+    data = write_text_pairs(tmp_path / "data", 8)
+    gist = run_mmst("train-embed", "--model", str(tiny_models["bert"]), "--multi-vector", "--loss", "gist", "--data", str(data))
+    assert_one_line_error(gist, 2, "--loss gist", "mnrl or cached-mnrl")
+    lengths = run_mmst("train-embed", "--model", str(tiny_models["bert"]), "--query-length", "8", "--data", str(data))
+    assert_one_line_error(lengths, 2, "--query-length", "--multi-vector")
+    redim = run_mmst("train-embed", "--model", str(tiny_multi_vector), "--dim", "8", "--data", str(data), "--max-steps", "1")
+    assert_one_line_error(redim, 2, "--dim", "already multi-vector")

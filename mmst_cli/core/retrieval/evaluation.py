@@ -23,7 +23,7 @@ from mmst_cli.core.data.media import page_image_file
 from mmst_cli.core.encode.encoding import encode_inputs, modality_of
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.retrieval.metrics import METRIC_NAMES, Run, compute_metrics
-from mmst_cli.core.retrieval.maxsim import TokenCounts, maxsim_search, token_pooling
+from mmst_cli.core.retrieval.maxsim import TokenCounts, is_multi_vector, maxsim_search, token_pooling
 from mmst_cli.core.retrieval.search import search
 from mmst_cli.core.retrieval.tasks import MAIN_METRIC, RetrievalTask
 
@@ -557,6 +557,9 @@ class RetrievalEvaluator(BaseEvaluator):
     def scores(self, model) -> dict[str, float]:
         """The metrics without a name prefix."""
         # The metrics read only the top max(ks) documents; a deeper search would only cost memory.
+        if is_multi_vector(model):
+            stage, _ = evaluate_multi_vector(model, self.task, ks=self.ks, batch_size=self.batch_size, search_depth=max(self.ks))
+            return stage.metrics
         stages = evaluate_embedder(model, self.task, ks=self.ks, batch_size=self.batch_size, search_depth=max(self.ks))
         return stages[-1].metrics
 
