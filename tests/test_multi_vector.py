@@ -85,7 +85,7 @@ def test_multi_vector_only_options_are_refused_where_they_do_not_apply(tmp_path,
     assert_one_line_error(low, 2, "--token-pool-factor", "at least 1")
 
 
-def test_train_embed_multi_vector_from_a_text_checkpoint_then_resume_and_evaluate(tmp_path, tiny_models):
+def test_train_embed_multi_vector_from_a_text_checkpoint_then_resume_evaluate_and_rerank(tmp_path, tiny_models):
     from safetensors import safe_open
 
     from tests.data_factory import write_text_pairs
@@ -110,6 +110,13 @@ def test_train_embed_multi_vector_from_a_text_checkpoint_then_resume_and_evaluat
     again = run_json("evaluate", "--model", str(tmp_path / "run"), "--k", "10")
     assert again["similarity"] == "maxsim"
     assert again["metrics"]["ndcg@10"] == pytest.approx(resumed["final"]["ndcg@10"], abs=1e-9)
+    # A reranker starts from the multi-vector model's backbone, and reranks its MaxSim first stage.
+    reranker = run_json("train-rerank", "--model", str(tmp_path / "run"), "--data", str(data), "--loss", "cmnrl",
+                        "--max-steps", "1", "--batch-size", "4", "--output-dir", str(tmp_path / "rerank"))  # fmt: skip
+    staged = run_json("evaluate", "--model", str(tmp_path / "run"), "--k", "10",
+                      "--reranker", reranker["model_dir"], "--rerank-top-k", "4")  # fmt: skip
+    assert [stage["name"] for stage in staged["stages"]] == ["maxsim", "rerank top 4"]
+    assert staged["stages"][0]["metrics"] == again["metrics"]
 
 
 def test_multi_vector_training_refuses_single_vector_only_options(tmp_path, tiny_models, tiny_multi_vector):
