@@ -100,8 +100,8 @@ def test_train_embed_multi_vector_from_a_text_checkpoint_then_resume_evaluate_an
     model_dir = Path(first["model_dir"])
     modules = [module["type"] for module in json.loads((model_dir / "modules.json").read_text())]
     assert any("MultiVectorMask" in kind for kind in modules)
-    lengths = json.loads((model_dir / "sentence_bert_config.json").read_text())
-    assert (lengths["query_length"], lengths["document_length"]) == (12, 20)
+    detected = run_json("detect", str(model_dir))["multi_vector"]
+    assert (detected["token_dimension"], detected["query_length"], detected["document_length"]) == (24, 12, 20)
     with safe_open(str(next((model_dir).glob("1_Dense/*.safetensors"))), "pt") as weights:
         assert weights.get_tensor("linear.weight").shape[0] == 24  # the --dim projection
     resumed = run_json(*common, "--max-steps", "4", "--resume")
