@@ -129,3 +129,53 @@ def test_multi_vector_training_refuses_single_vector_only_options(tmp_path, tiny
     assert_one_line_error(lengths, 2, "--query-length", "--multi-vector")
     redim = run_mmst("train-embed", "--model", str(tiny_multi_vector), "--dim", "8", "--data", str(data), "--max-steps", "1")
     assert_one_line_error(redim, 2, "--dim", "already multi-vector")
+
+
+def test_encode_writes_ragged_token_vectors_resumably_in_every_layout(tmp_path, tiny_multi_vector):
+    import numpy as np
+    import pyarrow.parquet as pq
+    from sentence_transformers import MultiVectorEncoder
+    from safetensors.numpy import load_file
+
+    from mmst_cli.core.encode.job import EncodeOptions, run_encode
+    from mmst_cli.core.encode.parts import parts_folder
+
+    texts = [f"{topic} are discussed here, {'at length ' * index}" for index, topic in enumerate(TOPICS[:5])]
+    source = tmp_path / "texts.txt"
+    source.write_text("\n".join(texts) + "\n")
+    model = MultiVectorEncoder(str(tiny_multi_vector))
+    expected = [tokens.numpy() for tokens in model.encode_document(texts)]
+    assert len({len(tokens) for tokens in expected}) > 1  # ragged: rows differ in length
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first(index):
+        raise Interrupt
+
+    output = tmp_path / "tokens.safetensors"
+    job = dict(inputs=str(source), output=str(output), model=str(tiny_multi_vector), task="document", chunk_size=2)
+    with pytest.raises(Interrupt):
+        run_encode(EncodeOptions(**job), model=model, show_progress=False, on_chunk=stop_after_first, log=print)
+    assert sorted(p.name for p in parts_folder(output).iterdir()) == ["manifest.json", "part-000000.npz"]
+    resumed = run_encode(EncodeOptions(**job, resume=True), model=model, show_progress=False, log=print)
+    assert (resumed.reused_chunks, resumed.encoded_chunks) == (1, 2)
+    stored = load_file(str(output))
+    offsets = stored["offsets"]
+    assert offsets[0] == 0 and offsets[-1] == len(stored["embeddings"]) and len(offsets) == len(texts) + 1
+    for row, tokens in enumerate(expected):
+        np.testing.assert_allclose(stored["embeddings"][offsets[row] : offsets[row + 1]], tokens, atol=1e-6)
+
+    run_json("encode", str(source), "--model", str(tiny_multi_vector), "--task", "document", "-o", str(tmp_path / "t.parquet"))
+    nested = pq.read_table(tmp_path / "t.parquet").column("embedding").to_pylist()
+    run_json("encode", str(source), "--model", str(tiny_multi_vector), "--task", "document", "-o", str(tmp_path / "t.jsonl"))
+    lines = [json.loads(line)["embedding"] for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    for row, tokens in enumerate(expected):
+        np.testing.assert_allclose(np.array(nested[row]), tokens, atol=1e-6)
+        np.testing.assert_allclose(np.array(lines[row]), tokens, atol=1e-6)
+
+    pooled = tmp_path / "pooled.safetensors"
+    run_json("encode", str(source), "--model", str(tiny_multi_vector), "--task", "document", "--token-pool-factor", "2", "-o", str(pooled))
+    assert len(load_file(str(pooled))["embeddings"]) < len(stored["embeddings"])
+    npy = run_mmst("encode", str(source), "--model", str(tiny_multi_vector), "-o", str(tmp_path / "t.npy"))
+    assert_one_line_error(npy, 2, "npy cannot hold", "safetensors")

@@ -51,6 +51,7 @@ from mmst_cli.cli.options import (
     PdfPasswordOption,
     PdfTextOption,
     SkipBadOption,
+    TokenPoolFactorOption,
     TrustRemoteCodeOption,
 )
 from mmst_cli.cli.output import console, emit
@@ -73,7 +74,7 @@ def evaluate(
     query_prompt_name: Annotated[str | None, typer.Option(help="Use the model's prompt of this name for queries (see `mmst detect MODEL`).", rich_help_panel=MODEL, show_default=False)] = None,
     document_prompt_name: Annotated[str | None, typer.Option(help="Use the model's prompt of this name for documents.", rich_help_panel=MODEL, show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.", rich_help_panel=MODEL)] = 32,
-    token_pool_factor: Annotated[float | None, typer.Option(help="Multi-vector models: merge similar document token vectors, keeping about 1/FACTOR of them (2: half), to measure what the smaller index costs. Default: the model's own pooling.", rich_help_panel=MODEL, show_default=False)] = None,
+    token_pool_factor: TokenPoolFactorOption = None,
     trust_remote_code: TrustRemoteCodeOption = False,
     data: Annotated[str | None, typer.Option(help="BEIR folder, corpus/queries/qrels dataset (Hub id or folder), or pair data. Default: the embedded emoji evaluation pairs.", rich_help_panel=DATA, show_default=False)] = None,
     split: Annotated[str | None, typer.Option(help="Split (BEIR qrels or dataset). Default: test for corpus/queries/qrels data, train for pairs.", rich_help_panel=DATA, show_default=False)] = None,

@@ -23,7 +23,8 @@ from mmst_cli.core.data.media import page_image_file
 from mmst_cli.core.encode.encoding import encode_inputs, modality_of
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.retrieval.metrics import METRIC_NAMES, Run, compute_metrics
-from mmst_cli.core.retrieval.maxsim import TokenCounts, is_multi_vector, maxsim_search, token_pooling
+from mmst_cli.core.encode.multi_vector import is_multi_vector, token_pooling
+from mmst_cli.core.retrieval.maxsim import TokenCounts, maxsim_search
 from mmst_cli.core.retrieval.search import search
 from mmst_cli.core.retrieval.tasks import MAIN_METRIC, RetrievalTask
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from mmst_cli.core.encode.encoding import modality_of
+from mmst_cli.core.encode.multi_vector import encode_tokens
 
 #: Documents encoded and scored at a time: bounds the token vectors held in memory.
 CORPUS_CHUNK = 1024
@@ -43,53 +43,6 @@ class TokenCounts:
             "tokens_per_document": self.documents / self.corpus_size if self.corpus_size else 0.0,
             "token_pool_factor": self.token_pool_factor,
         }
-
-
-def is_multi_vector(model) -> bool:
-    """Whether ``model`` is a Sentence Transformers ``MultiVectorEncoder``."""
-    from sentence_transformers import MultiVectorEncoder
-
-    return isinstance(model, MultiVectorEncoder)
-
-
-def token_pooling(pool_factor: float | None):
-    """A ``HierarchicalTokenPooling`` keeping about ``1 / pool_factor`` of each document's tokens,
-    or ``None`` (the model's own pooling, if any) when ``pool_factor`` is ``None``."""
-    if pool_factor is None:
-        return None
-    from sentence_transformers.multi_vector_encoder.modules import HierarchicalTokenPooling
-
-    return HierarchicalTokenPooling(pool_factor=pool_factor)
-
-
-def encode_tokens(model, inputs: Sequence[Any], *, task: str, prompt: str | None, batch_size: int, pooling=None) -> list:
-    """Token vectors (float32 CPU tensors ``[tokens, dim]``) of each input, in input order.
-
-    Inputs are grouped by modality (as :func:`~mmst_cli.core.encode.encoding.encode_inputs` does:
-    routers refuse mixed batches); PDF pages are rendered to cached image files.
-
-    Args:
-        model: A MultiVectorEncoder.
-        inputs: Texts, media paths, images, ... (already validated).
-        task: ``query`` or ``document``: the side whose prompt, length and route are used.
-        prompt: Replaces the model's prompt for that side; ``None`` keeps it.
-        batch_size: Inputs per forward pass.
-        pooling: A token pooling module, or ``None`` for the model's own.
-    """
-    from mmst_cli.core.data.documents import PdfPage
-    from mmst_cli.core.data.media import page_image_file
-
-    encode = model.encode_query if task == "query" else model.encode_document
-    groups: dict[str, list[int]] = {}
-    for index, value in enumerate(inputs):
-        groups.setdefault(modality_of(value), []).append(index)
-    output: list = [None] * len(inputs)
-    for indices in groups.values():
-        values = [str(page_image_file(v)) if isinstance(v, PdfPage) else v for v in (inputs[i] for i in indices)]
-        vectors = encode(values, prompt=prompt, batch_size=batch_size, show_progress_bar=False, token_pooling=pooling)
-        for index, tokens in zip(indices, vectors):
-            output[index] = tokens.float().cpu()
-    return output
 
 
 def maxsim_search(
