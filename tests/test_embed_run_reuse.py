@@ -27,6 +27,7 @@ def router_run(tiny_models, tmp_path_factory) -> dict:
         "train-embed", "--text-encoder", towers["text_encoder"], "--image-encoder", towers["image_encoder"],
         "--dim", "16", "--data", str(data), "--eval-split", "0.5", "--max-steps", "4", "--batch-size", "8",
         "--warmup", "0", "--head-lr", "0.05", "--output-dir", str(root / "run"),
+        "--prompts", '{"caption": "a query: "}',
     )  # fmt: skip
     compose_router(text_encoder=towers["text_encoder"], image_encoder=towers["image_encoder"], audio_encoder=None, dim=16, seed=42).model.save(
         str(root / "base")
@@ -50,7 +51,9 @@ def test_evaluate_scores_a_run_on_exactly_its_held_out_split(router_run):
     after = run_json("evaluate", "--model", str(run))
     assert after["queries"] == 8 and "held-out 0.5" in after["data"]
     _assert_same_metrics(after["metrics"], metrics["final"])
-    before = run_json("evaluate", "--eval-of", str(run), "--model", str(router_run["base"]))
+    # The run trained and scored with its --prompts; the saved model keeps them, the base takes them by flag.
+    assert json.loads((run / "model" / "config_sentence_transformers.json").read_text())["prompts"]["query"] == "a query: "
+    before = run_json("evaluate", "--eval-of", str(run), "--model", str(router_run["base"]), "--query-prompt", "a query: ")
     _assert_same_metrics(before["metrics"], metrics["base"])
 
 

@@ -77,6 +77,10 @@ def test_run_scoring_agrees_with_pytrec_eval(tmp_path):
     report, skipping = run_json(*score), run_json(*score, "--skip-queries-without-relevant")
     assert report["counts"] == {"evaluated": 5, "without_relevant": 1, "missing_from_run": 1, "ignored_not_in_qrels": 1}
     assert skipping["counts"] == {"evaluated": 4, "without_relevant": 1, "missing_from_run": 1, "ignored_not_in_qrels": 1}
+    human = run_mmst(*score).stderr
+    assert ("5 queries scored (1 without a relevant document, scored 0; 1 missing from the run, scored 0; "
+            "1 in the run but not the qrels, ignored)") in " ".join(human.split())  # fmt: skip
+    assert "4 queries scored (1 without a relevant document, left out;" in " ".join(run_mmst(*score, "--skip-queries-without-relevant").stderr.split())
     reference = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut_3", "P_3", "recall_3", "map_cut_3", "success_3"}).evaluate(run)
     assert set(reference) == {"q1", "q2", "q3", "q4"}  # pytrec_eval leaves out the query missing from the run
     for ours, theirs in [("ndcg@3", "ndcg_cut_3"), ("precision@3", "P_3"), ("recall@3", "recall_3"),

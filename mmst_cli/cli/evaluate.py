@@ -202,11 +202,8 @@ def render_report(console: Console, report: dict[str, Any]) -> None:
     data = report.get("data") or report.get("qrels")
     console.print(f"{source} on {data}", markup=False, highlight=False)
     if "queries" in report:
-        counts = report["counts"]
-        console.print(
-            f"{report['queries']} queries, {report['documents']} documents; "
-            f"{counts.get('evaluated', '?')} queries scored", markup=False, highlight=False,
-        )  # fmt: skip
+        console.print(f"{report['queries']} queries, {report['documents']} documents", markup=False, highlight=False)
+    console.print(_counted(report["counts"], report["queries_without_relevant"]), markup=False, highlight=False)
     if "token_vectors" in report:
         tokens = report["token_vectors"]
         console.print(
@@ -223,6 +220,20 @@ def render_report(console: Console, report: dict[str, Any]) -> None:
     for metric, check in report["fail_under"].items():
         verdict = "[green]pass[/green]" if check["passed"] else "[red]FAIL[/red]"
         console.print(f"{verdict} {metric} {check['value']:.4f} (threshold {check['threshold']})")
+
+
+def _counted(counts: dict[str, int], without_relevant: str) -> str:
+    """What the means are over, e.g. ``3 queries scored (1 without a relevant document, scored 0; ...)``."""
+    notes = [
+        f"{counts[key]} {label}"
+        for key, label in (
+            ("without_relevant", f"without a relevant document, {without_relevant}"),
+            ("missing_from_run", "missing from the run, scored 0"),
+            ("ignored_not_in_qrels", "in the run but not the qrels, ignored"),
+        )
+        if counts.get(key)
+    ]
+    return f"{counts.get('evaluated', 0)} queries scored" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _metric_tables(title: str, metrics: dict[str, float], width: int) -> list[Table]:

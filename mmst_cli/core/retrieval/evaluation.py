@@ -513,6 +513,7 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
     report["main_score"] = main.metrics[report["main_metric"]]
     report["metrics"] = main.metrics
     report["counts"] = main.counts
+    report["queries_without_relevant"] = "left out" if options.skip_queries_without_relevant else "scored 0"
     report["fail_under"] = check_thresholds(main.metrics, thresholds)
     report["passed"] = all(check["passed"] for check in report["fail_under"].values())
     if options.mteb_results:

@@ -204,6 +204,9 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
     check_modalities(model, train_data)
     if eval_data is not None:
         check_modalities(model, eval_data)
+    adopted = adopt_training_prompts(model, options.prompts, train_data)
+    if adopted:
+        log(f"prompts: {adopted} (kept with the model, so evaluation and later encoding use them)")
     log(
         f"data: {len(train_data.dataset)} training rows from {train_data.source}"
         + (f", {len(eval_data.dataset)} evaluation rows" if eval_data else ", no evaluation data")
@@ -272,6 +275,36 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
     write_eval_record(output_dir, eval_record)  # what `mmst evaluate --model RUN` scores
     save_run(model, model_dir, output_dir, summary)
     return TrainingResult(summary, model)
+
+
+def adopt_training_prompts(model, prompts: str | dict[str, str] | None, data: PairData) -> dict[str, str]:
+    """Make the ``--prompts`` a run trains with the model's own ``query`` and ``document`` prompts.
+
+    The trainer prepends ``--prompts`` to the columns it trains on but does not keep them with the
+    model, so evaluation before, during and after training, ``mmst evaluate`` and every later
+    ``encode_query`` / ``encode_document`` would feed inputs the model never trained on. The
+    first data column is the query side and the second the document side (negatives share the
+    documents' encoder). A column without a prompt leaves that side as the model had it.
+
+    Args:
+        model: The SentenceTransformer about to train.
+        prompts: ``--prompts``: one prompt for every column, a column -> prompt mapping, or ``None``.
+        data: The training pairs, whose column order says which column is which side.
+
+    Returns:
+        The prompts given to the model, ``{"query": ..., "document": ...}`` (empty without ``--prompts``).
+    """
+    if not prompts:
+        return {}
+    query_column, document_column = list(data.column_modalities)[:2]
+    sides = {"query": query_column, "document": document_column}
+    adopted = {
+        side: prompts if isinstance(prompts, str) else prompts[column]
+        for side, column in sides.items()
+        if isinstance(prompts, str) or column in prompts
+    }
+    model.prompts = {**(model.prompts or {}), **adopted}
+    return adopted
 
 
 def _dry_run(options: TrainEmbedOptions, built, train_data: PairData) -> TrainingResult:

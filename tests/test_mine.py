@@ -1,0 +1,195 @@
+"""``mmst mine``: hard negatives for text, images and audio, each false-negative rule counted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmst_cli.core.retrieval.search import FAISS_MIN_IVF_DOCUMENTS, faiss_search, search
+
+from tests.data_factory import write_colour_pairs, write_tone_pairs
+from tests.pdf_factory import write_text_pdf
+from tests.helpers import assert_one_line_error, run_json, run_mmst, run_mmst_process
+
+FACTS = [
+    ("what is a cat", "A cat is a small domesticated feline."),
+    ("what is a dog", "A dog is a domesticated canine."),
+    ("capital of france", "Paris is the capital of France."),
+    ("capital of italy", "Rome is the capital of Italy."),
+    ("how do planes fly", "Wings generate lift as air flows over them."),
+    ("what is python", "Python is a programming language."),
+    ("what is a cat", "Cats are felines kept as pets."),  # a second positive of the same anchor
+]
+EXTRA = ["Berlin is the capital of Germany.", "Helicopters use rotors.", "Java is a programming language.",
+         "Wolves are wild canines.", "Madrid is the capital of Spain.", "Tigers are large felines."]  # fmt: skip
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf8").splitlines()]
+
+
+def negatives_of(row: dict) -> list:
+    return [value for key, value in row.items() if key.startswith("negative_")]
+
+
+@pytest.fixture
+def facts(tmp_path) -> tuple[Path, Path]:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": q, "answer": a}) + "\n" for q, a in FACTS), encoding="utf8")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(EXTRA) + "\n", encoding="utf8")
+    return pairs, corpus
+
+
+def test_text_negatives_exclude_every_positive_cache_and_both_trainers(tmp_path, facts, minilm_path, tiny_models):
+    pairs, corpus = facts
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    common = ["--model", str(minilm_path), "--data", str(pairs), "--corpus", str(corpus), *cache]
+    summary = run_json("mine", *common, "--num-negatives", "2", "--scores", "-o", str(tmp_path / "mined.jsonl"))
+    assert summary["index"] == "exact"
+    rows = read_rows(tmp_path / "mined.jsonl")
+    positives = {}
+    for query, answer in FACTS:
+        positives.setdefault(query, set()).add(answer)
+    assert len(rows) == summary["rows_written"] == len(FACTS) and summary["corpus_cache"] == "written"
+    for row in rows:
+        assert len(negatives_of(row)) == 2 and not set(negatives_of(row)) & positives[row["anchor"]]
+        assert row["scores"][1] >= row["scores"][2]  # the hardest first
+    # Every positive ranks in the top 4 of its anchor and is removed there; "what is a cat" has two,
+    # and each is the other row's false negative.
+    assert summary["removed"]["relevant"] == len(FACTS)
+    # MiniLM's real ranking: the hardest negative of a capital is another capital.
+    france = next(row for row in rows if row["anchor"] == "capital of france")
+    assert "capital" in france["negative_1"]
+
+    # Another --num-negatives reuses the cached corpus embeddings; a margin removes and counts.
+    again = run_json("mine", *common, "--num-negatives", "1", "--absolute-margin", "0.3", "--format", "labeled-list",
+                     "--keep-incomplete", "--index", "faiss", "-o", str(tmp_path / "list.jsonl"))  # fmt: skip
+    assert again["corpus_cache"] == "hit" and again["removed"]["absolute_margin"] > 0 and again["index"] == "faiss"
+    listed = read_rows(tmp_path / "list.jsonl")
+    assert all(row["labels"][0] == 1 and set(row["labels"][1:]) <= {0} for row in listed)
+
+    trained = run_json("train-embed", "--model", str(tiny_models["bert"]), "--data", str(tmp_path / "mined.jsonl"),
+                       "--max-steps", "1", "--batch-size", "4", "--output-dir", str(tmp_path / "embed"))  # fmt: skip
+    assert trained["train"]["steps"] == 1
+    reranked = run_json("train-rerank", "--model", str(tiny_models["bert"]), "--data", str(tmp_path / "list.jsonl"),
+                        "--loss", "lambda", "--max-steps", "1", "--batch-size", "2", "--output-dir", str(tmp_path / "rerank"))  # fmt: skip
+    assert reranked["train"]["steps"] == 1
+
+
+def test_a_copy_of_the_positive_under_another_name_is_never_its_negative(tmp_path, tiny_models):
+    write_colour_pairs(tmp_path, count=4)
+    shutil.copy(tmp_path / "images" / "000.png", tmp_path / "images" / "copy-of-red.png")
+    output = tmp_path / "mined.jsonl"
+    summary = run_json("mine", "--model", str(tiny_models["clip"]), "--data", str(tmp_path / "pairs.jsonl"),
+                       "--corpus", str(tmp_path / "images"), "--num-negatives", "3", "--range-max", "5",
+                       "--cache-dir", str(tmp_path / "cache"), "-o", str(output))  # fmt: skip
+    rows = read_rows(output)
+    assert summary["documents"] == 5 and summary["removed"]["same_content_as_positive"] == 1
+    red = next(row for row in rows if row["positive"] == "images/000.png")
+    assert "images/copy-of-red.png" not in negatives_of(red)
+    # References are written relative to the output, so the rows train as they are.
+    assert all((tmp_path / value).is_file() for row in rows for value in (row["positive"], *negatives_of(row)))
+    trained = run_json("train-embed", "--model", str(tiny_models["clip"]), "--data", str(output), "--max-steps", "1",
+                       "--batch-size", "4", "--output-dir", str(tmp_path / "run"))  # fmt: skip
+    assert trained["train"]["steps"] == 1
+
+
+def test_pdf_pages_stay_page_references_and_a_copied_pdf_is_caught(tmp_path, tiny_models):
+    write_text_pdf(tmp_path / "docs" / "report.pdf", ["alpha page", "beta page", "gamma page"])
+    shutil.copy(tmp_path / "docs" / "report.pdf", tmp_path / "docs" / "copy.pdf")
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"q": f"question {i}", "page": f"docs/report.pdf#page={i}"}) + "\n" for i in (1, 2, 3)))
+    summary = run_json("mine", "--model", str(tiny_models["clip"]), "--data", str(tmp_path / "pairs.jsonl"),
+                       "--corpus", str(tmp_path / "docs"), "--num-negatives", "2", "--range-max", "6",
+                       "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "mined.jsonl"))  # fmt: skip
+    # Each positive's copy in copy.pdf is caught by content; so is a second copy among the negatives.
+    assert summary["removed"]["same_content_as_positive"] == 3 and summary["removed"]["same_content_as_negative"] == 3
+    for row in read_rows(tmp_path / "mined.jsonl"):
+        page = row["positive"].split("#")[1]
+        assert row["positive"].startswith("docs/report.pdf#page=") and f"docs/copy.pdf#{page}" not in negatives_of(row)
+        assert all(negative.startswith("docs/") and "#page=" in negative for negative in negatives_of(row))
+
+
+def test_audio_copies_are_caught_by_content(tmp_path, tiny_models):
+    write_tone_pairs(tmp_path, count=4, rate=16000)
+    (tmp_path / "pairs.csv").write_text(
+        "clip,match\n" + "".join(f"audio/{i:03d}.wav,audio/{i:03d}.wav\n" for i in range(4)), encoding="utf8"
+    )
+    shutil.copy(tmp_path / "audio" / "002.wav", tmp_path / "audio" / "again.wav")
+    summary = run_json("mine", "--model", str(tiny_models["wav2vec2"]), "--data", str(tmp_path / "pairs.csv"),
+                       "--corpus", str(tmp_path / "audio"), "--num-negatives", "2", "--range-max", "5",
+                       "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "mined.jsonl"))  # fmt: skip
+    assert summary["removed"]["same_content_as_positive"] == 1
+    for row in read_rows(tmp_path / "mined.jsonl"):
+        assert row["positive"] not in negatives_of(row)
+        assert row["positive"] != "audio/002.wav" or "audio/again.wav" not in negatives_of(row)
+
+
+def test_qrels_groups_and_reranker_remove_false_negatives(tmp_path, tiny_models, tiny_reranker):
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    documents = {f"d{i}": f"document {i} about topic {i % 3}" for i in range(8)}
+    (beir / "corpus.jsonl").write_text("".join(json.dumps({"_id": k, "title": "", "text": v}) + "\n" for k, v in documents.items()))
+    (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": f"topic {i}"}) + "\n" for i in range(3)))
+    # q0 has three relevant documents and one judged not relevant (d7), which may be a negative.
+    (beir / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq0\td3\t1\nq0\td6\t2\nq0\td7\t0\nq1\td1\t1\nq2\td2\t1\n")
+    common = ["--model", str(tiny_models["bert"]), "--cache-dir", str(tmp_path / "cache")]
+    summary = run_json("mine", *common, "--data", str(beir), "--split", "train", "--num-negatives", "4",
+                       "--range-max", "8", "-o", str(tmp_path / "beir.jsonl"))  # fmt: skip
+    assert summary["rows_written"] == 5 and summary["removed"]["relevant"] == 5  # every relevant document, once per query
+    relevant = {"d0", "d3", "d6"}
+    for row in read_rows(tmp_path / "beir.jsonl"):
+        if row["anchor"] == "topic 0":
+            assert not {documents[d] for d in relevant} & set(negatives_of(row))
+
+    pages = tmp_path / "pages.jsonl"
+    pages.write_text("".join(json.dumps({"q": f"question {i}", "page": f"page {i} text", "pdf": f"file{i // 2}.pdf"}) + "\n" for i in range(6)))
+    grouped = run_json("mine", *common, "--data", str(pages), "--group-column", "pdf", "--num-negatives", "4",
+                       "--range-max", "6", "-o", str(tmp_path / "grouped.jsonl"))  # fmt: skip
+    assert grouped["removed"]["same_group_as_positive"] == 6
+    for row in read_rows(tmp_path / "grouped.jsonl"):
+        sibling = int(row["positive"].split()[1]) ^ 1  # the other page of the same pdf
+        assert f"page {sibling} text" not in negatives_of(row)
+
+    # A threshold below every probability: the reranker judges every candidate relevant.
+    # The human summary on stderr says the same as --json would.
+    reranked = run_mmst("mine", *common, "--data", str(pages), "--reranker", str(tiny_reranker), "--reranker-threshold",
+                        "0", "--format", "labeled-pair", "--keep-incomplete", "-o", str(tmp_path / "pairs.jsonl"))  # fmt: skip
+    assert reranked.returncode == 0 and reranked.stdout == "", reranked.stderr
+    assert "6 rows got fewer negatives than asked (kept)" in reranked.stderr
+    assert "candidates removed: relevant 6, reranker " in reranked.stderr
+    assert {row["label"] for row in read_rows(tmp_path / "pairs.jsonl")} == {1}
+
+
+def test_bad_input_gets_one_line_and_nothing_written(tmp_path, facts, tiny_models):
+    pairs, _ = facts
+    output = tmp_path / "out.jsonl"
+    base = ["mine", "--model", str(tiny_models["bert"]), "--data", str(pairs), "-o", str(output)]
+    # The console script in a real process: refused before any model or data loads.
+    assert_one_line_error(run_mmst_process(*base, "--format", "tsv"), 2, "--format must be one of triplet")
+    assert_one_line_error(run_mmst(*base, "--keep-incomplete"), 2, "--keep-incomplete needs --format labeled")
+    assert_one_line_error(run_mmst(*base, "--group-column", "source"), 2, "--group-column 'source'", "columns are")
+    assert_one_line_error(run_mmst(*base, "--range-max", "5", "--max-score", "-5"), 2, "no anchor", "got 3 negatives")
+    missing = run_mmst("mine", "--model", str(tiny_models["bert"]), "--data", str(tmp_path / "nope.jsonl"), "-o", str(output))
+    assert_one_line_error(missing, 2, "nope.jsonl", "does not exist")
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot", "euclidean"])
+def test_faiss_agrees_with_exact_search(similarity):
+    generator = np.random.default_rng(0)
+    corpus = generator.normal(size=(FAISS_MIN_IVF_DOCUMENTS, 16)).astype(np.float32)
+    queries = generator.normal(size=(40, 16)).astype(np.float32)
+    exact_scores, exact_indices = search(queries, corpus, 10, similarity=similarity)
+    # Every cluster probed: the inverted-file index must give exact search's ranking and scores.
+    lists = int(4 * FAISS_MIN_IVF_DOCUMENTS**0.5)
+    scores, indices = faiss_search(queries, corpus, 10, similarity=similarity, nprobe=lists)
+    assert (indices == exact_indices).mean() > 0.99
+    np.testing.assert_allclose(scores, exact_scores, rtol=1e-4, atol=1e-4)
+    # The default probes an eighth of the clusters: approximate, yet most of the top 10 is found.
+    _, approximate = faiss_search(queries, corpus, 10, similarity=similarity)
+    assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approximate, exact_indices)]) > 0.5
