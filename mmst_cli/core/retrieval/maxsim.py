@@ -98,7 +98,9 @@ def maxsim_search(
             batch_size=batch_size, pooling=pooling,
         )  # fmt: skip
         document_tokens += sum(tokens.shape[0] for tokens in chunk)
-        scores = score(padded_queries, chunk).float().cpu()
+        # Token vectors are kept on the CPU; each chunk is scored on the model's device (a GPU when
+        # the model runs on one), and the scores come back to the CPU.
+        scores = score(padded_queries, chunk, device=getattr(model, "device", None)).float().cpu()
         merged_scores = torch.cat([best_scores, scores], dim=1)
         merged_indices = torch.cat([best_indices, torch.arange(start, start + len(chunk)).expand(len(queries), -1)], dim=1)
         order = torch.topk(merged_scores, min(keep, merged_scores.shape[1]), dim=1).indices
