@@ -236,6 +236,21 @@ def reset_peak_rss() -> bool:
     return True
 
 
+
+def measure_computation(compute: Callable[[], Any]) -> dict[str, Any]:
+    """Time ``compute()`` and its peak RSS above the RSS now (its inputs already in memory).
+
+    Returns ``seconds``, ``peak_rss_mib``, ``rss_before_mib``, ``extra_mib``, ``peak_was_reset`` and
+    ``result`` (what ``compute`` returned).
+    """
+    before = rss_mib()
+    reset = reset_peak_rss()
+    seconds, result = timed(compute)
+    peak = peak_rss_mib()
+    return {"seconds": round(seconds, 3), "peak_rss_mib": round(peak, 1), "rss_before_mib": round(before, 1),
+            "extra_mib": round(peak - before, 1), "peak_was_reset": reset, "result": result}
+
+
 # ------------------------------------------------------------------------------------- step timing
 
 

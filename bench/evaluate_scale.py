@@ -49,13 +49,11 @@ from _common import (
     common_arguments,
     interleaved,
     machine_description,
+    measure_computation,
     median,
     parse_arguments,
-    peak_rss_mib,
     print_machine,
     report_tables,
-    reset_peak_rss,
-    rss_mib,
     run_self_child,
     timed,
 )
@@ -129,12 +127,9 @@ def child_search(side: str, queries: int, docs: int, dim: int) -> dict:
     import sentence_transformers.sentence_transformer.evaluation  # noqa: F401
 
     task = make_task(queries, docs, dim)
-    before = rss_mib()
-    reset = reset_peak_rss()
-    seconds, ndcg = timed(lambda: (run_mmst_side if side == "mmst" else run_st_side)(*task))
-    peak = peak_rss_mib()
-    return {"seconds": round(seconds, 3), "peak_rss_mib": round(peak, 1), "rss_before_mib": round(before, 1),
-            "extra_mib": round(peak - before, 1), "peak_was_reset": reset, "ndcg@10": ndcg}
+    measured = measure_computation(lambda: (run_mmst_side if side == "mmst" else run_st_side)(*task))
+    ndcg = measured.pop("result")
+    return {**measured, "ndcg@10": ndcg}
 
 
 def child_metrics(queries: int, docs: int, dim: int, repeats: int) -> dict:

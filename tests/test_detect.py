@@ -82,6 +82,8 @@ def test_detect_reranker_and_multi_vector(tiny_reranker, tiny_multi_vector):
     assert reranker["num_labels"] == 1
     multi = run_json("detect", str(tiny_multi_vector))
     assert multi["kind"] == "multi-vector" and multi["class"] == "MultiVectorEncoder"
+    assert multi["multi_vector"] == {"token_dimension": 128, "query_length": None, "document_length": None, "token_pooling": None}
+    assert reranker["multi_vector"] is None
 
 
 def test_detect_inputs_reports_missing_files_instead_of_text(tiny_models, tmp_path):

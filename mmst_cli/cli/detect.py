@@ -86,6 +86,14 @@ def render_report(console: Console, report: dict[str, Any]) -> None:
         ("similarity", report["similarity_fn_name"]),
         ("prompts", ", ".join(f"{k}: {v!r}" for k, v in report["prompts"].items()) or None),
     ]
+    late = report.get("multi_vector")
+    if late:
+        pooling = late["token_pooling"]
+        rows += [
+            ("token vectors", f"{late['token_dimension']}-d, one per token or patch, scored by MaxSim"),
+            ("query / document length", f"{late['query_length'] or 'tokenizer limit'} / {late['document_length'] or 'tokenizer limit'} tokens"),
+            ("token pooling", f"{pooling['type']} (pool factor {pooling.get('pool_factor')})" if pooling else "none: every token kept"),
+        ]
     if report["attention"]:
         usable = [name for name, reason in report["attention"].items() if reason is None]
         rows.append(("attention", ", ".join(usable)))

@@ -20,6 +20,9 @@ Examples:
     # Some pages of one PDF, by their text layer
     $ mmst encode report.pdf#page=2-5 --pdf-text -o pages.npy
 
+    # A multi-vector (ColBERT / ColPali-style) model: a flat token matrix plus row offsets
+    $ mmst encode ./docs --model ./colqwen --task document --token-pool-factor 2 -o pages.safetensors
+
     # A Hub dataset split on two GPUs; continue it after an interruption
     $ mmst encode user/dataset --split test --column image --device cuda:0,cuda:1 -o test.npy --resume
 """
@@ -37,6 +40,7 @@ from mmst_cli.cli.options import (
     PdfPasswordOption,
     PdfTextOption,
     SkipBadOption,
+    TokenPoolFactorOption,
     TrustRemoteCodeOption,
 )
 from mmst_cli.cli.output import console, emit
@@ -66,6 +70,7 @@ def encode(
     batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.", rich_help_panel=MODEL)] = 32,
     device: Annotated[str | None, typer.Option(help="cuda:0, cpu, ...; several, comma-separated (cuda:0,cuda:1 or cpu,cpu), start one encoding process each. Default: chosen by Sentence Transformers.", rich_help_panel=MODEL, show_default=False)] = None,
     trust_remote_code: TrustRemoteCodeOption = False,
+    token_pool_factor: TokenPoolFactorOption = None,
     decode_workers: Annotated[int | None, typer.Option(help="Threads decoding image files ahead of the model (hides decoding behind the forward pass; helps most for large photos and on GPUs); 0 lets the model decode them. Default: one per core, at most 4.", rich_help_panel=MODEL, show_default=False)] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="Output file: .npy, .parquet, .jsonl or .safetensors (or see --format); - streams jsonl to stdout.", rich_help_panel=OUTPUT, show_default=False)] = ...,
     output_format: Annotated[str | None, typer.Option("--format", help="npy, parquet, jsonl or safetensors. Default: the output's extension.", rich_help_panel=OUTPUT, show_default=False)] = None,
@@ -111,6 +116,7 @@ def encode(
         pdf_password=pdf_password,
         pdf_text=pdf_text,
         skip_bad=skip_bad,
+        token_pool_factor=token_pool_factor,
     )
     options.validate()
     try:

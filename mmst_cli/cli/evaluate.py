@@ -23,6 +23,10 @@ Examples:
     # A folder of PDFs with queries.jsonl and qrels/test.tsv on page ids (report.pdf#page=3)
     $ mmst evaluate --model ./page-retriever --data ./reports
 
+    # A multi-vector (ColBERT / ColPali-style) model by exact MaxSim; what pooling tokens by 2 costs
+    $ mmst evaluate --model ./colbert --data ./scifact
+    $ mmst evaluate --model ./colbert --data ./scifact --token-pool-factor 2
+
     # Score an existing ranking, no model (the mean is trec_eval -c's; or skip unjudgeable queries)
     $ mmst evaluate --run run.trec --qrels qrels.tsv
     $ mmst evaluate --run run.trec --qrels qrels.tsv --skip-queries-without-relevant
@@ -47,6 +51,7 @@ from mmst_cli.cli.options import (
     PdfPasswordOption,
     PdfTextOption,
     SkipBadOption,
+    TokenPoolFactorOption,
     TrustRemoteCodeOption,
 )
 from mmst_cli.cli.output import console, emit
@@ -69,6 +74,7 @@ def evaluate(
     query_prompt_name: Annotated[str | None, typer.Option(help="Use the model's prompt of this name for queries (see `mmst detect MODEL`).", rich_help_panel=MODEL, show_default=False)] = None,
     document_prompt_name: Annotated[str | None, typer.Option(help="Use the model's prompt of this name for documents.", rich_help_panel=MODEL, show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.", rich_help_panel=MODEL)] = 32,
+    token_pool_factor: TokenPoolFactorOption = None,
     trust_remote_code: TrustRemoteCodeOption = False,
     data: Annotated[str | None, typer.Option(help="BEIR folder, corpus/queries/qrels dataset (Hub id or folder), or pair data. Default: the embedded emoji evaluation pairs.", rich_help_panel=DATA, show_default=False)] = None,
     split: Annotated[str | None, typer.Option(help="Split (BEIR qrels or dataset). Default: test for corpus/queries/qrels data, train for pairs.", rich_help_panel=DATA, show_default=False)] = None,
@@ -141,6 +147,7 @@ def evaluate(
         pdf=RenderSettings(dpi=pdf_dpi, password=pdf_password),
         pdf_text=pdf_text,
         eval_of=eval_of,
+        token_pool_factor=token_pool_factor,
     )
     options.validate()
     if plot and not options.dims:
@@ -197,6 +204,12 @@ def render_report(console: Console, report: dict[str, Any]) -> None:
     if "queries" in report:
         console.print(f"{report['queries']} queries, {report['documents']} documents", markup=False, highlight=False)
     console.print(_counted(report["counts"], report["queries_without_relevant"]), markup=False, highlight=False)
+    if "token_vectors" in report:
+        tokens = report["token_vectors"]
+        console.print(
+            f"{tokens['document_tokens']} document token vectors ({tokens['tokens_per_document']:.1f} per document)",
+            markup=False, highlight=False,
+        )  # fmt: skip
     stages = [(stage["name"], stage["metrics"]) for stage in report["stages"]]
     if "dims" in report:
         stages = [(f"dim {entry['dim']}", entry["metrics"]) for entry in report["dims"]] + stages[1:]

@@ -156,6 +156,16 @@ EvalDataSplitOption = Annotated[
     typer.Option(help="Split of --eval-data to read. Default: train.", rich_help_panel=DATA_PANEL, show_default=False),
 ]
 
+# encode and evaluate: what a multi-vector model's document token vectors are pooled to.
+TokenPoolFactorOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Multi-vector models: merge similar document token vectors, keeping about 1/FACTOR of them (2: half). Default: the model's own pooling.",
+        rich_help_panel=MODEL_PANEL,
+        show_default=False,
+    ),
+]
+
 # Options that train-embed and train-rerank share, with the same meaning and default.
 MaxPixelsOption = Annotated[
     int | None,

@@ -15,6 +15,10 @@ Examples:
     # Every option from a YAML file, one overridden; see the resolved configuration first
     $ mmst train-embed --config examples/demo.yaml --epochs 2 --print-config
 
+    # A ColBERT-style late-interaction model from MiniLM: 128-d token vectors, short queries
+    $ mmst train-embed --model sentence-transformers/all-MiniLM-L6-v2 --multi-vector --dim 128 \\
+        --query-length 32 --document-length 256 --data pairs.jsonl --eval-split 0.1
+
     # Will it fit? Peak memory estimate and suggestions, without training
     $ mmst train-embed --config examples/qwen3-vl-embedding-vdr.yaml --dry-run
 """
@@ -109,7 +113,10 @@ def train_embed(
     text_encoder: Annotated[str | None, typer.Option(help="Compose a Router: text encoder (folder or Hub id).", rich_help_panel=MODEL, show_default=False)] = None,
     image_encoder: Annotated[str | None, typer.Option(help="Compose a Router: image encoder (folder, Hub id, or timm:NAME\\[@weights-file]).", rich_help_panel=MODEL, show_default=False)] = None,
     audio_encoder: Annotated[str | None, typer.Option(help="Compose a Router: audio encoder (folder or Hub id, e.g. wav2vec2).", rich_help_panel=MODEL, show_default=False)] = None,
-    dim: Annotated[int | None, typer.Option(help="Shared embedding dimension of a composed Router. Default: the text encoder's.", rich_help_panel=MODEL, show_default=False)] = None,
+    dim: Annotated[int | None, typer.Option(help="Shared embedding dimension of a composed Router (default: the text encoder's), or the token vector size of a new --multi-vector projection (default 128).", rich_help_panel=MODEL, show_default=False)] = None,
+    multi_vector: Annotated[bool, typer.Option("--multi-vector", help="Train a late-interaction (ColBERT / ColPali-style) model from --model: one vector per token or patch, scored by MaxSim. Implied by a --model that is one.", rich_help_panel=MODEL)] = False,
+    query_length: Annotated[int | None, typer.Option(help="Multi-vector: tokens kept per query (saved with the model). Default: the tokenizer's limit.", rich_help_panel=MODEL, show_default=False)] = None,
+    document_length: Annotated[int | None, typer.Option(help="Multi-vector: tokens kept per document text (saved with the model). Default: the tokenizer's limit.", rich_help_panel=MODEL, show_default=False)] = None,
     image_size: Annotated[int | None, typer.Option(help="Input size in pixels of a timm image encoder. Default: the architecture's.", rich_help_panel=MODEL, show_default=False)] = None,
     max_pixels: MaxPixelsOption = None,
     freeze: Annotated[list[str] | None, typer.Option(help="Do not train this tower of a composed Router: text, image or audio. Repeatable.", rich_help_panel=MODEL, show_default=False)] = None,
@@ -142,7 +149,7 @@ def train_embed(
     max_steps: MaxStepsOption = -1,
     batch_size: Annotated[int, typer.Option(help="Pairs per batch (per device): the in-batch negatives of each anchor.", rich_help_panel=TRAINING)] = 32,
     lr: Annotated[float, typer.Option(help="Learning rate of the pretrained encoders.", rich_help_panel=TRAINING)] = 2e-5,
-    head_lr: Annotated[float, typer.Option(help="Learning rate of new projection heads in a composed Router.", rich_help_panel=TRAINING)] = 2e-3,
+    head_lr: Annotated[float, typer.Option(help="Learning rate of new projection heads (a composed Router's, a --multi-vector projection).", rich_help_panel=TRAINING)] = 2e-3,
     warmup: WarmupOption = 0.1,
     bf16: Bf16Option = False,
     fp16: Fp16Option = False,
@@ -179,6 +186,9 @@ def train_embed(
         image_size=image_size,
         max_pixels=max_pixels,
         dim=dim,
+        multi_vector=multi_vector,
+        query_length=query_length,
+        document_length=document_length,
         pooling=pooling,
         freeze=tuple(freeze or ()),
         trust_remote_code=trust_remote_code,

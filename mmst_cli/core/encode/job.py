@@ -104,6 +104,8 @@ class EncodeOptions:
         pdf_password: Password of encrypted PDF files; ``None`` (default) for none.
         pdf_text: Embed PDF pages' text layers instead of their images; default off.
         skip_bad: Leave unusable rows (missing files, bad pages) out and count them; default off (fail).
+        token_pool_factor: Multi-vector models: keep about 1 / factor of each document's token
+            vectors (``HierarchicalTokenPooling``); ``None`` (default) for the model's own pooling.
     """
 
     inputs: str
@@ -131,6 +133,7 @@ class EncodeOptions:
     pdf_password: str | None = None
     pdf_text: bool = False
     skip_bad: bool = False
+    token_pool_factor: float | None = None
 
     @property
     def to_stdout(self) -> bool:
@@ -186,6 +189,8 @@ class EncodeOptions:
             raise MmstError(f"--decode-workers must be 0 or more, got {self.decode_workers}")
         if self.device is not None and (not self.device.strip() or not all(self.devices)):
             raise MmstError(f"--device {self.device!r} has an empty entry; write e.g. cuda:0,cuda:1 or cpu,cpu")
+        if self.token_pool_factor is not None and self.token_pool_factor < 1:
+            raise MmstError(f"--token-pool-factor must be at least 1 (1 keeps every token, 2 about half), got {self.token_pool_factor}")
         if self.media_root is not None and not Path(self.media_root).expanduser().is_dir():
             raise MmstError(f"--media-root {self.media_root!r} is not a folder")
 
@@ -311,6 +316,17 @@ def run_encode(
             :class:`EncodeInterrupted` (exit 130) on Ctrl-C, keeping the finished parts.
     """
     from mmst_cli.core.encode.encoding import encode_inputs
+    from mmst_cli.core.encode.multi_vector import (
+        TOKEN_WRITERS,
+        TokenJsonlWriter,
+        TokenParts,
+        check_token_output,
+        encode_token_block,
+        in_precision,
+        is_multi_vector,
+        token_pooling,
+        vector_matrix,
+    )
     from mmst_cli.core.models.loading import load_model
     from mmst_cli.core.models.locate import locate_model
     from mmst_cli.core.progress import progress_bars
@@ -348,6 +364,11 @@ def run_encode(
     elif len(devices) == 1:
         model.to(devices[0])
     inputs.bind(model)
+    multi_vector = is_multi_vector(model)
+    if multi_vector:
+        check_token_output(options, devices)
+    elif options.token_pool_factor is not None:
+        raise MmstError(f"--token-pool-factor pools token vectors, but {source.reference!r} gives one vector per input; drop it")
     model_dim = model.get_embedding_dimension()
     if options.dim is not None and model_dim and options.dim > model_dim:
         raise MmstError(f"--dim {options.dim} is larger than the model's embedding dimension {model_dim}")
@@ -365,17 +386,18 @@ def run_encode(
         "dim": options.dim,
         "normalize": options.normalize,
         "chunk_size": options.chunk_size,
+        "token_pool_factor": options.token_pool_factor,
     }
     parts = None
     done: dict[int, int] = {}
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        parts = Parts(output, manifest)
+        parts = (TokenParts if multi_vector else Parts)(output, manifest)
         done = parts.open(resume=options.resume, chunk_rows=[stop - start for start, stop in bounds], log=log)
         if done:
             dim = next(iter(done.values()))
             log(f"resuming: {len(done)} of {len(bounds)} chunks already encoded")
-    unit_length = all(is_unit_length(parts.load(index)) for index in done)
+    unit_length = all(is_unit_length(vector_matrix(parts.load(index))) for index in done)
 
     metadata = {
         "model": source.reference,
@@ -408,20 +430,27 @@ def run_encode(
                 for index, (start, stop) in enumerate(bounds):
                     if index in done:
                         continue
-                    vectors = encode_inputs(
-                        encoder,
-                        inputs.chunk(start, stop),
-                        task=options.task,
-                        prompt=options.prompt,
-                        batch_size=options.batch_size,
-                        chunk_size=inner,
-                        normalize=options.normalize,
-                        truncate_dim=options.dim,
-                        on_progress=advance,
-                        decode_workers=0 if pool is not None else options.decode_workers,
-                    )
-                    dim = vectors.shape[1]
-                    unit_length = unit_length and is_unit_length(vectors)
+                    if multi_vector:
+                        vectors = encode_token_block(
+                            encoder, inputs.chunk(start, stop), task=options.task, prompt=options.prompt,
+                            batch_size=options.batch_size, normalize=options.normalize, truncate_dim=options.dim,
+                            pooling=token_pooling(options.token_pool_factor), on_progress=advance,
+                        )  # fmt: skip
+                    else:
+                        vectors = encode_inputs(
+                            encoder,
+                            inputs.chunk(start, stop),
+                            task=options.task,
+                            prompt=options.prompt,
+                            batch_size=options.batch_size,
+                            chunk_size=inner,
+                            normalize=options.normalize,
+                            truncate_dim=options.dim,
+                            on_progress=advance,
+                            decode_workers=0 if pool is not None else options.decode_workers,
+                        )
+                    dim = vector_matrix(vectors).shape[1]
+                    unit_length = unit_length and is_unit_length(vector_matrix(vectors))
                     encoded += 1
                     if parts is not None:
                         parts.save(index, vectors)
@@ -429,11 +458,11 @@ def run_encode(
                         held.append(vectors)
                     else:
                         if stream_writer is None:
-                            stream_writer = JsonlWriter(
+                            stream_writer = (TokenJsonlWriter if multi_vector else JsonlWriter)(
                                 None, count=inputs.count, width=output_width(dim, options.precision),
                                 precision=options.precision, ids=inputs.ids, metadata=metadata, stream=stream,
                             )  # fmt: skip
-                        stream_writer.write(start, convert_precision(vectors, options.precision))
+                        stream_writer.write(start, in_precision(vectors, options.precision))
                     if on_chunk is not None:
                         on_chunk(index)
         finally:
@@ -444,23 +473,27 @@ def run_encode(
         metadata["unit_length"] = unit_length
         ranges = None
         if options.precision == "int8":
-            ranges = int8_ranges(held if parts is None else (parts.load(index) for index in range(len(bounds))))
+            blocks = held if parts is None else (parts.load(index) for index in range(len(bounds)))
+            ranges = int8_ranges(vector_matrix(block) for block in blocks)
         writer_kwargs = dict(
             count=inputs.count, width=output_width(dim, options.precision), precision=options.precision,
             ids=inputs.ids, metadata=metadata, ranges=ranges,
         )  # fmt: skip
         if parts is None:
             if held:
-                writer = JsonlWriter(None, stream=stream, **writer_kwargs)
+                writer = (TokenJsonlWriter if multi_vector else JsonlWriter)(None, stream=stream, **writer_kwargs)
                 for (start, _), vectors in zip(bounds, held):
-                    writer.write(start, convert_precision(vectors, options.precision, ranges))
+                    writer.write(start, in_precision(vectors, options.precision, ranges))
         else:
 
             def converted() -> Iterator[tuple[int, Any]]:
                 for index, (start, _) in enumerate(bounds):
-                    yield start, convert_precision(parts.load(index), options.precision, ranges)
+                    yield start, in_precision(parts.load(index), options.precision, ranges)
 
-            write_output(output, options.output_format, converted, writer_kwargs=writer_kwargs)
+            write_output(
+                output, options.output_format, converted, writer_kwargs=writer_kwargs,
+                **({"writers": TOKEN_WRITERS} if multi_vector else {}),
+            )  # fmt: skip
             parts.remove()
     except KeyboardInterrupt as error:
         hint = ""

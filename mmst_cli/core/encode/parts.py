@@ -19,7 +19,7 @@ MANIFEST_VERSION = 1
 
 #: The manifest entries that must match for ``--resume`` to reuse finished parts. Precision and
 #: format are not among them: parts are float32 and converted only when the output is written.
-RESUME_KEYS = ("count", "fingerprint", "model", "task", "prompt", "dim", "normalize", "chunk_size")
+RESUME_KEYS = ("count", "fingerprint", "model", "task", "prompt", "dim", "normalize", "chunk_size", "token_pool_factor")
 
 def parts_folder(output: Path) -> Path:
     """The hidden folder of finished chunks next to ``output``: ``.<output name>.parts``."""
@@ -61,8 +61,6 @@ class Parts:
         Raises:
             MmstError: with ``resume`` when the parts were made from other inputs or options.
         """
-        import numpy as np
-
         done: dict[int, int] = {}
         if self.folder.exists():
             if not resume:
@@ -78,12 +76,9 @@ class Parts:
                             "rerun without --resume to start over"
                         )
                 for index, rows in enumerate(chunk_rows):
-                    try:
-                        part = np.load(self.path(index), mmap_mode="r")
-                    except (OSError, ValueError):
-                        continue
-                    if part.ndim == 2 and part.shape[0] == rows and part.dtype == np.float32:
-                        done[index] = part.shape[1]
+                    width = self.finished_width(index, rows)
+                    if width is not None:
+                        done[index] = width
                 if len(set(done.values())) > 1:
                     raise MmstError(f"--resume: the parts in {str(self.folder)!r} disagree on the vector width; "
                                     "rerun without --resume")
@@ -93,6 +88,18 @@ class Parts:
         with atomic_path(self.folder / "manifest.json") as temporary:
             temporary.write_text(json.dumps(self.manifest, indent=2, ensure_ascii=False), encoding="utf8")
         return done
+
+    def finished_width(self, index: int, rows: int) -> int | None:
+        """The vector width of chunk ``index`` when its part is complete (``rows`` float32 rows), else ``None``."""
+        import numpy as np
+
+        try:
+            part = np.load(self.path(index), mmap_mode="r")
+        except (OSError, ValueError):
+            return None
+        if part.ndim == 2 and part.shape[0] == rows and part.dtype == np.float32:
+            return part.shape[1]
+        return None
 
     def _read_manifest(self) -> dict[str, Any]:
         try:

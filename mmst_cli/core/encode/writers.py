@@ -143,10 +143,16 @@ class ParquetWriter(Writer):
         if self.ranges is not None:
             metadata["int8_ranges"] = self.ranges.tolist()
         self.schema = pa.schema(
-            [("id", self.id_array.type), ("embedding", pa.list_(value_type))],
+            [("id", self.id_array.type), ("embedding", self.embedding_type(value_type))],
             metadata={"mmst": json.dumps(metadata, ensure_ascii=False)},
         )
         self.writer = pq.ParquetWriter(str(path), self.schema)
+
+    def embedding_type(self, value_type):
+        """The arrow type of the ``embedding`` column: a list of ``value_type``."""
+        import pyarrow as pa
+
+        return pa.list_(value_type)
 
     def write(self, start, vectors) -> None:
         import numpy as np
@@ -189,18 +195,22 @@ class SafetensorsWriter(Writer):
     def close(self) -> None:
         if self.finished or self.matrix is None:
             return
-        from safetensors.numpy import save_file
-
-        tensors = {"embeddings": self.matrix}
-        if self.ranges is not None:
-            tensors["int8_ranges"] = self.ranges.astype("float32")
-        metadata = {key: value if isinstance(value, str) else json.dumps(value) for key, value in self.metadata.items()}
-        metadata["ids"] = json.dumps(_jsonable_ids(self.ids), ensure_ascii=False)
-        save_file(tensors, str(self.path), metadata=metadata)
+        save_safetensors(self, {"embeddings": self.matrix})
         self.finished = True
 
     def abort(self) -> None:
         self.matrix = None
+
+
+def save_safetensors(writer: Writer, tensors: dict[str, Any]) -> None:
+    """Save ``tensors`` (plus the int8 ranges) to ``writer.path``, with its ids and run facts as metadata."""
+    from safetensors.numpy import save_file
+
+    if writer.ranges is not None:
+        tensors = {**tensors, "int8_ranges": writer.ranges.astype("float32")}
+    metadata = {key: value if isinstance(value, str) else json.dumps(value) for key, value in writer.metadata.items()}
+    metadata["ids"] = json.dumps(_jsonable_ids(writer.ids), ensure_ascii=False)
+    save_file(tensors, str(writer.path), metadata=metadata)
 
 
 WRITERS: dict[str, type[Writer]] = {
@@ -211,7 +221,10 @@ WRITERS: dict[str, type[Writer]] = {
 }
 
 
-def write_output(output: Path, format: str, chunks: Callable[[], Iterator[tuple[int, Any]]], *, writer_kwargs) -> None:
+def write_output(
+    output: Path, format: str, chunks: Callable[[], Iterator[tuple[int, Any]]], *, writer_kwargs,
+    writers: dict[str, type[Writer]] = WRITERS,
+) -> None:
     """Write the output atomically (:func:`mmst_cli.core.outputs.atomic_path`): whole, or not at all.
 
     Args:
@@ -219,11 +232,12 @@ def write_output(output: Path, format: str, chunks: Callable[[], Iterator[tuple[
         format: A key of :data:`WRITERS`.
         chunks: Yields ``(start_row, vectors)`` in the output precision, in order.
         writer_kwargs: Passed to the writer class.
+        writers: The writer class of each format; default :data:`WRITERS`.
     """
     with atomic_path(output) as temporary:
         writer = None
         try:
-            writer = WRITERS[format](temporary, **writer_kwargs)
+            writer = writers[format](temporary, **writer_kwargs)
             for start, vectors in chunks():
                 writer.write(start, vectors)
             writer.close()

@@ -126,6 +126,25 @@ def describe_model(model, source: ModelSource) -> dict[str, Any]:
         "prompts": dict(getattr(model, "prompts", None) or {}),
         "similarity_fn_name": _safe(lambda: model.similarity_fn_name) if source.kind != "reranker" else None,
         "attention": attention,
+        "multi_vector": _late_interaction(model) if source.kind == "multi-vector" else None,
+    }
+
+
+def _late_interaction(model) -> dict[str, Any]:
+    """A multi-vector model's token vector size, per-side token caps and default token pooling.
+
+    The lengths live on the Transformer module (``None``: the tokenizer's limit); pooling is the
+    model's default ``token_pooling`` (``None``: every token is kept).
+    """
+    transformer = model[0]
+    pooling = getattr(model, "token_pooling", None)
+    return {
+        "token_dimension": _safe(model.get_embedding_dimension),
+        "query_length": getattr(transformer, "query_length", None),
+        "document_length": getattr(transformer, "document_length", None),
+        "token_pooling": None if pooling is None else {
+            "type": type(pooling).__name__, **{key: getattr(pooling, key, None) for key in getattr(pooling, "config_keys", [])}
+        },
     }
 
 

@@ -467,7 +467,8 @@ def build_reranker(
         return BuiltReranker(
             model, f"{reference} ({saved}, continued)", saved, True, attention, audio_sampling_rate(model), used_template, notes
         )
-    if source.kind not in ("embedder", "reranker"):
+    # A multi-vector model's backbone is a Transformer like an embedder's: the reranker starts from it.
+    if source.kind not in ("embedder", "reranker", "multi-vector"):
         raise MmstError(f"--model {reference!r} is a {source.kind} model; train-rerank starts from a checkpoint or a reranker")
 
     location = _transformer_location(source)

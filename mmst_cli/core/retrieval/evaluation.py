@@ -23,6 +23,8 @@ from mmst_cli.core.data.media import page_image_file
 from mmst_cli.core.encode.encoding import encode_inputs, modality_of
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.retrieval.metrics import METRIC_NAMES, Run, compute_metrics
+from mmst_cli.core.encode.multi_vector import is_multi_vector, token_pooling
+from mmst_cli.core.retrieval.maxsim import TokenCounts, maxsim_search
 from mmst_cli.core.retrieval.search import model_similarity, search
 from mmst_cli.core.retrieval.tasks import MAIN_METRIC, RetrievalTask
 
@@ -181,6 +183,35 @@ def evaluate_embedder(
     return results
 
 
+def evaluate_multi_vector(
+    model,
+    task: RetrievalTask,
+    *,
+    ks: tuple[int, ...] = (10,),
+    batch_size: int = 32,
+    search_depth: int = DEFAULT_DEPTH,
+    skip_queries_without_relevant: bool = False,
+    query_prompt: str | None = None,
+    document_prompt: str | None = None,
+    token_pool_factor: float | None = None,
+    track: Tracker = _no_progress,
+) -> tuple[StageResult, TokenCounts]:
+    """Retrieval results of a multi-vector model by exact MaxSim (:mod:`~mmst_cli.core.retrieval.maxsim`).
+
+    Arguments as :func:`evaluate_embedder`'s; ``token_pool_factor`` pools document tokens
+    (``None``: the model's own pooling, if any). Returns the stage and the token vectors it took.
+    """
+    query_ids, corpus_ids = list(task.queries), list(task.corpus)
+    scores, indices, tokens = maxsim_search(
+        model, [task.queries[i] for i in query_ids], [task.corpus[i] for i in corpus_ids],
+        max(max(ks), search_depth), batch_size=batch_size, query_prompt=query_prompt,
+        document_prompt=document_prompt, pooling=token_pooling(token_pool_factor), track=track,
+    )  # fmt: skip
+    run = SearchRun(query_ids, corpus_ids, scores, indices)
+    name = "maxsim" if token_pool_factor is None else f"maxsim, token pool factor {token_pool_factor:g}"
+    return score_run(name, run, task, ks, skip_queries_without_relevant=skip_queries_without_relevant), tokens
+
+
 def rerank(
     reranker,
     task: RetrievalTask,
@@ -289,6 +320,8 @@ class EvaluateOptions:
     pdf_text: bool = False
     #: A train-embed run folder whose evaluation data is scored instead of ``data`` (``--eval-of``).
     eval_of: str | None = None
+    #: Pool a multi-vector model's document tokens by this factor (``--token-pool-factor``).
+    token_pool_factor: float | None = None
 
     def validate(self) -> None:
         if not self.ks:
@@ -327,6 +360,8 @@ class EvaluateOptions:
         prompts = (self.query_prompt, self.document_prompt, self.query_prompt_name, self.document_prompt_name)
         if self.run and any(prompt is not None for prompt in prompts):
             raise MmstError("--run/--qrels score a ranking without a model; the prompt options need --model")
+        if self.token_pool_factor is not None and (self.run or self.token_pool_factor < 1):
+            raise MmstError("--token-pool-factor pools a multi-vector model's document tokens: give a factor of at least 1 and --model")
         if self.eval_of and (self.data or self.run):
             raise MmstError("--eval-of scores a run's own evaluation data; drop --data (and --run/--qrels)")
         parse_thresholds(self.fail_under, self.ks)
@@ -409,8 +444,13 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
         report.update(run=options.run, qrels=options.qrels, stages=[_stage_report(main)])
     else:
         source = locate_model(options.model)
-        if source.kind != "embedder":
-            raise MmstError(f"--model {source.reference!r} is a {source.kind}; evaluate retrieves with an embedder")
+        if source.kind not in ("embedder", "multi-vector"):
+            raise MmstError(f"--model {source.reference!r} is a {source.kind}; evaluate retrieves with an embedder or a multi-vector model")
+        multi_vector = source.kind == "multi-vector"
+        if multi_vector and options.dims:
+            raise MmstError("--dims sweeps single-vector Matryoshka dimensions; drop it for the multi-vector --model")
+        if not multi_vector and options.token_pool_factor is not None:
+            raise MmstError(f"--token-pool-factor pools token vectors, but --model {source.reference!r} gives one vector per input; drop it")
         model = load_model(source, trust_remote_code=options.trust_remote_code)
         started = time.perf_counter()
         query_prompt = resolve_prompt(model, "query", options.query_prompt, options.query_prompt_name)
@@ -448,13 +488,21 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
             if options.reranker
             else None
         )
-        stages = evaluate_embedder(
-            model, task, ks=options.ks, dims=options.dims, batch_size=options.batch_size,
-            search_depth=options.depth,
-            skip_queries_without_relevant=options.skip_queries_without_relevant,
-            query_prompt=query_prompt, document_prompt=document_prompt, track=track,
-        )  # fmt: skip
-        main = stages[-1] if not options.dims else max(stages, key=lambda stage: int(stage.name.split()[1]))
+        if multi_vector:
+            main, tokens = evaluate_multi_vector(
+                model, task, ks=options.ks, batch_size=options.batch_size, search_depth=options.depth,
+                skip_queries_without_relevant=options.skip_queries_without_relevant, query_prompt=query_prompt,
+                document_prompt=document_prompt, token_pool_factor=options.token_pool_factor, track=track,
+            )  # fmt: skip
+            report["token_vectors"] = tokens.report()
+        else:
+            stages = evaluate_embedder(
+                model, task, ks=options.ks, dims=options.dims, batch_size=options.batch_size,
+                search_depth=options.depth,
+                skip_queries_without_relevant=options.skip_queries_without_relevant,
+                query_prompt=query_prompt, document_prompt=document_prompt, track=track,
+            )  # fmt: skip
+            main = stages[-1] if not options.dims else max(stages, key=lambda stage: int(stage.name.split()[1]))
         report.update(model=source.reference, data=data, similarity=model_similarity(model), **task_summary(task))
         report["prompts"] = {"query": query_prompt, "document": document_prompt}
         if options.dims:
@@ -519,6 +567,9 @@ class RetrievalEvaluator(BaseEvaluator):
     def scores(self, model) -> dict[str, float]:
         """The metrics without a name prefix."""
         # The metrics read only the top max(ks) documents; a deeper search would only cost memory.
+        if is_multi_vector(model):
+            stage, _ = evaluate_multi_vector(model, self.task, ks=self.ks, batch_size=self.batch_size, search_depth=max(self.ks))
+            return stage.metrics
         stages = evaluate_embedder(model, self.task, ks=self.ks, batch_size=self.batch_size, search_depth=max(self.ks))
         return stages[-1].metrics
 

@@ -30,6 +30,13 @@ from mmst_cli.core.train.common import (
 )
 from mmst_cli.core.train.eval_record import load_pairs_with_eval_record, write_eval_record
 from mmst_cli.core.train.losses import LossOptions, build_loss
+from mmst_cli.core.train.multi_vector import (
+    build_multi_vector_loss,
+    build_multi_vector_model,
+    trainer_classes,
+    validate_multi_vector_options,
+    wants_multi_vector,
+)
 
 #: ``--batch-sampler`` values -> Sentence Transformers' batch samplers.
 BATCH_SAMPLERS = {
@@ -71,6 +78,10 @@ class TrainEmbedOptions(TrainingOptions):
     head_lr: float = 2e-3
     batch_sampler: str | None = None
     prompts: str | dict[str, str] | None = None
+    #: Train a late-interaction model (see :mod:`mmst_cli.core.train.multi_vector`).
+    multi_vector: bool = False
+    query_length: int | None = None
+    document_length: int | None = None
 
     command = "train-embed"
 
@@ -97,6 +108,10 @@ class TrainEmbedOptions(TrainingOptions):
         if self.data is None and (self.model or self.text_encoder or self.image_encoder or self.audio_encoder):
             raise MmstError("--data is required when you choose a model (the emoji demo data goes with the default model)")
         self.loss.validate(gradient_checkpointing=self.gradient_checkpointing)
+        if wants_multi_vector(self):
+            validate_multi_vector_options(self)
+        elif self.query_length is not None or self.document_length is not None:
+            raise MmstError("--query-length and --document-length cap the tokens of a multi-vector model; add --multi-vector")
 
     @property
     def is_demo(self) -> bool:
@@ -126,12 +141,10 @@ def with_demo_recipe(options: TrainEmbedOptions, chosen: set[str]) -> tuple[Trai
     return replace(options, **changes), applied
 
 
-def _training_arguments(options: TrainEmbedOptions, checkpoints: Path, built, data: PairData, has_eval: bool):
-    from sentence_transformers import SentenceTransformerTrainingArguments
-
+def _training_arguments(arguments_class, options: TrainEmbedOptions, checkpoints: Path, built, data: PairData, has_eval: bool):
     # Comparing decoded images or audio arrays row by row is slow: hash them once instead.
     batch_sampler = options.batch_sampler or ("no-duplicates-hashed" if data.media_columns else "no-duplicates")
-    return SentenceTransformerTrainingArguments(
+    return arguments_class(
         **common_training_arguments(options, checkpoints, rows=len(data.dataset), has_eval=has_eval),
         learning_rate_mapping=built.learning_rate_mapping or {},
         batch_sampler=BATCH_SAMPLERS[batch_sampler],
@@ -178,7 +191,8 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
         options, peek_audio_sampling_rate(options.audio_encoder or options.model)
     )
     set_seed(options.seed)
-    built = build_training_model(options)
+    multi_vector = wants_multi_vector(options)
+    built = build_multi_vector_model(options) if multi_vector else build_training_model(options)
     model = built.model
     if not options.dry_run:
         ensure_disk_space(output_dir, model)
@@ -208,8 +222,11 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
     if world_size() > 1 and not loss_options.gather_across_devices:
         loss_options = LossOptions(**{**asdict(loss_options), "gather_across_devices": True})
     loss_options.validate(embedding_dimension=model.get_embedding_dimension())
-    guide = built.make_guide() if "gist" in loss_options.name else None
-    loss = build_loss(model, loss_options, guide=guide)
+    if multi_vector:
+        loss = build_multi_vector_loss(model, loss_options)
+    else:
+        guide = built.make_guide() if "gist" in loss_options.name else None
+        loss = build_loss(model, loss_options, guide=guide)
 
     evaluator = None
     if eval_data is not None:
@@ -222,12 +239,13 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
         record_scores(model, evaluator, base_metrics)
     name_training_data(model, train_data.source)
 
-    from sentence_transformers import SentenceTransformerTrainer
-
+    trainer_class, arguments_class = trainer_classes(multi_vector)
     output_dir.mkdir(parents=True, exist_ok=True)
-    trainer = SentenceTransformerTrainer(
+    trainer = trainer_class(
         model=model,
-        args=_training_arguments(options, output_dir / "checkpoints", built, train_data, evaluator is not None),
+        args=_training_arguments(
+            arguments_class, options, output_dir / "checkpoints", built, train_data, evaluator is not None
+        ),
         train_dataset=train_data.dataset,
         loss=loss,
         evaluator=evaluator,
