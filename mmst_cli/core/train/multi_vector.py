@@ -29,7 +29,12 @@ PROJECTION_PARAMETERS = r"^model\.1\.linear\."
 def wants_multi_vector(options) -> bool:
     """Whether a train-embed run trains a multi-vector model: ``--multi-vector``, or a ``--model``
     that already is one."""
-    return bool(options.multi_vector or (options.model and locate_model(options.model).kind == "multi-vector"))
+    if options.multi_vector or not options.model:
+        return bool(options.multi_vector)
+    try:
+        return locate_model(options.model).kind == "multi-vector"
+    except MmstError:
+        return False  # a model that cannot be found is reported when it loads, after the data is checked
 
 
 def validate_multi_vector_options(options) -> None:
