@@ -119,6 +119,56 @@ def test_train_embed_multi_vector_from_a_text_checkpoint_then_resume_evaluate_an
     assert staged["stages"][0]["metrics"] == again["metrics"]
 
 
+def test_train_embed_multi_vector_from_a_vision_language_checkpoint_on_text_to_image_pairs(tmp_path, tiny_models):
+    from tests.data_factory import write_colour_pairs
+
+    data = write_colour_pairs(tmp_path / "data", count=8)
+    trained = run_json("train-embed", "--model", str(tiny_models["qwen2-vl"]), "--multi-vector", "--dim", "16",
+                       "--data", str(data), "--eval-split", "0.5", "--loss", "mnrl", "--batch-size", "4",
+                       "--max-steps", "1", "--output-dir", str(tmp_path / "run"))  # fmt: skip
+    assert trained["train"]["steps"] == 1 and 0 < trained["final"]["ndcg@10"] <= 1
+    planned = run_json("train-embed", "--model", str(tiny_models["qwen2-vl"]), "--multi-vector", "--dim", "16",
+                       "--data", str(data), "--batch-size", "4", "--mini-batch-size", "2", "--dry-run",
+                       "--output-dir", str(tmp_path / "planned"))["dry_run"]  # fmt: skip
+    assert planned["samples_in_flight"] == 2 and planned["per_sample_activation_bytes"] > 0
+    # GradCache keeps a 16-d vector (and its gradient) per token of each caption and image, not one per input.
+    one_vector_per_input = 2 * 4 * 4 * 2 * 16
+    gradcache = planned["components_bytes"]["gradcache_buffers"]
+    assert gradcache > 4 * one_vector_per_input and gradcache % (2 * 4 * 4 * 16) == 0
+    assert not (tmp_path / "planned").exists()  # a plan writes nothing
+    detected = run_json("detect", trained["model_dir"])
+    assert detected["multi_vector"]["token_dimension"] == 16 and "image" in detected["modalities"]
+    # The saved model reloads and MaxSim-scores its page images exactly as training's evaluation did.
+    again = run_json("evaluate", "--model", str(tmp_path / "run"), "--k", "10")
+    assert again["similarity"] == "maxsim" and again["counts"]["evaluated"] == trained["eval_rows"]
+    assert again["token_vectors"]["tokens_per_document"] > 1  # one vector per visual token, not one per image
+    assert again["metrics"]["ndcg@10"] == pytest.approx(trained["final"]["ndcg@10"], abs=1e-9)
+
+
+def test_multi_vector_lora_trains_adapters_and_saves_them_merged(tmp_path, tiny_models):
+    import torch
+    from sentence_transformers import MultiVectorEncoder
+    from transformers import AutoModel
+
+    from tests.data_factory import write_text_pairs
+
+    data = write_text_pairs(tmp_path / "data", 8)
+    result = run_mmst("train-embed", "--model", str(tiny_models["bert"]), "--multi-vector", "--dim", "16",
+                      "--data", str(data), "--loss", "mnrl", "--lora-r", "4", "--batch-size", "4", "--max-steps", "2",
+                      "--lr", "1e-2", "--output-dir", str(tmp_path / "run"), "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    trainable = int(next(line for line in result.stderr.splitlines() if "LoRA r=4" in line).split(": ")[1].split()[0].replace(",", ""))
+    model_dir = Path(json.loads(result.stdout)["model_dir"])
+    assert not list(model_dir.rglob("adapter_config.json"))  # merged: a plain model, no adapter lifecycle
+    trained = MultiVectorEncoder(str(model_dir))
+    assert 0 < trainable < sum(parameter.numel() for parameter in trained.parameters()) / 2
+    # The adapters' effect is folded into the saved encoder's own weights, under their own names.
+    saved = dict(trained[0].model.named_parameters())
+    base = dict(AutoModel.from_pretrained(str(tiny_models["bert"])).named_parameters())
+    assert saved.keys() == base.keys()
+    assert any(not torch.equal(saved[name], base[name]) for name in base)
+
+
 def test_multi_vector_training_refuses_single_vector_only_options(tmp_path, tiny_models, tiny_multi_vector):
     from tests.data_factory import write_text_pairs
 

@@ -216,7 +216,7 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
         log(note)
 
     if options.dry_run:
-        return _dry_run(options, built, train_data)
+        return _dry_run(options, built, train_data, multi_vector=multi_vector)
 
     loss_options = options.loss
     if world_size() > 1 and not loss_options.gather_across_devices:
@@ -307,20 +307,21 @@ def adopt_training_prompts(model, prompts: str | dict[str, str] | None, data: Pa
     return adopted
 
 
-def _dry_run(options: TrainEmbedOptions, built, train_data: PairData) -> TrainingResult:
-    """Plan the run's peak memory instead of training (``--dry-run``)."""
+def _dry_run(options: TrainEmbedOptions, built, train_data: PairData, *, multi_vector: bool) -> TrainingResult:
+    """Plan the run's peak memory instead of training (``--dry-run``); a multi-vector run's GradCache
+    keeps one vector per token of every input, not one per input."""
     from mmst_cli.core.train.memory_plan import plan_training_memory, sample_inputs
 
     cached = options.loss.name.startswith("cached-")
     plan = plan_training_memory(
         built.model,
-        sample_inputs(train_data, is_router=built.is_router),
+        sample_inputs(train_data, is_router=built.is_router, multi_vector=multi_vector),
         batch_size=options.batch_size,
         mini_batch_size=options.loss.mini_batch_size if cached else None,
         precision=options.precision,
         modalities=train_data.column_modalities.values(),
         gradient_checkpointing=options.gradient_checkpointing,
-        gradcache_dimension=built.model.get_embedding_dimension() if cached else None,
+        gradcache_output=("token_embeddings" if multi_vector else "sentence_embedding") if cached else None,
     )
     summary = {"model": built.description, "data": train_data.source, "dry_run": plan.as_json()}
     return TrainingResult(summary, built.model)

@@ -16,6 +16,8 @@ The estimate adds up, for the device the run would use:
   layer frees before the next one runs, and every activation of a frozen tower (nothing is saved
   for it, but it still runs). Only one column is in its forward pass at a time, so the largest
   column's excess counts, times the samples in flight.
+- **GradCache buffers** of a cached loss: every embedding of the batch and its gradient, in
+  float32; a multi-vector model's embedding is one vector per token or image patch.
 
 ``bench/memory_plan.py`` compares the estimate with measured peaks (docs/benchmarks.md).
 """
@@ -31,6 +33,8 @@ from typing import Any
 SAMPLE_ROWS = 8
 #: What a CUDA context and the caching allocator's slack take on a GPU.
 CUDA_OVERHEAD_BYTES = 600 * 2**20
+#: The tasks of a multi-vector model's sides: its forward masks (and may expand queries) by them.
+RETRIEVAL_TASKS = ("query", "document")
 
 
 @dataclass
@@ -144,9 +148,10 @@ class _LiveBytes:
             self.live -= self.sizes.pop(pointer)
 
 
-def _activation_bytes(model, value, task: str | None, precision: str) -> tuple[int, int]:
-    """``(saved, forward peak)``: bytes autograd keeps for the backward pass of one input, and the
-    most bytes alive at once during its forward pass (both without parameters)."""
+def _activation_bytes(model, value, task: str | None, precision: str, embedding_output: str | None) -> tuple[int, int, int]:
+    """``(saved, forward peak, embedding values)``: bytes autograd keeps for the backward pass of
+    one input, the most bytes alive at once during its forward pass (both without parameters), and
+    how many values the ``embedding_output`` it yields holds (0 when ``None``)."""
     import contextlib
 
     import torch
@@ -179,11 +184,14 @@ def _activation_bytes(model, value, task: str | None, precision: str) -> tuple[i
     model.train()
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast, live.mode:
-            output = model(features)
+            # A multi-vector model's forward takes the side's task as its encode passes it; a
+            # Router's modality task only chose the preprocessing.
+            output = model(features, task=task) if task in RETRIEVAL_TASKS else model(features)
+        embedding_values = output[embedding_output].numel() if embedding_output else 0
         del output
     finally:
         model.train(was_training)
-    return saved, max(saved, live.peak)
+    return saved, max(saved, live.peak), embedding_values
 
 
 def _largest_rows(dataset, column: str) -> list[Any]:
@@ -194,17 +202,25 @@ def _largest_rows(dataset, column: str) -> list[Any]:
     return sorted(values, key=lambda value: -input_size(value))[:1]
 
 
-def sample_inputs(data, *, is_router: bool) -> list[tuple[Any, str | None]]:
-    """One input per column of a pair dataset, the largest of a few rows, with its Router task."""
+def sample_inputs(data, *, is_router: bool, multi_vector: bool = False) -> list[tuple[Any, str | None]]:
+    """One input per column of a pair dataset, the largest of a few rows, with its task: the
+    modality for a Router; for a multi-vector model ``query`` for the first column and ``document``
+    for the rest, as its trainer assigns them (each side has its own length)."""
+
+    def task(position: int, modality: str) -> str | None:
+        if multi_vector:
+            return RETRIEVAL_TASKS[min(position, 1)]
+        return modality if is_router else None
+
     return [
-        (_largest_rows(data.dataset, column)[0], modality if is_router else None)
-        for column, modality in data.column_modalities.items()
+        (_largest_rows(data.dataset, column)[0], task(position, modality))
+        for position, (column, modality) in enumerate(data.column_modalities.items())
     ]
 
 
 def plan_training_memory(model, inputs: list[tuple[Any, str | None]], *, batch_size: int, mini_batch_size: int | None,
                          precision: str, modalities: Iterable[str] = (), gradient_checkpointing: bool = False,
-                         gradcache_dimension: int | None = None) -> MemoryPlan:  # fmt: skip
+                         gradcache_output: str | None = None) -> MemoryPlan:  # fmt: skip
     """Estimate the peak memory of training ``model`` (see the module docstring).
 
     Args:
@@ -219,8 +235,10 @@ def plan_training_memory(model, inputs: list[tuple[Any, str | None]], *, batch_s
         modalities: The data's modalities; images or videos for a VLM make a lower
             ``--max-pixels`` one of the suggestions.
         gradient_checkpointing: Activations are recomputed; only about one layer's stay alive.
-        gradcache_dimension: Embedding size of a GradCache loss, which keeps every embedding of the
-            batch and its gradient; ``None`` otherwise.
+        gradcache_output: The model output a GradCache loss keeps, with its gradient, for every
+            input of the batch: ``sentence_embedding``, or ``token_embeddings`` for a multi-vector
+            model (one vector per token, so long documents and images weigh more); ``None``
+            without GradCache.
     """
     import torch
 
@@ -231,10 +249,12 @@ def plan_training_memory(model, inputs: list[tuple[Any, str | None]], *, batch_s
     weights = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
     per_sample = 0
     forward_excess = 0
+    embedding_values = 0
     for value, task in inputs:
-        saved, peak = _activation_bytes(model, value, task, precision)
+        saved, peak, values = _activation_bytes(model, value, task, precision, gradcache_output)
         per_sample += saved
         forward_excess = max(forward_excess, peak - saved)
+        embedding_values += values
     if gradient_checkpointing:
         # Only layer inputs stay alive between layers; a rough third of the activations.
         per_sample //= 3
@@ -246,8 +266,8 @@ def plan_training_memory(model, inputs: list[tuple[Any, str | None]], *, batch_s
         "activations": per_sample * in_flight,
         "forward_buffers": forward_excess * in_flight,
     }
-    if gradcache_dimension:
-        components["gradcache_buffers"] = 2 * 4 * batch_size * len(inputs) * gradcache_dimension
+    if gradcache_output:
+        components["gradcache_buffers"] = 2 * 4 * batch_size * embedding_values
     plan = MemoryPlan(device, components, _available(device), in_flight, per_sample, forward_excess)
     if not plan.fits:
         visual = bool({"image", "video"} & set(modalities)) and model.supports("message")

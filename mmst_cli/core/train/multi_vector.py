@@ -44,7 +44,6 @@ def validate_multi_vector_options(options) -> None:
         ("--pooling", options.pooling),
         ("--freeze", options.freeze),
         ("--hardness-mode", options.loss.hardness_mode),
-        ("--dry-run", options.dry_run),
     ):  # fmt: skip
         if value:
             raise MmstError(f"{flag} does not apply to a multi-vector run (--multi-vector); drop it")
