@@ -99,6 +99,49 @@ def test_a_copy_of_the_positive_under_another_name_is_never_its_negative(tmp_pat
     assert trained["train"]["steps"] == 1
 
 
+def test_embedded_images_are_written_once_by_content_and_the_rows_train(tmp_path, tiny_models):
+    import hashlib
+
+    import datasets
+    from PIL import Image
+
+    write_colour_pairs(tmp_path, count=4)
+    pairs = read_rows(tmp_path / "pairs.jsonl")
+    pictures = [(tmp_path / row["image"]).read_bytes() for row in pairs]
+    Image.new("RGB", (40, 40), (128, 128, 128)).save(tmp_path / "grey.png")
+    cells = lambda items: [{"bytes": item, "path": None} for item in items]  # noqa: E731
+    # A save_to_disk dataset whose last row embeds the first row's picture again ...
+    datasets.Dataset.from_dict(
+        {"caption": [row["caption"] for row in pairs] + ["the first colour again"], "image": cells(pictures + pictures[:1])},
+        features=datasets.Features({"caption": datasets.Value("string"), "image": datasets.Image()}),
+    ).save_to_disk(tmp_path / "pairs_dataset")
+    # ... and a parquet corpus of image structs: a copy of a positive, and a new picture.
+    grey = (tmp_path / "grey.png").read_bytes()
+    datasets.Dataset.from_dict(
+        {"page": cells([pictures[1], grey])}, features=datasets.Features({"page": datasets.Image()})
+    ).to_parquet(tmp_path / "corpus.parquet")
+    output = tmp_path / "out" / "mined.jsonl"
+    command = ["mine", "--model", str(tiny_models["clip"]), "--data", str(tmp_path / "pairs_dataset"), "--corpus",
+               str(tmp_path / "corpus.parquet"), "--num-negatives", "2", "--cache-dir", str(tmp_path / "cache"), "-o", str(output)]  # fmt: skip
+    summary = run_json(*command)
+    named = {f"mined-media/{hashlib.sha1(item).hexdigest()}.png" for item in (*pictures, grey)}
+    assert sorted(path.name for path in (tmp_path / "out" / "mined-media").iterdir()) == sorted(Path(n).name for n in named)
+    assert summary["documents"] == 5 and summary["rows_written"] == 5
+    rows = read_rows(output)
+    # Each row names its own picture's file, relative to the output; the same bytes are one file.
+    assert [row["positive"] for row in rows] == [f"mined-media/{hashlib.sha1(item).hexdigest()}.png" for item in pictures + pictures[:1]]
+    assert all(row["positive"] not in negatives_of(row) and set(negatives_of(row)) <= named for row in rows)
+    # A rerun writes nothing new; the rows train as they are.
+    assert run_json(*command)["corpus_cache"] == "hit" and len(list((tmp_path / "out" / "mined-media").iterdir())) == 5
+    trained = run_json("train-embed", "--model", str(tiny_models["clip"]), "--data", str(output), "--max-steps", "1",
+                       "--batch-size", "4", "--output-dir", str(tmp_path / "run"))  # fmt: skip
+    assert trained["train"]["steps"] == 1
+    # Bytes that are no media are refused on one line naming the row, before any model loads.
+    datasets.Dataset.from_dict({"caption": ["a"], "blob": [b"not media"]}).to_parquet(tmp_path / "blobs.parquet")
+    refused = run_mmst("mine", "--model", str(tiny_models["clip"]), "--data", str(tmp_path / "blobs.parquet"), "-o", str(output))
+    assert_one_line_error(refused, 2, "column 'blob', row 1", "neither an image nor audio")
+
+
 def test_pdf_pages_stay_page_references_and_a_copied_pdf_is_caught(tmp_path, tiny_models):
     write_text_pdf(tmp_path / "docs" / "report.pdf", ["alpha page", "beta page", "gamma page"])
     shutil.copy(tmp_path / "docs" / "report.pdf", tmp_path / "docs" / "copy.pdf")

@@ -96,6 +96,8 @@ class MineOptions:
         keep_incomplete: Keep anchors with fewer than ``num_negatives`` negatives (labelled formats).
         cache_dir: Corpus-embedding cache; ``None`` for ``$MMST_CACHE/mine`` or ``~/.cache/mmst/mine``.
         index: One of :data:`INDEXES` (default ``auto``).
+        media_out: Folder for media embedded in the data or corpus (one file per distinct item);
+            ``None`` for ``<output stem>-media`` beside the output.
     """
 
     model: str
@@ -125,6 +127,7 @@ class MineOptions:
     keep_incomplete: bool = False
     cache_dir: str | None = None
     index: str = "auto"
+    media_out: str | None = None
     batch_size: int = 32
     trust_remote_code: bool = False
 
