@@ -81,6 +81,39 @@ def test_text_negatives_exclude_every_positive_cache_and_both_trainers(tmp_path,
     assert reranked["train"]["steps"] == 1
 
 
+def test_a_device_list_encodes_both_sides_through_one_pool(tmp_path, facts, minilm_path, monkeypatch):
+    # Spawning two real workers costs 7-20 s on 2 shared cores; the pool itself (processes, order kept) is
+    # tested by `mmst encode`'s test. Here the pool's calls run in process, so the wiring is what is tested:
+    # one pool on the listed devices, both sides encoded through it, stopped, and the same rows.
+    from sentence_transformers import SentenceTransformer
+
+    from mmst_cli.core.encode.job import PooledModel
+
+    calls = []
+    monkeypatch.setattr(SentenceTransformer, "start_multi_process_pool", lambda self, devices: calls.append(("start", devices)) or "pool")
+    monkeypatch.setattr(SentenceTransformer, "stop_multi_process_pool", lambda self, pool: calls.append(("stop", pool)))
+
+    class InProcessPool(PooledModel):
+        def encode_query(self, inputs, **kwargs):
+            calls.append(("query", len(inputs)))
+            return self._model.encode_query(inputs, **kwargs)
+
+        def encode_document(self, inputs, **kwargs):
+            calls.append(("document", len(inputs)))
+            return self._model.encode_document(inputs, **kwargs)
+
+    monkeypatch.setattr("mmst_cli.core.retrieval.mining.PooledModel", InProcessPool)
+    pairs, corpus = facts
+    common = ["--model", str(minilm_path), "--data", str(pairs), "--corpus", str(corpus), "--scores", "--cache-dir", str(tmp_path / "cache")]
+    run_json("mine", *common, "--device", "cpu", "-o", str(tmp_path / "one.jsonl"))
+    assert calls == []
+    run_json("mine", *common, "--device", "cpu, cpu", "--cache-dir", str(tmp_path / "cache2"), "-o", str(tmp_path / "two.jsonl"))
+    anchors, documents = len({q for q, _ in FACTS}), len({a for _, a in FACTS} | set(EXTRA))
+    assert calls == [("start", ["cpu", "cpu"]), ("query", anchors), ("document", documents), ("stop", "pool")]
+    for single, pooled in zip(read_rows(tmp_path / "one.jsonl"), read_rows(tmp_path / "two.jsonl"), strict=True):
+        assert negatives_of(single) == negatives_of(pooled) and np.allclose(single["scores"], pooled["scores"], atol=1e-5)
+
+
 def test_a_copy_of_the_positive_under_another_name_is_never_its_negative(tmp_path, tiny_models):
     write_colour_pairs(tmp_path, count=4)
     shutil.copy(tmp_path / "images" / "000.png", tmp_path / "images" / "copy-of-red.png")
@@ -216,6 +249,7 @@ def test_bad_input_gets_one_line_and_nothing_written(tmp_path, facts, tiny_model
     assert_one_line_error(run_mmst_process(*base, "--format", "tsv"), 2, "--format must be one of triplet")
     assert_one_line_error(run_mmst(*base, "--keep-incomplete"), 2, "--keep-incomplete needs --format labeled")
     assert_one_line_error(run_mmst(*base, "--group-column", "source"), 2, "--group-column 'source'", "columns are")
+    assert_one_line_error(run_mmst(*base, "--device", "cpu,"), 2, "--device 'cpu,' has an empty entry")
     assert_one_line_error(run_mmst(*base, "--range-max", "5", "--max-score", "-5"), 2, "no anchor", "got 3 negatives")
     missing = run_mmst("mine", "--model", str(tiny_models["bert"]), "--data", str(tmp_path / "nope.jsonl"), "-o", str(output))
     assert_one_line_error(missing, 2, "nope.jsonl", "does not exist")

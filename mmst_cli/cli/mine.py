@@ -69,6 +69,7 @@ def mine(
     cache_dir: Annotated[str | None, typer.Option(help="Where corpus embeddings are cached, keyed by model and corpus content. Default: $MMST_CACHE/mine or ~/.cache/mmst/mine.", rich_help_panel=OUTPUT, show_default=False)] = None,
     index: Annotated[str, typer.Option(help="exact: blocked exact search; faiss: an approximate FAISS index; auto: FAISS from 200,000 documents on.", rich_help_panel=MINING)] = "auto",
     batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.", rich_help_panel=MODEL)] = 32,
+    device: Annotated[str | None, typer.Option(help="cuda:0, cpu, ...; several, comma-separated (cuda:0,cuda:1), start one encoding process each, as in `mmst encode`. Default: chosen by Sentence Transformers.", rich_help_panel=MODEL, show_default=False)] = None,
     trust_remote_code: TrustRemoteCodeOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -83,7 +84,7 @@ def mine(
         range_min=range_min, range_max=range_max, absolute_margin=absolute_margin, relative_margin=relative_margin,
         max_score=max_score, min_score=min_score, sampling=sampling, seed=seed, reranker=reranker,
         reranker_threshold=reranker_threshold, output_format=output_format, scores=scores,
-        keep_incomplete=keep_incomplete, cache_dir=cache_dir, index=index, media_out=media_out, batch_size=batch_size, trust_remote_code=trust_remote_code,
+        keep_incomplete=keep_incomplete, cache_dir=cache_dir, index=index, media_out=media_out, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code,
     )  # fmt: skip
     options.validate()  # before the model loads, and before the progress display imports transformers
     from mmst_cli.core.progress import progress_bars
