@@ -81,6 +81,39 @@ def test_text_negatives_exclude_every_positive_cache_and_both_trainers(tmp_path,
     assert reranked["train"]["steps"] == 1
 
 
+def test_a_device_list_encodes_both_sides_through_one_pool(tmp_path, facts, minilm_path, monkeypatch):
+    # Spawning two real workers costs 7-20 s on 2 shared cores; the pool itself (processes, order kept) is
+    # tested by `mmst encode`'s test. Here the pool's calls run in process, so the wiring is what is tested:
+    # one pool on the listed devices, both sides encoded through it, stopped, and the same rows.
+    from sentence_transformers import SentenceTransformer
+
+    from mmst_cli.core.encode.job import PooledModel
+
+    calls = []
+    monkeypatch.setattr(SentenceTransformer, "start_multi_process_pool", lambda self, devices: calls.append(("start", devices)) or "pool")
+    monkeypatch.setattr(SentenceTransformer, "stop_multi_process_pool", lambda self, pool: calls.append(("stop", pool)))
+
+    class InProcessPool(PooledModel):
+        def encode_query(self, inputs, **kwargs):
+            calls.append(("query", len(inputs)))
+            return self._model.encode_query(inputs, **kwargs)
+
+        def encode_document(self, inputs, **kwargs):
+            calls.append(("document", len(inputs)))
+            return self._model.encode_document(inputs, **kwargs)
+
+    monkeypatch.setattr("mmst_cli.core.retrieval.mining.PooledModel", InProcessPool)
+    pairs, corpus = facts
+    common = ["--model", str(minilm_path), "--data", str(pairs), "--corpus", str(corpus), "--scores", "--cache-dir", str(tmp_path / "cache")]
+    run_json("mine", *common, "--device", "cpu", "-o", str(tmp_path / "one.jsonl"))
+    assert calls == []
+    run_json("mine", *common, "--device", "cpu, cpu", "--cache-dir", str(tmp_path / "cache2"), "-o", str(tmp_path / "two.jsonl"))
+    anchors, documents = len({q for q, _ in FACTS}), len({a for _, a in FACTS} | set(EXTRA))
+    assert calls == [("start", ["cpu", "cpu"]), ("query", anchors), ("document", documents), ("stop", "pool")]
+    for single, pooled in zip(read_rows(tmp_path / "one.jsonl"), read_rows(tmp_path / "two.jsonl"), strict=True):
+        assert negatives_of(single) == negatives_of(pooled) and np.allclose(single["scores"], pooled["scores"], atol=1e-5)
+
+
 def test_a_copy_of_the_positive_under_another_name_is_never_its_negative(tmp_path, tiny_models):
     write_colour_pairs(tmp_path, count=4)
     shutil.copy(tmp_path / "images" / "000.png", tmp_path / "images" / "copy-of-red.png")
@@ -97,6 +130,49 @@ def test_a_copy_of_the_positive_under_another_name_is_never_its_negative(tmp_pat
     trained = run_json("train-embed", "--model", str(tiny_models["clip"]), "--data", str(output), "--max-steps", "1",
                        "--batch-size", "4", "--output-dir", str(tmp_path / "run"))  # fmt: skip
     assert trained["train"]["steps"] == 1
+
+
+def test_embedded_images_are_written_once_by_content_and_the_rows_train(tmp_path, tiny_models):
+    import hashlib
+
+    import datasets
+    from PIL import Image
+
+    write_colour_pairs(tmp_path, count=4)
+    pairs = read_rows(tmp_path / "pairs.jsonl")
+    pictures = [(tmp_path / row["image"]).read_bytes() for row in pairs]
+    Image.new("RGB", (40, 40), (128, 128, 128)).save(tmp_path / "grey.png")
+    cells = lambda items: [{"bytes": item, "path": None} for item in items]  # noqa: E731
+    # A save_to_disk dataset whose last row embeds the first row's picture again ...
+    datasets.Dataset.from_dict(
+        {"caption": [row["caption"] for row in pairs] + ["the first colour again"], "image": cells(pictures + pictures[:1])},
+        features=datasets.Features({"caption": datasets.Value("string"), "image": datasets.Image()}),
+    ).save_to_disk(tmp_path / "pairs_dataset")
+    # ... and a parquet corpus of image structs: a copy of a positive, and a new picture.
+    grey = (tmp_path / "grey.png").read_bytes()
+    datasets.Dataset.from_dict(
+        {"page": cells([pictures[1], grey])}, features=datasets.Features({"page": datasets.Image()})
+    ).to_parquet(tmp_path / "corpus.parquet")
+    output = tmp_path / "out" / "mined.jsonl"
+    command = ["mine", "--model", str(tiny_models["clip"]), "--data", str(tmp_path / "pairs_dataset"), "--corpus",
+               str(tmp_path / "corpus.parquet"), "--num-negatives", "2", "--cache-dir", str(tmp_path / "cache"), "-o", str(output)]  # fmt: skip
+    summary = run_json(*command)
+    named = {f"mined-media/{hashlib.sha1(item).hexdigest()}.png" for item in (*pictures, grey)}
+    assert sorted(path.name for path in (tmp_path / "out" / "mined-media").iterdir()) == sorted(Path(n).name for n in named)
+    assert summary["documents"] == 5 and summary["rows_written"] == 5
+    rows = read_rows(output)
+    # Each row names its own picture's file, relative to the output; the same bytes are one file.
+    assert [row["positive"] for row in rows] == [f"mined-media/{hashlib.sha1(item).hexdigest()}.png" for item in pictures + pictures[:1]]
+    assert all(row["positive"] not in negatives_of(row) and set(negatives_of(row)) <= named for row in rows)
+    # A rerun writes nothing new; the rows train as they are.
+    assert run_json(*command)["corpus_cache"] == "hit" and len(list((tmp_path / "out" / "mined-media").iterdir())) == 5
+    trained = run_json("train-embed", "--model", str(tiny_models["clip"]), "--data", str(output), "--max-steps", "1",
+                       "--batch-size", "4", "--output-dir", str(tmp_path / "run"))  # fmt: skip
+    assert trained["train"]["steps"] == 1
+    # Bytes that are no media are refused on one line naming the row, before any model loads.
+    datasets.Dataset.from_dict({"caption": ["a"], "blob": [b"not media"]}).to_parquet(tmp_path / "blobs.parquet")
+    refused = run_mmst("mine", "--model", str(tiny_models["clip"]), "--data", str(tmp_path / "blobs.parquet"), "-o", str(output))
+    assert_one_line_error(refused, 2, "column 'blob', row 1", "neither an image nor audio")
 
 
 def test_pdf_pages_stay_page_references_and_a_copied_pdf_is_caught(tmp_path, tiny_models):
@@ -173,6 +249,7 @@ def test_bad_input_gets_one_line_and_nothing_written(tmp_path, facts, tiny_model
     assert_one_line_error(run_mmst_process(*base, "--format", "tsv"), 2, "--format must be one of triplet")
     assert_one_line_error(run_mmst(*base, "--keep-incomplete"), 2, "--keep-incomplete needs --format labeled")
     assert_one_line_error(run_mmst(*base, "--group-column", "source"), 2, "--group-column 'source'", "columns are")
+    assert_one_line_error(run_mmst(*base, "--device", "cpu,"), 2, "--device 'cpu,' has an empty entry")
     assert_one_line_error(run_mmst(*base, "--range-max", "5", "--max-score", "-5"), 2, "no anchor", "got 3 negatives")
     missing = run_mmst("mine", "--model", str(tiny_models["bert"]), "--data", str(tmp_path / "nope.jsonl"), "-o", str(output))
     assert_one_line_error(missing, 2, "nope.jsonl", "does not exist")

@@ -65,9 +65,11 @@ def mine(
     output_format: Annotated[str, typer.Option("--format", help="triplet (anchor, positive, negative_1..n) for train-embed; labeled-pair (query, document, label) or labeled-list (query, documents, labels) for train-rerank.", rich_help_panel=OUTPUT)] = "triplet",
     scores: Annotated[bool, typer.Option("--scores", help="Write the embedding scores too (a scores list, or a score per labeled pair).", rich_help_panel=OUTPUT)] = False,
     keep_incomplete: Annotated[bool, typer.Option("--keep-incomplete", help="Keep anchors that got fewer than --num-negatives negatives (labeled formats); they are dropped and counted otherwise.", rich_help_panel=OUTPUT)] = False,
+    media_out: Annotated[str | None, typer.Option(help="Folder for images / audio embedded in the data or corpus (HF Image / Audio cells, bytes): each written once, named by its content hash, and referenced from the rows. Default: <output stem>-media beside the output.", rich_help_panel=OUTPUT, show_default=False)] = None,
     cache_dir: Annotated[str | None, typer.Option(help="Where corpus embeddings are cached, keyed by model and corpus content. Default: $MMST_CACHE/mine or ~/.cache/mmst/mine.", rich_help_panel=OUTPUT, show_default=False)] = None,
     index: Annotated[str, typer.Option(help="exact: blocked exact search; faiss: an approximate FAISS index; auto: FAISS from 200,000 documents on.", rich_help_panel=MINING)] = "auto",
     batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.", rich_help_panel=MODEL)] = 32,
+    device: Annotated[str | None, typer.Option(help="cuda:0, cpu, ...; several, comma-separated (cuda:0,cuda:1), start one encoding process each, as in `mmst encode`. Default: chosen by Sentence Transformers.", rich_help_panel=MODEL, show_default=False)] = None,
     trust_remote_code: TrustRemoteCodeOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -82,7 +84,7 @@ def mine(
         range_min=range_min, range_max=range_max, absolute_margin=absolute_margin, relative_margin=relative_margin,
         max_score=max_score, min_score=min_score, sampling=sampling, seed=seed, reranker=reranker,
         reranker_threshold=reranker_threshold, output_format=output_format, scores=scores,
-        keep_incomplete=keep_incomplete, cache_dir=cache_dir, index=index, batch_size=batch_size, trust_remote_code=trust_remote_code,
+        keep_incomplete=keep_incomplete, cache_dir=cache_dir, index=index, media_out=media_out, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code,
     )  # fmt: skip
     options.validate()  # before the model loads, and before the progress display imports transformers
     from mmst_cli.core.progress import progress_bars

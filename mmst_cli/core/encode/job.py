@@ -152,9 +152,7 @@ class EncodeOptions:
     @property
     def devices(self) -> list[str]:
         """``--device`` split on commas; empty when not given."""
-        if not self.device:
-            return []
-        return [item.strip() for item in self.device.split(",")]
+        return split_devices(self.device)
 
     def validate(self) -> None:
         """Check the options on their own, before any file or model is read.
@@ -187,8 +185,7 @@ class EncodeOptions:
                 raise MmstError(f"{flag} must be a positive whole number, got {value}")
         if self.decode_workers is not None and self.decode_workers < 0:
             raise MmstError(f"--decode-workers must be 0 or more, got {self.decode_workers}")
-        if self.device is not None and (not self.device.strip() or not all(self.devices)):
-            raise MmstError(f"--device {self.device!r} has an empty entry; write e.g. cuda:0,cuda:1 or cpu,cpu")
+        check_devices(self.device)
         if self.token_pool_factor is not None and self.token_pool_factor < 1:
             raise MmstError(f"--token-pool-factor must be at least 1 (1 keeps every token, 2 about half), got {self.token_pool_factor}")
         if self.media_root is not None and not Path(self.media_root).expanduser().is_dir():
@@ -211,6 +208,23 @@ def int8_ranges(blocks) -> Any:
         minimum = low if minimum is None else np.minimum(minimum, low)
         maximum = high if maximum is None else np.maximum(maximum, high)
     return np.vstack((minimum, maximum)).astype(np.float32)
+
+
+def split_devices(device: str | None) -> list[str]:
+    """``--device`` (``cuda:0``, or several: ``cuda:0,cuda:1``, ``cpu,cpu``) split on commas; empty when ``None``."""
+    return [item.strip() for item in device.split(",")] if device else []
+
+
+def check_devices(device: str | None) -> None:
+    """Refuse a ``--device`` list with an empty entry (``cuda:0,``), before any model loads."""
+    if device is not None and (not device.strip() or not all(split_devices(device))):
+        raise MmstError(f"--device {device!r} has an empty entry; write e.g. cuda:0,cuda:1 or cpu,cpu")
+
+
+def loading_device(devices: list[str]) -> str | None:
+    """Where the model loads: onto its one device, on the CPU for a pool (which copies it from the
+    CPU into each worker), or where Sentence Transformers chooses when no device is given."""
+    return devices[0] if len(devices) == 1 else "cpu" if devices else None
 
 
 class PooledModel:
@@ -358,9 +372,7 @@ def run_encode(
 
     devices = options.devices
     if model is None:
-        # A pool copies the model from the CPU into each worker; one device loads straight onto it.
-        device = devices[0] if len(devices) == 1 else "cpu" if devices else None
-        model = load_model(source, trust_remote_code=options.trust_remote_code, device=device)
+        model = load_model(source, trust_remote_code=options.trust_remote_code, device=loading_device(devices))
     elif len(devices) == 1:
         model.to(devices[0])
     inputs.bind(model)

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from mmst_cli.core.encode.job import PooledModel, check_devices, loading_device, split_devices
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.retrieval.mining_data import (
     MiningSet,
@@ -96,6 +97,10 @@ class MineOptions:
         keep_incomplete: Keep anchors with fewer than ``num_negatives`` negatives (labelled formats).
         cache_dir: Corpus-embedding cache; ``None`` for ``$MMST_CACHE/mine`` or ``~/.cache/mmst/mine``.
         index: One of :data:`INDEXES` (default ``auto``).
+        device: ``None`` lets Sentence Transformers choose; one device (``cuda:0``) or several,
+            comma-separated (``cuda:0,cuda:1``), each an encoding process, as in ``mmst encode``.
+        media_out: Folder for media embedded in the data or corpus (one file per distinct item);
+            ``None`` for ``<output stem>-media`` beside the output.
     """
 
     model: str
@@ -125,6 +130,8 @@ class MineOptions:
     keep_incomplete: bool = False
     cache_dir: str | None = None
     index: str = "auto"
+    media_out: str | None = None
+    device: str | None = None
     batch_size: int = 32
     trust_remote_code: bool = False
 
@@ -146,6 +153,7 @@ class MineOptions:
             raise MmstError("--keep-incomplete needs --format labeled-pair or labeled-list: triplet rows need every negative")
         if self.columns is not None and len(self.columns) != 2:
             raise MmstError(f"--columns takes two columns, anchor,positive; got {','.join(self.columns)}")
+        check_devices(self.device)
         if Path(self.output).suffix.lower() != ".jsonl":
             raise MmstError(f"-o {self.output}: mined rows are written as jsonl; name a .jsonl file")
 
@@ -173,7 +181,9 @@ def _encode(model, values: list[Any], side: str, sampling_rate: int | None, batc
     blocks = []
     for start in range(0, len(values), 1024):
         block = _materialised(values[start : start + 1024], sampling_rate)
-        blocks.append(encode_inputs(model, block, task=side, batch_size=batch_size, on_progress=advance))
+        # A pool's workers decode their own images, as in ``mmst encode``.
+        workers = 0 if isinstance(model, PooledModel) else None
+        blocks.append(encode_inputs(model, block, task=side, batch_size=batch_size, on_progress=advance, decode_workers=workers))
     return np.concatenate(blocks) if blocks else np.empty((0, 0), dtype=np.float32)
 
 
@@ -191,7 +201,9 @@ def _model_identity(source) -> str:
     return f"{location.resolve()}@{newest}"
 
 
-def _cached_corpus_embeddings(model, identity: str, mining: MiningSet, hashes: list[str], options: MineOptions, track: Tracker):
+def _cached_corpus_embeddings(
+    model, sampling_rate: int | None, identity: str, mining: MiningSet, hashes: list[str], options: MineOptions, track: Tracker
+):
     """The documents' embeddings, from the cache when the model and the documents' content match.
 
     Returns:
@@ -206,9 +218,7 @@ def _cached_corpus_embeddings(model, identity: str, mining: MiningSet, hashes: l
         embeddings = np.load(path)
         if embeddings.shape[0] == len(hashes):
             return embeddings, "hit"
-    from mmst_cli.core.models.checkpoints import audio_sampling_rate
-
-    embeddings = _encode(model, mining.documents, "document", audio_sampling_rate(model), options.batch_size, track)
+    embeddings = _encode(model, mining.documents, "document", sampling_rate, options.batch_size, track)
     try:
         with atomic_path(path) as temporary, open(temporary, "wb") as stream:
             np.save(stream, embeddings)
@@ -392,7 +402,8 @@ def run_mining(options: MineOptions, *, track: Tracker = _no_progress) -> dict[s
     # Tables and corpora are checked before the weights load; a BEIR folder's audio needs the model's rate.
     mining = None if retrieval_folder else pair_set(options)
     corpus_size = add_corpus(mining, options) if options.corpus and mining else 0
-    model = load_model(source, trust_remote_code=options.trust_remote_code)
+    devices = split_devices(options.device)
+    model = load_model(source, trust_remote_code=options.trust_remote_code, device=loading_device(devices))
     sampling_rate = audio_sampling_rate(model)
     if mining is None:
         mining = task_set(options, sampling_rate)
@@ -400,8 +411,14 @@ def run_mining(options: MineOptions, *, track: Tracker = _no_progress) -> dict[s
     _check_modalities(model, mining)
     hashes = [content_hash(value) for value in mining.documents]
 
-    query_vectors = _encode(model, mining.anchors, "query", sampling_rate, options.batch_size, track)
-    document_vectors, cache = _cached_corpus_embeddings(model, _model_identity(source), mining, hashes, options, track)
+    pool = model.start_multi_process_pool(devices) if len(devices) > 1 else None
+    try:
+        encoder = model if pool is None else PooledModel(model, pool)
+        query_vectors = _encode(encoder, mining.anchors, "query", sampling_rate, options.batch_size, track)
+        document_vectors, cache = _cached_corpus_embeddings(encoder, sampling_rate, _model_identity(source), mining, hashes, options, track)
+    finally:
+        if pool is not None:
+            model.stop_multi_process_pool(pool)
     similarity = model_similarity(model)
     max_positives = max(len(documents) for documents in mining.relevant.values())
     depth = min(default_range_max(options, max_positives), len(mining.documents))

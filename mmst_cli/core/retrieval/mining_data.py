@@ -6,7 +6,8 @@ made absolute and checked, page references passed through), BEIR and mteb / ViDo
 ``mmst evaluate`` reads them (:mod:`mmst_cli.core.retrieval.tasks`, qrels included), and a corpus
 as ``mmst encode`` reads its inputs (a table column, a ``.txt`` file, a folder of images or audio).
 
-Media stays a reference (a path), so the mined rows name the files the user gave; what a
+Media stays a reference (a path), so the mined rows name the files the user gave (media embedded
+in a table is written out as files first, :mod:`mmst_cli.core.retrieval.mining_media`); what a
 document *is* comes from :func:`content_hash`, so two paths to the same picture are one document.
 """
 
@@ -112,10 +113,28 @@ def content_hash(value: Any) -> str:
     return f"{modality}:{digest.hexdigest()}"
 
 
+def media_folder(options: Any) -> Path:
+    """Where embedded media is written: ``--media-out``, or ``<output stem>-media/`` beside the output."""
+    if options.media_out:
+        return Path(options.media_out).expanduser()
+    output = Path(options.output).expanduser()
+    return output.with_name(output.stem + "-media")
+
+
+def _reference_values(inputs: Any, options: Any) -> list[Any]:
+    """The values of read inputs as references: a column of embedded media is written out as files first."""
+    from mmst_cli.core.encode.inputs import ReferenceInputs
+    from mmst_cli.core.retrieval.mining_media import write_embedded_media
+
+    if isinstance(inputs, ReferenceInputs):
+        return inputs.values
+    return write_embedded_media(inputs, media_folder(options))
+
+
 def pair_set(options: Any) -> MiningSet:
     """Rows of a pair table (``options``: a ``MineOptions``): each column read and checked as ``mmst encode`` reads one."""
     from mmst_cli.core.data.tables import load_table
-    from mmst_cli.core.encode.inputs import ReferenceInputs, read_inputs
+    from mmst_cli.core.encode.inputs import read_inputs
 
     table = load_table(options.data, config=options.data_config, split=options.split)
     columns = options.columns or [name for name in table.column_names if name != options.group_column][:2]
@@ -131,12 +150,7 @@ def pair_set(options: Any) -> MiningSet:
             options.data, column=column, split=options.split, data_config=options.data_config,
             media_root=options.media_root, allow_outside_root=options.allow_outside_root,
         )  # fmt: skip
-        if not isinstance(inputs, ReferenceInputs):
-            raise MmstError(
-                f"column {column!r} of {options.data!r} embeds its media; mmst mine writes media as references "
-                "(paths), so give the media as file paths in the table"
-            )
-        sides.append(inputs.values)
+        sides.append(_reference_values(inputs, options))
     groups = table[options.group_column] if options.group_column else [None] * len(table)
     mining = MiningSet(source=options.data)
     for anchor, positive, group in zip(*sides, groups):
@@ -172,24 +186,20 @@ def task_set(options: Any, sampling_rate: int | None) -> MiningSet:
 
 def add_corpus(mining: MiningSet, options: Any) -> int:
     """Add ``--corpus`` documents (checked like ``mmst encode`` inputs); returns how many it held."""
-    from mmst_cli.core.encode.inputs import ReferenceInputs, read_inputs
+    from mmst_cli.core.encode.inputs import read_inputs
 
     inputs = read_inputs(
         options.corpus, column=options.corpus_column, media_root=options.media_root,
         allow_outside_root=options.allow_outside_root,
     )  # fmt: skip
-    if not isinstance(inputs, ReferenceInputs):
-        raise MmstError(
-            f"--corpus {options.corpus!r} embeds its media; mmst mine writes media as references (paths), "
-            "so give the media as file paths"
-        )
-    groups: list[Any] = [None] * len(inputs.values)
+    values = _reference_values(inputs, options)
+    groups: list[Any] = [None] * len(values)
     if options.group_column and inputs.column is not None:
         from mmst_cli.core.data.tables import load_table
 
         table = load_table(options.corpus)
         if options.group_column in table.column_names:
             groups = table[options.group_column]
-    for value, group in zip(inputs.values, groups):
+    for value, group in zip(values, groups):
         mining.document(value, group)
-    return len(inputs.values)
+    return len(values)

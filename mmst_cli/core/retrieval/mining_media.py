@@ -1,0 +1,99 @@
+"""Embedded media written out as files, so that ``mmst mine``'s rows can name it.
+
+Mined rows reference media (paths relative to the output) rather than carry bytes, so a table or
+dataset that embeds its images or audio (HF ``Image`` / ``Audio`` cells with bytes, or a binary
+column) has each item written once into a media folder beside the output, named by the SHA-1 of
+its bytes: the same picture in two rows (or two runs) is one file, and the file's name is its
+content hash, which is also what tells mined documents apart
+(:func:`mmst_cli.core.retrieval.mining_data.content_hash`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+from mmst_cli.core.errors import MmstError
+
+#: The file extension of each format Pillow (images) or soundfile (audio) recognises in the bytes.
+IMAGE_FORMAT_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tiff", "WEBP": ".webp"}
+AUDIO_FORMAT_EXTENSIONS = {"WAV": ".wav", "FLAC": ".flac", "OGG": ".ogg", "MP3": ".mp3"}
+
+
+def media_extension(data: bytes) -> str | None:
+    """The extension of the image or audio format of ``data`` (sniffed, not taken from a name), or ``None``."""
+    import soundfile
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return IMAGE_FORMAT_EXTENSIONS.get(image.format or "")
+    except (UnidentifiedImageError, OSError):
+        pass
+    try:
+        return AUDIO_FORMAT_EXTENSIONS.get(soundfile.info(io.BytesIO(data)).format)
+    except (RuntimeError, soundfile.LibsndfileError):
+        return None
+
+
+def _cell_bytes(cell: Any) -> bytes | None:
+    """The bytes of an undecoded HF Image / Audio cell (``{"bytes", "path"}``) or of a binary cell."""
+    if isinstance(cell, dict):
+        return cell.get("bytes")
+    return cell if isinstance(cell, (bytes, bytearray)) else None
+
+
+def write_embedded_media(inputs: Any, folder: Path) -> list[str]:
+    """Write each media item of a dataset column once into ``folder``; return the checked file paths.
+
+    Args:
+        inputs: :class:`~mmst_cli.core.encode.inputs.FeatureInputs` of an Image, Audio or binary column.
+        folder: Where the files go (created when missing); each is named ``<sha1 of its bytes><ext>``,
+            written to a temporary name and renamed, and left alone when it is already there. The
+            names are hashes, so nothing is written outside ``folder``.
+
+    Returns:
+        One absolute path per row, in row order, as :func:`~mmst_cli.core.encode.inputs.read_inputs`
+        gives media paths (images a processor cannot read are converted as everywhere else).
+
+    Raises:
+        MmstError: naming the row, for a video frame list, a cell without bytes, or bytes that are
+            neither an image nor audio mmst reads.
+    """
+    import datasets
+
+    from mmst_cli.core.data.media import classify_string, processor_readable_image
+    from mmst_cli.core.outputs import atomic_path
+
+    table, column = inputs.table, inputs.column
+    feature = table.features[column]
+    where = f"{inputs.source!r}, column {column!r}"
+    if isinstance(feature, datasets.Image):
+        table = table.cast_column(column, datasets.Image(decode=False))
+    elif isinstance(feature, datasets.Audio):
+        table = table.cast_column(column, datasets.Audio(decode=False))
+    elif not (isinstance(feature, datasets.Value) and feature.dtype in ("binary", "large_binary")):
+        raise MmstError(f"{where} holds video frames; mmst mine writes images and audio only, so give video as file paths")
+    if folder.exists() and not folder.is_dir():
+        raise MmstError(f"--media-out {folder}: it is a file; name a folder for the embedded media")
+    paths: list[str] = []
+    for row, cell in enumerate(table[column]):
+        data = _cell_bytes(cell)
+        if not data:
+            raise MmstError(
+                f"{where}, row {row + 1}: the cell holds no bytes; give media that lives in files as file paths in a text column"
+            )
+        extension = media_extension(data)
+        if extension is None:
+            raise MmstError(f"{where}, row {row + 1}: the bytes are neither an image nor audio mmst reads (png, jpeg, wav, flac, ...)")
+        path = (folder / (hashlib.sha1(data).hexdigest() + extension)).resolve()
+        if not path.is_file():
+            with atomic_path(path) as temporary:
+                temporary.write_bytes(data)
+        report = classify_string(str(path))  # the checks every media path passes (it decodes, audio is long enough)
+        if report.problem:
+            raise MmstError(f"{where}, row {row + 1}: {report.problem}")
+        paths.append(str(processor_readable_image(path) if report.modality == "image" else path))
+    return paths
