@@ -175,6 +175,33 @@ def test_embedded_images_are_written_once_by_content_and_the_rows_train(tmp_path
     assert_one_line_error(refused, 2, "column 'blob', row 1", "neither an image nor audio")
 
 
+def test_a_vidore_style_folder_with_embedded_pages_is_mined_into_files(tmp_path, tiny_models):
+    """mteb / ViDoRe parts reach mining decoded: their images are written once as PNG, by content."""
+    import datasets
+    from PIL import Image
+
+    folder = tmp_path / "vidore"
+    folder.mkdir()
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
+    pages = [Image.new("RGB", (32, 32), colour) for colour in colours] + [Image.new("RGB", (32, 32), colours[0])]
+    datasets.Dataset.from_dict(
+        {"corpus-id": [f"p{i}" for i in range(5)], "image": pages},  # p4 is p0's picture again
+        features=datasets.Features({"corpus-id": datasets.Value("string"), "image": datasets.Image()}),
+    ).to_parquet(folder / "corpus.parquet")
+    datasets.Dataset.from_dict({"query-id": ["q0", "q1"], "query": ["the red page", "the green page"]}).to_parquet(folder / "queries.parquet")
+    datasets.Dataset.from_dict({"query-id": ["q0", "q1"], "corpus-id": ["p0", "p1"], "score": [1, 1]}).to_parquet(folder / "qrels.parquet")
+    output = tmp_path / "mined.jsonl"
+    summary = run_json("mine", "--model", str(tiny_models["clip"]), "--data", str(folder), "--split", "train",
+                       "--num-negatives", "3", "--cache-dir", str(tmp_path / "cache"), "-o", str(output))  # fmt: skip
+    written = sorted((tmp_path / "mined-media").iterdir())
+    assert len(written) == 4 and summary["documents"] == 4  # the repeated picture is one file and one document
+    rows = read_rows(output)
+    assert [row["anchor"] for row in rows] == ["the red page", "the green page"]
+    for row in rows:
+        assert (tmp_path / row["positive"]).is_file() and row["positive"] not in negatives_of(row)
+    assert Image.open(tmp_path / rows[0]["positive"]).getpixel((0, 0)) == colours[0]
+
+
 def test_pdf_pages_stay_page_references_and_a_copied_pdf_is_caught(tmp_path, tiny_models):
     write_text_pdf(tmp_path / "docs" / "report.pdf", ["alpha page", "beta page", "gamma page"])
     shutil.copy(tmp_path / "docs" / "report.pdf", tmp_path / "docs" / "copy.pdf")

@@ -167,12 +167,8 @@ def task_set(options: Any, sampling_rate: int | None) -> MiningSet:
         allow_outside_root=options.allow_outside_root,
     )  # fmt: skip
     task = load_retrieval_task(options.data, split=options.split or "train", config=options.data_config, media=media)
-    embedded = next((value for value in (*task.queries.values(), *task.corpus.values()) if not isinstance(value, str)), None)
-    if embedded is not None:
-        raise MmstError(
-            f"data {options.data!r} embeds its media ({type(embedded).__name__}); mmst mine writes media as "
-            "references (paths), so give the corpus and queries with file paths"
-        )
+    _write_decoded_media(task.queries, "query", options)
+    _write_decoded_media(task.corpus, "document", options)
     mining = MiningSet(source=options.data, notes=list(task.warnings))
     for value in task.corpus.values():
         mining.document(value)
@@ -182,6 +178,17 @@ def task_set(options: Any, sampling_rate: int | None) -> MiningSet:
                 mining.add_row(task.queries[query_id], task.corpus[doc_id])
         # Documents judged 0 (not relevant) stay candidates, the hardest ones there are.
     return mining
+
+
+def _write_decoded_media(items: dict[str, Any], part: str, options: Any) -> None:
+    """Replace decoded images and audio (as BEIR and mteb / ViDoRe folders hold them) by files in
+    the media folder, in place, so that the mined rows can name them; references stay as they are."""
+    from mmst_cli.core.data.documents import PdfPage
+    from mmst_cli.core.retrieval.mining_media import write_decoded_media
+
+    for item_id, value in items.items():
+        if not isinstance(value, (str, PdfPage)):
+            items[item_id] = write_decoded_media(value, media_folder(options), f"{options.data!r}, {part} {item_id!r}")
 
 
 def add_corpus(mining: MiningSet, options: Any) -> int:

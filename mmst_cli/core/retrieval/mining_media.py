@@ -64,9 +64,6 @@ def write_embedded_media(inputs: Any, folder: Path) -> list[str]:
     """
     import datasets
 
-    from mmst_cli.core.data.media import classify_string, processor_readable_image
-    from mmst_cli.core.outputs import atomic_path
-
     table, column = inputs.table, inputs.column
     feature = table.features[column]
     where = f"{inputs.source!r}, column {column!r}"
@@ -76,8 +73,6 @@ def write_embedded_media(inputs: Any, folder: Path) -> list[str]:
         table = table.cast_column(column, datasets.Audio(decode=False))
     elif not (isinstance(feature, datasets.Value) and feature.dtype in ("binary", "large_binary")):
         raise MmstError(f"{where} holds video frames; mmst mine writes images and audio only, so give video as file paths")
-    if folder.exists() and not folder.is_dir():
-        raise MmstError(f"--media-out {folder}: it is a file; name a folder for the embedded media")
     paths: list[str] = []
     for row, cell in enumerate(table[column]):
         data = _cell_bytes(cell)
@@ -88,12 +83,53 @@ def write_embedded_media(inputs: Any, folder: Path) -> list[str]:
         extension = media_extension(data)
         if extension is None:
             raise MmstError(f"{where}, row {row + 1}: the bytes are neither an image nor audio mmst reads (png, jpeg, wav, flac, ...)")
-        path = (folder / (hashlib.sha1(data).hexdigest() + extension)).resolve()
-        if not path.is_file():
-            with atomic_path(path) as temporary:
-                temporary.write_bytes(data)
-        report = classify_string(str(path))  # the checks every media path passes (it decodes, audio is long enough)
-        if report.problem:
-            raise MmstError(f"{where}, row {row + 1}: {report.problem}")
-        paths.append(str(processor_readable_image(path) if report.modality == "image" else path))
+        paths.append(_store(data, extension, folder, f"{where}, row {row + 1}"))
     return paths
+
+
+def write_decoded_media(value: Any, folder: Path, where: str) -> str:
+    """Write one decoded image (PIL) or audio clip (``{"array", "sampling_rate"}``) into ``folder``.
+
+    BEIR and mteb / ViDoRe folders reach mining already decoded, so their media is encoded again,
+    as PNG or WAV (lossless, and the same pixels or samples always give the same bytes, so the
+    same item is one file and one document however often it appears).
+
+    Args:
+        value: The decoded item.
+        folder: Where the file goes, named ``<sha1 of its bytes><ext>`` (see :func:`write_embedded_media`).
+        where: The item's place in the data, for messages.
+
+    Returns:
+        The checked file path.
+    """
+    import numpy as np
+    import soundfile
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    if isinstance(value, Image.Image):
+        value.save(buffer, format="PNG")
+        extension = ".png"
+    elif isinstance(value, dict) and "array" in value and "sampling_rate" in value:
+        soundfile.write(buffer, np.asarray(value["array"], dtype="float32"), int(value["sampling_rate"]), format="WAV")
+        extension = ".wav"
+    else:
+        raise MmstError(f"{where}: {type(value).__name__} media cannot be written as a file; give images or audio")
+    return _store(buffer.getvalue(), extension, folder, where)
+
+
+def _store(data: bytes, extension: str, folder: Path, where: str) -> str:
+    """``data`` as ``folder/<sha1><extension>`` (written atomically once), passed through mmst's media checks."""
+    from mmst_cli.core.data.media import classify_string, processor_readable_image
+    from mmst_cli.core.outputs import atomic_path
+
+    if folder.exists() and not folder.is_dir():
+        raise MmstError(f"--media-out {folder}: it is a file; name a folder for the embedded media")
+    path = (folder / (hashlib.sha1(data).hexdigest() + extension)).resolve()
+    if not path.is_file():
+        with atomic_path(path) as temporary:
+            temporary.write_bytes(data)
+    report = classify_string(str(path))  # the checks every media path passes (it decodes, audio is long enough)
+    if report.problem:
+        raise MmstError(f"{where}: {report.problem}")
+    return str(processor_readable_image(path) if report.modality == "image" else path)
