@@ -215,6 +215,15 @@ def test_pdf_pages_stay_page_references_and_a_copied_pdf_is_caught(tmp_path, tin
         page = row["positive"].split("#")[1]
         assert row["positive"].startswith("docs/report.pdf#page=") and f"docs/copy.pdf#{page}" not in negatives_of(row)
         assert all(negative.startswith("docs/") and "#page=" in negative for negative in negatives_of(row))
+    # The same PDFs as the corpus of a BEIR folder (queries.jsonl and qrels on page ids).
+    (tmp_path / "docs" / "qrels").mkdir()
+    (tmp_path / "docs" / "queries.jsonl").write_text('{"_id": "q1", "text": "alpha"}\n')
+    (tmp_path / "docs" / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\treport.pdf#page=1\t1\n")
+    run_json("mine", "--model", str(tiny_models["clip"]), "--data", str(tmp_path / "docs"), "--num-negatives", "2",
+             "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "from-folder.jsonl"))  # fmt: skip
+    (row,) = read_rows(tmp_path / "from-folder.jsonl")
+    assert row["positive"] == "docs/report.pdf#page=1" and "docs/copy.pdf#page=1" not in negatives_of(row)
+    assert all("#page=" in negative for negative in negatives_of(row))
 
 
 def test_audio_copies_are_caught_by_content(tmp_path, tiny_models):
