@@ -56,6 +56,9 @@ def test_missing_data_and_unknown_names(tmp_path, tiny_models, text_pairs):
     assert_one_line_error(run_mmst("train-embed", "--freeze", "video"), 2, "not a tower")
     assert_one_line_error(run_mmst("encode", str(text_pairs), "-o", str(tmp_path / "x.bin")), 2)
     assert_one_line_error(run_mmst("detect", "no-such-owner/no-such-model"), 2, "offline")
+    columns = next(iter(json.loads(text_pairs.read_text().splitlines()[0])))
+    repeated = _train(tiny_models, text_pairs, tmp_path / "o", "--columns", f"{columns},{columns}")
+    assert_one_line_error(repeated, 2, f"--columns names {columns!r} twice")
 
 
 def test_media_that_escapes_the_data_folder_is_refused(tmp_path, tiny_models):

@@ -227,11 +227,13 @@ def test_text_column_for_an_image_only_route_is_refused(tmp_path, tiny_models):
     assert_one_line_error(result, 2, "column 'query' holds text", "the model takes audio")
 
 
-def test_two_process_ddp_run_completes(tmp_path, colour_pairs, tiny_models):
+@pytest.mark.parametrize("model, extra", [("clip", []), ("bert", ["--multi-vector", "--dim", "8"])], ids=["single-vector", "multi-vector"])
+def test_two_process_ddp_run_completes(tmp_path, colour_pairs, tiny_models, model, extra):
     torchrun = Path(sys.executable).with_name("torchrun")
+    data = colour_pairs if model == "clip" else write_text_pairs(tmp_path / "text", count=8)
     command = [str(torchrun), "--nproc_per_node", "2", "-m", "mmst_cli", "train-embed",
-               "--model", str(tiny_models["clip"]), "--data", str(colour_pairs), "--max-steps", "2",
-               "--batch-size", "2", "--loss", "mnrl", "--output-dir", str(tmp_path / "ddp"), "--json"]  # fmt: skip
+               "--model", str(tiny_models[model]), "--data", str(data), "--max-steps", "2",
+               "--batch-size", "2", "--loss", "mnrl", "--output-dir", str(tmp_path / "ddp"), "--json", *extra]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600,
                             env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -180,6 +180,9 @@ def select_columns(table, columns: list[str] | None, source: str):
     missing = [name for name in columns if name not in existing]
     if missing:
         raise MmstError(f"data {source!r} has no column {missing[0]!r}; its columns are {existing}; fix --columns")
+    repeated = sorted({name for name in columns if columns.count(name) > 1})
+    if repeated:
+        raise MmstError(f"--columns names {repeated[0]!r} twice; each column of {source!r} can take one place (anchor, positive, negatives)")
     if len(columns) < 2:
         raise MmstError(
             f"data {source!r} needs at least two columns (anchor, positive), found {columns}; pass --columns"
