@@ -15,10 +15,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mmst_cli"
 
 #: Height of each layer: a module may import its own layer or a lower one, never a higher one.
 LAYERS = {
-    "mmst_cli.cli": 6,
-    "mmst_cli.testing": 6,
-    "mmst_cli.__main__": 6,
-    "mmst_cli.core.train": 5,
+    "mmst_cli.cli": 7,
+    "mmst_cli.testing": 7,
+    "mmst_cli.__main__": 7,
+    "mmst_cli.core.train": 6,
+    "mmst_cli.core.index": 5,
+    "mmst_cli.core.report": 5,
     "mmst_cli.core.retrieval": 4,
     "mmst_cli.core.encode": 3,
     "mmst_cli.core.models": 2,
