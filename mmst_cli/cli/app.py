@@ -20,7 +20,9 @@ from mmst_cli import __version__
 from mmst_cli.cli.detect import detect
 from mmst_cli.cli.encode import encode
 from mmst_cli.cli.evaluate import evaluate
+from mmst_cli.cli.index import index
 from mmst_cli.cli.mine import mine
+from mmst_cli.cli.search import search
 from mmst_cli.cli.train_embed import train_embed
 from mmst_cli.cli.train_rerank import train_rerank
 from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, MmstError, storage_failure
@@ -62,6 +64,8 @@ app.command("detect", cls=MmstCommand, rich_help_panel="Inspect")(detect)
 app.command("train-embed", cls=MmstCommand, rich_help_panel="Train")(train_embed)
 app.command("train-rerank", cls=MmstCommand, rich_help_panel="Train")(train_rerank)
 app.command("encode", cls=MmstCommand, rich_help_panel="Use")(encode)
+app.command("index", cls=MmstCommand, rich_help_panel="Use")(index)
+app.command("search", cls=MmstCommand, rich_help_panel="Use")(search)
 app.command("evaluate", cls=MmstCommand, rich_help_panel="Evaluate")(evaluate)
 app.command("mine", cls=MmstCommand, rich_help_panel="Train")(mine)
 

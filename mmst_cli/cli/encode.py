@@ -35,7 +35,17 @@ import typer
 
 from mmst_cli.cli.options import (
     AllowOutsideRootOption,
+    ChunkSizeOption,
+    DecodeWorkersOption,
+    EncodeDeviceOption,
+    EncodePromptOption,
+    InputColumnOption,
+    InputDataConfigOption,
+    InputIdColumnOption,
+    InputMediaRootOption,
+    InputSplitOption,
     JsonOption,
+    MatryoshkaDimOption,
     PdfDpiOption,
     PdfPasswordOption,
     PdfTextOption,
@@ -47,18 +57,17 @@ from mmst_cli.cli.output import console, emit
 from mmst_cli.core.data.documents import DEFAULT_PDF_DPI
 from mmst_cli.core.errors import MmstError
 
-INPUT = "Input"
 MODEL = "Model"
 OUTPUT = "Output"
 
 
 def encode(
     inputs: Annotated[str, typer.Argument(help="jsonl/csv/parquet/txt file, PDF file (report.pdf, report.pdf#page=2-5), folder of images, audio or PDFs, save_to_disk folder, Hub dataset id, or - for stdin (one text or media path per line).", show_default=False)],
-    column: Annotated[str | None, typer.Option("--column", "-c", help="Table column to embed. Default: the only content column, else the first of input, text, sentence, content, image, audio, path, file.", rich_help_panel=INPUT, show_default=False)] = None,
-    id_column: Annotated[str | None, typer.Option(help="Table column of ids. Default: the 0-based row number (folders: relative paths; line inputs: 0-based position).", rich_help_panel=INPUT, show_default=False)] = None,
-    split: Annotated[str | None, typer.Option(help="Split of a dataset folder or Hub dataset. Default: train.", rich_help_panel=INPUT, show_default=False)] = None,
-    data_config: Annotated[str | None, typer.Option(help="Hub dataset configuration.", rich_help_panel=INPUT, show_default=False)] = None,
-    media_root: Annotated[str | None, typer.Option(help="Folder that relative media paths resolve against. Default: the input file's folder (stdin, Hub: the current folder).", rich_help_panel=INPUT, show_default=False)] = None,
+    column: InputColumnOption = None,
+    id_column: InputIdColumnOption = None,
+    split: InputSplitOption = None,
+    data_config: InputDataConfigOption = None,
+    media_root: InputMediaRootOption = None,
     allow_outside_root: AllowOutsideRootOption = False,
     skip_bad: SkipBadOption = False,
     pdf_dpi: PdfDpiOption = DEFAULT_PDF_DPI,
@@ -66,18 +75,18 @@ def encode(
     pdf_text: PdfTextOption = False,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model folder or Hub id. Default: the embedded MiniLM + EfficientNet-Lite0 Router.", rich_help_panel=MODEL, show_default=False)] = None,
     task: Annotated[str | None, typer.Option(help="query or document: use the model's encode_query / encode_document (their prompts and routes). Default: plain encode.", rich_help_panel=MODEL, show_default=False)] = None,
-    prompt: Annotated[str | None, typer.Option(help="Text prepended to every text input (overrides the task's prompt).", rich_help_panel=MODEL, show_default=False)] = None,
+    prompt: EncodePromptOption = None,
     batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.", rich_help_panel=MODEL)] = 32,
-    device: Annotated[str | None, typer.Option(help="cuda:0, cpu, ...; several, comma-separated (cuda:0,cuda:1 or cpu,cpu), start one encoding process each. Default: chosen by Sentence Transformers.", rich_help_panel=MODEL, show_default=False)] = None,
+    device: EncodeDeviceOption = None,
     trust_remote_code: TrustRemoteCodeOption = False,
     token_pool_factor: TokenPoolFactorOption = None,
-    decode_workers: Annotated[int | None, typer.Option(help="Threads decoding image files ahead of the model (hides decoding behind the forward pass; helps most for large photos and on GPUs); 0 lets the model decode them. Default: one per core, at most 4.", rich_help_panel=MODEL, show_default=False)] = None,
+    decode_workers: DecodeWorkersOption = None,
     output: Annotated[str, typer.Option("--output", "-o", help="Output file: .npy, .parquet, .jsonl or .safetensors (or see --format); - streams jsonl to stdout.", rich_help_panel=OUTPUT, show_default=False)] = ...,
     output_format: Annotated[str | None, typer.Option("--format", help="npy, parquet, jsonl or safetensors. Default: the output's extension.", rich_help_panel=OUTPUT, show_default=False)] = None,
-    dim: Annotated[int | None, typer.Option(help="Keep the first N dimensions (Matryoshka truncation). Default: all.", rich_help_panel=OUTPUT, show_default=False)] = None,
+    dim: MatryoshkaDimOption = None,
     normalize: Annotated[bool, typer.Option(help="L2-normalise the vectors (after --dim).", rich_help_panel=OUTPUT)] = False,
     precision: Annotated[str, typer.Option(help="float32, float16 (cast), int8 (per-dimension ranges over this run) or ubinary (1 bit per dimension, packed into bytes).", rich_help_panel=OUTPUT)] = "float32",
-    chunk_size: Annotated[int, typer.Option(help="Rows encoded and saved as one resumable part at a time.", rich_help_panel=OUTPUT)] = 4096,
+    chunk_size: ChunkSizeOption = 4096,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run: finished chunks (kept in .<output>.parts/) are not recomputed.", rich_help_panel=OUTPUT)] = False,
     json_output: JsonOption = False,
 ) -> None:

@@ -145,6 +145,50 @@ PdfTextOption = Annotated[
 ]
 
 
+# What encode and index read: every input form of mmst encode (tables, folders, PDFs, datasets).
+INPUT_PANEL = "Input"
+InputColumnOption = Annotated[
+    str | None,
+    typer.Option("--column", "-c", help="Table column to embed. Default: the only content column, else the first of input, text, sentence, content, image, audio, path, file.", rich_help_panel=INPUT_PANEL, show_default=False),
+]
+InputIdColumnOption = Annotated[
+    str | None,
+    typer.Option(help="Table column of ids. Default: the 0-based row number (folders: relative paths; line inputs: 0-based position).", rich_help_panel=INPUT_PANEL, show_default=False),
+]
+InputSplitOption = Annotated[
+    str | None,
+    typer.Option(help="Split of a dataset folder or Hub dataset. Default: train.", rich_help_panel=INPUT_PANEL, show_default=False),
+]
+InputDataConfigOption = Annotated[
+    str | None, typer.Option(help="Hub dataset configuration.", rich_help_panel=INPUT_PANEL, show_default=False)
+]
+InputMediaRootOption = Annotated[
+    str | None,
+    typer.Option(help="Folder that relative media paths resolve against. Default: the input file's folder (stdin, Hub: the current folder).", rich_help_panel=INPUT_PANEL, show_default=False),
+]
+# How encode and index embed.
+EncodePromptOption = Annotated[
+    str | None,
+    typer.Option(help="Text prepended to every text input (overrides the task's prompt).", rich_help_panel=MODEL_PANEL, show_default=False),
+]
+EncodeDeviceOption = Annotated[
+    str | None,
+    typer.Option(help="cuda:0, cpu, ...; several, comma-separated (cuda:0,cuda:1 or cpu,cpu), start one encoding process each. Default: chosen by Sentence Transformers.", rich_help_panel=MODEL_PANEL, show_default=False),
+]
+DecodeWorkersOption = Annotated[
+    int | None,
+    typer.Option(help="Threads decoding image files ahead of the model (hides decoding behind the forward pass; helps most for large photos and on GPUs); 0 lets the model decode them. Default: one per core, at most 4.", rich_help_panel=MODEL_PANEL, show_default=False),
+]
+OUTPUT_PANEL = "Output"
+MatryoshkaDimOption = Annotated[
+    int | None,
+    typer.Option(help="Keep the first N dimensions (Matryoshka truncation). Default: all.", rich_help_panel=OUTPUT_PANEL, show_default=False),
+]
+ChunkSizeOption = Annotated[
+    int, typer.Option(help="Rows encoded and saved as one resumable part at a time.", rich_help_panel=OUTPUT_PANEL)
+]
+
+
 DataConfigOption = Annotated[
     str | None, typer.Option(help="Hub dataset configuration.", rich_help_panel=DATA_PANEL, show_default=False)
 ]

@@ -91,6 +91,16 @@ class EncodeInputs:
         """The inputs of rows ``start`` to ``stop`` (exclusive), as ``model.encode`` takes them."""
         raise NotImplementedError
 
+    def sources(self) -> list[tuple[str | None, str | None, str]]:
+        """Per row ``(media reference, text, modality)``: the file as given, made absolute
+        (``/a/b.pdf#page=3``), ``None`` for text and dataset media; the row's text (a page's with
+        ``--pdf-text``), ``None`` for media. ``mmst index`` keeps them: search never reads the corpus."""
+        raise NotImplementedError
+
+    def subset(self, rows: Sequence[int]) -> EncodeInputs:
+        """These inputs restricted to ``rows`` (ascending), fingerprinted anew (for ``mmst index --add``)."""
+        raise NotImplementedError
+
 
 @dataclass
 class ReferenceInputs(EncodeInputs):
@@ -104,11 +114,16 @@ class ReferenceInputs(EncodeInputs):
         values: One value per row: the text, the absolute path of the media file, or a PDF page.
         audio_rows: Rows whose value is an audio file path.
         sampling_rate: The model's audio rate (set by :meth:`bind`).
+        references: Per row, the media file as given, made absolute (``/a/b.pdf#page=3`` for a
+            page; an image may be encoded from a converted copy), or ``None`` for text.
+        row_modalities: Per row, the modality it is embedded as (``text`` for ``--pdf-text`` pages).
     """
 
     values: list[Any] = field(default_factory=list)
     audio_rows: set[int] = field(default_factory=set)
     sampling_rate: int | None = None
+    references: list[str | None] = field(default_factory=list)
+    row_modalities: list[str] = field(default_factory=list)
 
     def bind(self, model) -> None:
         super().bind(model)
@@ -135,6 +150,29 @@ class ReferenceInputs(EncodeInputs):
                 value = {"array": array, "sampling_rate": self.sampling_rate}
             batch.append(value)
         return batch
+
+    def sources(self) -> list[tuple[str | None, str | None, str]]:
+        return [
+            (reference, value if modality == "text" else None, modality)
+            for reference, value, modality in zip(self.references, self.values, self.row_modalities)
+        ]
+
+    def subset(self, rows: Sequence[int]) -> ReferenceInputs:
+        kept_ids = [self.ids[row] for row in rows]
+        id_set = set(kept_ids)
+        new_row = {row: position for position, row in enumerate(rows)}
+        modalities: dict[str, int] = {}
+        for row in rows:
+            modalities[self.row_modalities[row]] = modalities.get(self.row_modalities[row], 0) + 1
+        values = [self.values[row] for row in rows]
+        return ReferenceInputs(
+            source=self.source, ids=kept_ids, modalities=modalities,
+            first_rows={name: label for name, label in self.first_rows.items() if name in modalities},
+            fingerprint=_fingerprint(kept_ids, values), column=self.column, notes=[], skipped=self.skipped,
+            pdf_pages=[page for page in self.pdf_pages if page["id"] in id_set], values=values,
+            audio_rows={new_row[row] for row in self.audio_rows if row in new_row}, sampling_rate=self.sampling_rate,
+            references=[self.references[row] for row in rows], row_modalities=[self.row_modalities[row] for row in rows],
+        )  # fmt: skip
 
 
 @dataclass
@@ -178,6 +216,18 @@ class FeatureInputs(EncodeInputs):
             else cell
             for cell in batch
         ]
+
+    def sources(self) -> list[tuple[str | None, str | None, str]]:
+        modality = type(self.table.features[self.column]).__name__.lower()  # Image, Audio; else bytes or frames
+        return [(None, None, modality if modality in ("image", "audio") else "media")] * self.count
+
+    def subset(self, rows: Sequence[int]) -> FeatureInputs:
+        table = self.table.select(list(rows))
+        ids = [self.ids[row] for row in rows]
+        return FeatureInputs(
+            source=self.source, ids=ids, fingerprint=_fingerprint(ids, [str(getattr(table, "_fingerprint", "")), self.column]),
+            column=self.column, table=table, media_root=self.media_root, allow_outside_root=self.allow_outside_root,
+        )  # fmt: skip
 
 
 def _fingerprint(*sequences: Sequence[Any]) -> str:
@@ -234,7 +284,7 @@ def _check_references(
             problems.append(f"{labels(row)}: {kind}")
             continue
         report = classify_string(value, root, confine_to, pdf.render)
-        modality = str(report.modality)
+        modality, reference = str(report.modality), None
         if report.source == "url":
             problems.append(f"{labels(row)}: {value[:80]}: remote media is not downloaded by mmst encode; "
                             "download it and pass the local path")
@@ -249,13 +299,14 @@ def _check_references(
                 "id": ids[row], "file": value.rpartition("#")[0], "page": page.number, "width_pt": width,
                 "height_pt": height,
             })  # fmt: skip
-            value = page
+            value, reference = page, f"{page.path}#page={page.number}"
             if pdf.text:
                 value, modality = page.text(), "text"
                 textless += not value
         elif report.source == "file":
             path = Path(value).expanduser()
             path = (path if path.is_absolute() else root / path).resolve()
+            reference = str(path)
             if modality == "image":
                 path = processor_readable_image(path)
             elif modality == "audio":
@@ -263,6 +314,8 @@ def _check_references(
             value = str(path)
         inputs.ids.append(ids[row])
         inputs.values.append(value)
+        inputs.references.append(reference)
+        inputs.row_modalities.append(modality)
         inputs.modalities[modality] = inputs.modalities.get(modality, 0) + 1
         inputs.first_rows.setdefault(modality, labels(row))
     if problems:

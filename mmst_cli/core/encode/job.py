@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mmst_cli.core.data.documents import DEFAULT_PDF_DPI, RenderSettings
-from mmst_cli.core.encode.inputs import PdfOptions, read_inputs
+from mmst_cli.core.encode.inputs import EncodeInputs, PdfOptions, read_inputs
 from mmst_cli.core.encode.parts import MANIFEST_VERSION, Parts
 from mmst_cli.core.encode.writers import (
     JsonlWriter,
@@ -307,6 +307,7 @@ def run_encode(
     model=None,
     on_chunk: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    inputs: EncodeInputs | None = None,
 ) -> EncodeResult:
     """Run ``mmst encode``: read and check the inputs, encode them in chunks, write the output.
 
@@ -321,6 +322,8 @@ def run_encode(
         on_chunk: Called with each chunk's index after it is encoded and saved (a hook for tests and
             callers that want to stop early: raising there leaves the finished parts for ``--resume``).
         log: Where notes for the user go; default: stderr.
+        inputs: Inputs already read (and perhaps narrowed, as ``mmst index --add`` does) to encode
+            instead of reading ``options.inputs``, which then only names them; ``None`` reads them.
 
     Returns:
         An :class:`EncodeResult`.
@@ -349,7 +352,7 @@ def run_encode(
     log = log or (lambda line: sys.stderr.write(line + "\n"))
     options.validate()
     source = locate_model(options.model)
-    inputs = read_inputs(
+    inputs = inputs or read_inputs(
         options.inputs,
         column=options.column,
         id_column=options.id_column,

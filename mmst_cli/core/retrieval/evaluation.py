@@ -224,8 +224,6 @@ def rerank(
     track: Tracker = _no_progress,
 ) -> StageResult:
     """Re-score each query's top ``top_k`` first-stage documents with a reranker (CrossEncoder)."""
-    import torch
-
     pairs, keys = [], []
     for qid, ranked in first_stage.items():
         best = sorted(ranked.items(), key=lambda item: (-item[1], item[0]))[:top_k]
@@ -235,8 +233,21 @@ def rerank(
                 document = str(page_image_file(document))
             pairs.append((task.queries[qid], document))
             keys.append((qid, doc_id))
+    scores = predict_pairs(reranker, pairs, batch_size=batch_size, track=track)
+    run: dict[str, dict[str, float]] = {}
+    for (qid, doc_id), score in zip(keys, scores):
+        run.setdefault(qid, {})[doc_id] = float(score)
+    return score_run(
+        f"rerank top {top_k}", run, task, ks, skip_queries_without_relevant=skip_queries_without_relevant
+    )
+
+
+def predict_pairs(reranker, pairs: list[tuple[Any, Any]], *, batch_size: int = 32, track: Tracker = _no_progress) -> list[float]:
+    """A reranker's raw score of each ``(query, document)`` pair, 1024 pairs per call."""
+    import torch
+
     advance = track("reranking", len(pairs))
-    scores = []
+    scores: list[float] = []
     for start in range(0, len(pairs), 1024):
         chunk = pairs[start : start + 1024]
         # Raw scores: a sigmoid saturates to exactly 1.0 in float32 for confident pairs and makes ties.
@@ -246,12 +257,7 @@ def rerank(
         )  # fmt: skip
         scores.extend(np.asarray(predicted, dtype=np.float32).reshape(len(chunk), -1)[:, 0].tolist())
         advance(len(chunk))
-    run: dict[str, dict[str, float]] = {}
-    for (qid, doc_id), score in zip(keys, scores):
-        run.setdefault(qid, {})[doc_id] = float(score)
-    return score_run(
-        f"rerank top {top_k}", run, task, ks, skip_queries_without_relevant=skip_queries_without_relevant
-    )
+    return scores
 
 
 def load_reranker_for(reference: str, sides: Mapping[str, Iterable[Any]], source: str, *, trust_remote_code: bool = False):

@@ -14,7 +14,7 @@ time; comparing metrics with and without it measures what the smaller index cost
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -76,38 +76,65 @@ def maxsim_search(
     Returns:
         ``(scores, indices, tokens)``: two ``(queries, k')`` arrays, and the token vectors taken.
     """
-    import torch
-    from sentence_transformers.util import SimilarityFunction
-
     track = track or (lambda description, total: lambda done: None)
-    score = SimilarityFunction.to_similarity_fn(model.similarity_fn_name)
-    if chunk_elements is not None:
-        score = partial(score, chunk_elements=chunk_elements)
     query_tokens = encode_tokens(model, queries, task="query", prompt=query_prompt, batch_size=batch_size)
     track("encoding queries", len(queries))(len(queries))
-    # Zero rows added by padding match every document token with 0, so they add nothing to a sum.
-    padded_queries = torch.nn.utils.rnn.pad_sequence(query_tokens, batch_first=True)
-    keep = min(k, len(corpus))
-    best_scores = torch.full((len(queries), 0), float("-inf"))
-    best_indices = torch.empty((len(queries), 0), dtype=torch.long)
-    document_tokens = 0
     advance = track("encoding and scoring corpus", len(corpus))
-    for start in range(0, len(corpus), corpus_chunk):
-        chunk = encode_tokens(
-            model, corpus[start : start + corpus_chunk], task="document", prompt=document_prompt,
-            batch_size=batch_size, pooling=pooling,
-        )  # fmt: skip
-        document_tokens += sum(tokens.shape[0] for tokens in chunk)
-        # Token vectors are kept on the CPU; each chunk is scored on the model's device (a GPU when
-        # the model runs on one), and the scores come back to the CPU.
-        scores = score(padded_queries, chunk, device=getattr(model, "device", None)).float().cpu()
-        merged_scores = torch.cat([best_scores, scores], dim=1)
-        merged_indices = torch.cat([best_indices, torch.arange(start, start + len(chunk)).expand(len(queries), -1)], dim=1)
-        order = torch.topk(merged_scores, min(keep, merged_scores.shape[1]), dim=1).indices
-        best_scores = torch.gather(merged_scores, 1, order)
-        best_indices = torch.gather(merged_indices, 1, order)
-        advance(len(chunk))
+    document_tokens = 0
+
+    def encoded_chunks() -> Iterator[list]:
+        nonlocal document_tokens
+        for start in range(0, len(corpus), corpus_chunk):
+            chunk = encode_tokens(
+                model, corpus[start : start + corpus_chunk], task="document", prompt=document_prompt,
+                batch_size=batch_size, pooling=pooling,
+            )  # fmt: skip
+            document_tokens += sum(tokens.shape[0] for tokens in chunk)
+            yield chunk
+            advance(len(chunk))
+
+    scores, indices = maxsim_top_k(model, query_tokens, encoded_chunks(), k, chunk_elements=chunk_elements)
     query_count = sum(tokens.shape[0] for tokens in query_tokens)
     pool_factor = getattr(pooling, "pool_factor", None)
     counts = TokenCounts(query_count, document_tokens, len(corpus), pool_factor)
-    return best_scores.numpy(), best_indices.numpy(), counts
+    return scores, indices, counts
+
+
+def maxsim_top_k(
+    model, query_tokens: Sequence[Any], document_chunks: Iterable[Sequence[Any]], k: int, *, chunk_elements: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best documents per query by the model's MaxSim, the documents coming a chunk at a time.
+
+    Args:
+        model: The MultiVectorEncoder whose ``similarity_fn_name`` and device score.
+        query_tokens: Each query's ``[tokens, dim]`` float tensor.
+        document_chunks: Consecutive chunks of documents, each a list of ``[tokens, dim]`` tensors
+            (encoded on the fly by :func:`maxsim_search`, read from an index by ``mmst search``).
+        k: Documents kept per query (all of them in a smaller corpus).
+        chunk_elements: As in :func:`maxsim_search`.
+
+    Returns:
+        ``(scores, indices)``: two ``(queries, k')`` arrays, best first.
+    """
+    import torch
+    from sentence_transformers.util import SimilarityFunction
+
+    score = SimilarityFunction.to_similarity_fn(model.similarity_fn_name)
+    if chunk_elements is not None:
+        score = partial(score, chunk_elements=chunk_elements)
+    # Zero rows added by padding match every document token with 0, so they add nothing to a sum.
+    padded_queries = torch.nn.utils.rnn.pad_sequence(list(query_tokens), batch_first=True)
+    best_scores = torch.full((len(query_tokens), 0), float("-inf"))
+    best_indices = torch.empty((len(query_tokens), 0), dtype=torch.long)
+    start = 0
+    for chunk in document_chunks:
+        # Token vectors are kept on the CPU; each chunk is scored on the model's device (a GPU when
+        # the model runs on one), and the scores come back to the CPU.
+        scores = score(padded_queries, list(chunk), device=getattr(model, "device", None)).float().cpu()
+        merged_scores = torch.cat([best_scores, scores], dim=1)
+        merged_indices = torch.cat([best_indices, torch.arange(start, start + len(chunk)).expand(len(query_tokens), -1)], dim=1)
+        order = torch.topk(merged_scores, min(k, merged_scores.shape[1]), dim=1).indices
+        best_scores = torch.gather(merged_scores, 1, order)
+        best_indices = torch.gather(merged_indices, 1, order)
+        start += len(chunk)
+    return best_scores.numpy(), best_indices.numpy()

@@ -1,0 +1,408 @@
+"""Building an index folder (``mmst index``), resuming an interrupted build, and growing it (``--add``).
+
+Each corpus is read by the encode job's own reader (every form ``mmst encode`` takes: tables,
+folders, PDFs, datasets) and embedded by the encode job itself, into a staging folder beside the
+index, ``.<index name>.build/``: one ``corpus-NNN`` output per corpus, whose chunks are the encode
+job's resumable parts, and a ``corpus-NNN.json`` note once it is complete. ``--resume`` reuses
+both, so an interrupted build encodes only what it had not finished. The index folder itself is
+written whole at the end (see :mod:`mmst_cli.core.index.layout`) and the staging folder removed.
+
+``--add`` reads the existing index, refuses another model or other settings, leaves out every
+document it already holds (by media file, or by corpus and id for rows without a file), embeds
+only the rest, and writes the folder again: the old vectors first, byte for byte, then the new
+ones, added to the existing FAISS index without retraining.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmst_cli.core.data.documents import DEFAULT_PDF_DPI, RenderSettings
+from mmst_cli.core.encode.inputs import EncodeInputs, PdfOptions, read_inputs
+from mmst_cli.core.errors import EXIT_INTERRUPTED, MmstError
+from mmst_cli.core.index import layout, vector_index
+from mmst_cli.core.outputs import atomic_path, ensure_writable_folder
+
+#: Settings an ``--add`` must share with the index (a different value is refused, naming it).
+ADD_MUST_MATCH = ("model_identity", "similarity", "prompt", "dim", "normalize", "pdf_dpi", "pdf_text", "token_pool_factor",
+                  "index", "quantize", "lists", "hnsw_m")  # fmt: skip
+
+
+@dataclass
+class IndexOptions:
+    """Everything ``mmst index`` was asked to do.
+
+    Attributes:
+        corpora: One or more corpora, each in any form ``mmst encode`` reads. Required.
+        output: The index folder to write (or, with ``add``, to grow). Required.
+        model: Model folder or Hub id; ``None`` for the index's own model with ``add``, else the
+            embedded default model.
+        add: Add the corpora's new documents to the existing index ``output``; default off.
+        resume: Continue an interrupted build from its staging folder; default off (start over).
+        index: ``auto`` (default: flat below 200k documents, IVF from there), ``flat``, ``ivf`` or
+            ``hnsw``; ``None`` with ``add`` keeps the index's.
+        quantize: ``none`` (default), ``int8`` or ``binary``; ``None`` with ``add`` keeps the index's.
+        lists: IVF lists; ``None`` for ``sqrt(documents)``.
+        hnsw_m: HNSW neighbours per node; ``None`` for 32.
+        column, id_column, split, data_config, media_root, allow_outside_root, skip_bad: As for
+            ``mmst encode``: how each corpus is read.
+        prompt: Text prepended to every text document instead of the model's document prompt.
+        dim: Keep the first ``dim`` dimensions (Matryoshka); ``None`` keeps all.
+        batch_size, chunk_size, device, decode_workers, trust_remote_code: As for ``mmst encode``.
+        pdf_dpi, pdf_password, pdf_text: How PDF pages are taken, as for ``mmst encode``.
+        token_pool_factor: Multi-vector models: pool document tokens (see ``mmst encode``).
+    """
+
+    corpora: list[str]
+    output: str
+    model: str | None = None
+    add: bool = False
+    resume: bool = False
+    index: str | None = None
+    quantize: str | None = None
+    lists: int | None = None
+    hnsw_m: int | None = None
+    column: str | None = None
+    id_column: str | None = None
+    split: str | None = None
+    data_config: str | None = None
+    media_root: str | None = None
+    allow_outside_root: bool = False
+    skip_bad: bool = False
+    prompt: str | None = None
+    dim: int | None = None
+    batch_size: int = 32
+    chunk_size: int = 4096
+    device: str | None = None
+    decode_workers: int | None = None
+    trust_remote_code: bool = False
+    pdf_dpi: float = DEFAULT_PDF_DPI
+    pdf_password: str | None = None
+    pdf_text: bool = False
+    token_pool_factor: float | None = None
+
+    def validate(self) -> None:
+        """Check the options on their own, before any file or model is read (exit 2 naming the flag)."""
+        if not self.corpora:
+            raise MmstError("name at least one corpus to index (a folder, a table, a PDF, a dataset)")
+        if self.index is not None and self.index not in vector_index.INDEX_TYPES:
+            raise MmstError(f"--index {self.index!r} is not one of {', '.join(vector_index.INDEX_TYPES)}")
+        if self.quantize is not None and self.quantize not in vector_index.QUANTIZATIONS:
+            raise MmstError(f"--quantize {self.quantize!r} is not one of {', '.join(vector_index.QUANTIZATIONS)}")
+        for flag, value in (("--lists", self.lists), ("--hnsw-m", self.hnsw_m), ("--dim", self.dim)):
+            if value is not None and value <= 0:
+                raise MmstError(f"{flag} must be a positive whole number, got {value}")
+        output = Path(self.output).expanduser()
+        if self.add and not output.exists():
+            raise MmstError(f"--add: {self.output!r} does not exist; build it first without --add")
+        if not self.add and output.exists():
+            raise MmstError(f"-o {self.output!r} exists; pass --add to add documents to it, or remove it to rebuild")
+        ensure_writable_folder(output, "-o")
+
+
+@dataclass
+class Corpus:
+    """One corpus's new documents: its inputs (narrowed to what the index lacks) and their records."""
+
+    position: int
+    reference: str
+    inputs: EncodeInputs
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def staging_folder(output: Path) -> Path:
+    """Where a build keeps its encoded corpora until the index is written: ``.<name>.build`` beside it."""
+    return output.parent / f".{output.name}.build"
+
+
+def _document_key(record: dict[str, Any]) -> str:
+    """What makes two documents the same: the media file, or the corpus and id of a row without one."""
+    return record["ref"] or json.dumps([record["corpus"], record["id"]], ensure_ascii=False)
+
+
+def _corpus_label(reference: str) -> str:
+    path = Path(reference).expanduser()
+    return str(path.resolve()) if path.exists() else reference
+
+
+def _read_corpora(options: IndexOptions, known: dict[str, str], ids: set, log) -> tuple[list[Corpus], int]:
+    """Read every corpus and keep the documents the index does not hold yet.
+
+    Returns:
+        The corpora with new documents, and how many documents were already indexed.
+
+    Raises:
+        MmstError: for unreadable corpora (as ``mmst encode`` says), and for a new document whose
+            id another document of the index already has.
+    """
+    corpora, already = [], 0
+    for position, reference in enumerate(options.corpora):
+        inputs = read_inputs(
+            reference, column=options.column, id_column=options.id_column, split=options.split,
+            data_config=options.data_config, media_root=options.media_root, allow_outside_root=options.allow_outside_root,
+            pdf=PdfOptions(RenderSettings(dpi=options.pdf_dpi, password=options.pdf_password), text=options.pdf_text),
+            skip_bad=options.skip_bad,
+        )  # fmt: skip
+        for note in inputs.notes:
+            log(note)
+        label, keep, records = _corpus_label(reference), [], []
+        for row, ((ref, text, modality), doc_id) in enumerate(zip(inputs.sources(), inputs.ids)):
+            record = {"id": doc_id, "corpus": label, "modality": modality, "ref": ref, "text": text}
+            key = _document_key(record)
+            if key in known:
+                already += 1
+                continue
+            if doc_id in ids:
+                raise MmstError(
+                    f"corpus {reference!r}: document id {doc_id!r} ({ref or 'row ' + str(row + 1)}) is already taken by "
+                    "another document of the index; ids must be unique: index the folders from their common parent, "
+                    "or give tables an --id-column of unique ids"
+                )
+            known[key], keep = str(doc_id), keep + [row]
+            ids.add(doc_id)
+            records.append(record)
+        if keep:
+            chosen = inputs if len(keep) == inputs.count else inputs.subset(keep)
+            corpora.append(Corpus(position, reference, chosen, records))
+    return corpora, already
+
+
+def model_identity(source) -> str | None:
+    """How an index finds its model again: a local folder's absolute path, a Hub id, or ``None``
+    for the embedded default model."""
+    from mmst_cli.core.models.locate import DEFAULT_MODEL_NAME
+
+    location = Path(source.location)
+    if source.reference == DEFAULT_MODEL_NAME:
+        return None
+    return str(location.resolve()) if location.is_dir() else source.reference
+
+
+def _settings(options: IndexOptions, model, source, multi_vector: bool, previous: dict[str, Any] | None) -> dict[str, Any]:
+    from mmst_cli.core.retrieval.search import model_similarity
+
+    similarity = model_similarity(model)
+    if previous is not None:
+        base = dict(previous)
+        asked = {"index": options.index, "quantize": options.quantize, "lists": options.lists, "hnsw_m": options.hnsw_m}
+        base.update({key: value for key, value in asked.items() if value is not None})
+    else:
+        base = {"index": options.index or "auto", "quantize": options.quantize or "none", "lists": options.lists,
+                "hnsw_m": options.hnsw_m or vector_index.DEFAULT_HNSW_M}  # fmt: skip
+    base.update({
+        "model": source.reference if previous is None else previous["model"],
+        "model_identity": model_identity(source),
+        "similarity": "maxsim" if multi_vector else similarity,
+        "prompt": options.prompt, "dim": options.dim,
+        # Cosine models are searched by inner product on unit vectors.
+        "normalize": not multi_vector and similarity == "cosine",
+        "pdf_dpi": options.pdf_dpi, "pdf_text": options.pdf_text, "token_pool_factor": options.token_pool_factor,
+    })  # fmt: skip
+    if multi_vector and (base["index"] not in ("auto", "flat") or base["quantize"] != "none"):
+        raise MmstError("a multi-vector model's index is searched exactly by MaxSim; drop --index and --quantize")
+    if previous is not None:
+        for key in ADD_MUST_MATCH:
+            if base.get(key) != previous.get(key):
+                flag = {"model_identity": "--model", "similarity": "--model"}.get(key, "--" + key.replace("_", "-"))
+                raise MmstError(
+                    f"--add: the index was built with {key} {previous.get(key)!r}, this run has {base.get(key)!r}; "
+                    f"use the index's {flag} (or build a new index)"
+                )
+    return base
+
+
+def _encode_corpus(corpus: Corpus, stage: Path, options: IndexOptions, model, settings, *, multi_vector, console,
+                   show_progress, on_chunk, log) -> tuple[Any, int, int]:  # fmt: skip
+    """Embed one corpus with the encode job (its parts make it resumable); reuse a finished one.
+
+    Returns:
+        The vectors (float32 matrix, or ``(tokens, lengths)``), chunks encoded and chunks reused.
+    """
+    from mmst_cli.core.encode.job import EncodeOptions, run_encode
+
+    output = stage / f"corpus-{corpus.position:03d}.{'safetensors' if multi_vector else 'npy'}"
+    note = output.with_suffix(".json")
+    expected = {"fingerprint": corpus.inputs.fingerprint, "count": corpus.inputs.count, "settings": settings}
+    encoded = reused = 0
+    if not (options.resume and note.exists() and json.loads(note.read_text(encoding="utf8")) == expected):
+        job = EncodeOptions(
+            inputs=corpus.reference, output=str(output), model=settings["model_identity"], task="document",
+            prompt=options.prompt, batch_size=options.batch_size, chunk_size=options.chunk_size, dim=options.dim,
+            normalize=settings["normalize"], resume=options.resume, device=options.device,
+            trust_remote_code=options.trust_remote_code, decode_workers=options.decode_workers, pdf_dpi=options.pdf_dpi,
+            pdf_password=options.pdf_password, pdf_text=options.pdf_text, token_pool_factor=options.token_pool_factor,
+        )  # fmt: skip
+        result = run_encode(job, model=model, inputs=corpus.inputs, console=console, show_progress=show_progress,
+                            on_chunk=on_chunk, log=log)  # fmt: skip
+        encoded, reused = result.encoded_chunks, result.reused_chunks
+        with atomic_path(note) as temporary:
+            temporary.write_text(json.dumps(expected), encoding="utf8")
+    else:
+        log(f"resuming: corpus {corpus.reference!r} was already encoded")
+    if not multi_vector:
+        return np.load(output), encoded, reused
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(output))
+    return (tensors["embeddings"], np.diff(tensors["offsets"])), encoded, reused
+
+
+def _write_dense(folder: Path, previous: layout.IndexFolder | None, blocks: list[np.ndarray], settings: dict[str, Any]) -> int:
+    """Write ``vectors.npy`` (old rows first, unchanged) and ``index.faiss``; return the width."""
+    new = np.concatenate(blocks) if blocks else None
+    old = previous.vectors() if previous is not None else None
+    dim = (old if old is not None else new).shape[1]
+    rows = (len(old) if old is not None else 0) + (len(new) if new is not None else 0)
+    matrix = np.lib.format.open_memmap(folder / layout.VECTORS, mode="w+", dtype=np.float32, shape=(rows, dim))
+    if old is not None:
+        matrix[: len(old)] = old
+    if new is not None:
+        matrix[rows - len(new) :] = new
+    matrix.flush()
+    if previous is None:
+        settings["index"] = vector_index.resolve_type(settings["index"], rows)
+        if settings["index"] == "ivf":
+            settings["lists"] = min(settings["lists"] or vector_index.default_lists(rows), rows)
+            settings["nprobe"] = vector_index.default_nprobe(settings["lists"])
+        settings.setdefault("ef_search", vector_index.DEFAULT_EF_SEARCH)
+        vector_index.check_settings(settings["similarity"], settings["index"], settings["quantize"], dim)
+        index = vector_index.build(matrix, settings)
+    else:
+        index = vector_index.load(previous.path / layout.FAISS_INDEX, settings)
+        if new is not None:
+            vector_index.add(index, new, settings)
+    vector_index.save(index, folder / layout.FAISS_INDEX, settings)
+    del matrix
+    return dim
+
+
+def _write_tokens(folder: Path, previous: layout.IndexFolder | None, blocks: list[tuple[np.ndarray, np.ndarray]]) -> int:
+    """Write ``tokens.npy`` and ``offsets.npy`` (old rows first, unchanged); return the width."""
+    tokens = [block[0] for block in blocks]
+    lengths = [block[1] for block in blocks]
+    if previous is not None:
+        old_tokens, old_offsets = previous.token_vectors()
+        tokens.insert(0, np.asarray(old_tokens))
+        lengths.insert(0, np.diff(old_offsets))
+    all_tokens = np.concatenate(tokens)
+    np.save(folder / layout.TOKENS, np.ascontiguousarray(all_tokens, dtype=np.float32))
+    np.save(folder / layout.OFFSETS, np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64))
+    return all_tokens.shape[1]
+
+
+def run_index(
+    options: IndexOptions,
+    *,
+    console=None,
+    show_progress: bool = True,
+    model=None,
+    on_chunk: Callable[[int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``mmst index``: read the corpora, embed what is new, write the index folder whole.
+
+    Args:
+        options: What to do; validated here.
+        console / show_progress: Where and whether the encode job draws its progress bar.
+        model: An already loaded model instead of loading ``options.model`` (tests).
+        on_chunk: Passed to the encode job: called after each encoded chunk (tests interrupt there).
+        log: Where notes for the user go; default stderr.
+
+    Returns:
+        The JSON-ready summary: index, kind, documents, added, already indexed, chunks, seconds.
+
+    Raises:
+        MmstError: for bad options, corpora, an ``--add`` mismatch (exit 2); exit 130 on Ctrl-C,
+            keeping the staging folder for ``--resume``.
+    """
+    from mmst_cli.core.encode.multi_vector import is_multi_vector
+    from mmst_cli.core.models.loading import load_model
+    from mmst_cli.core.models.locate import locate_model
+
+    started = time.perf_counter()
+    log = log or (lambda line: sys.stderr.write(line + "\n"))
+    options.validate()
+    output = Path(options.output).expanduser()
+    previous = layout.open_index(output, "--add") if options.add else None
+    reference = options.model or (previous.settings["model_identity"] if previous else None)
+    source = locate_model(reference)
+    known: dict[str, str] = {}
+    ids: set = set()
+    if previous is not None:
+        for record in previous.documents():
+            known[_document_key(record)] = str(record["id"])
+            ids.add(record["id"])
+    corpora, already = _read_corpora(options, known, ids, log)
+    if previous is not None and not corpora:
+        log(f"nothing to add: all {already} document(s) are in the index already")
+    if model is None:
+        model = load_model(source, trust_remote_code=options.trust_remote_code)
+    multi_vector = is_multi_vector(model)
+    settings = _settings(options, model, source, multi_vector, previous.settings if previous else None)
+
+    stage = staging_folder(output)
+    if stage.exists() and not options.resume:
+        log(f"discarding the staging folder of an earlier unfinished build, {stage} (--resume would continue it)")
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True, exist_ok=True)
+    blocks, encoded, reused = [], 0, 0
+    try:
+        for corpus in corpora:
+            vectors, done, kept = _encode_corpus(
+                corpus, stage, options, model, settings, multi_vector=multi_vector, console=console,
+                show_progress=show_progress, on_chunk=on_chunk, log=log,
+            )  # fmt: skip
+            blocks.append(vectors)
+            encoded, reused = encoded + done, reused + kept
+    except KeyboardInterrupt as error:
+        raise MmstError(f"interrupted; rerun with --resume to continue from {stage}", EXIT_INTERRUPTED) from error
+
+    records = [record for corpus in corpora for record in corpus.records]
+    count = (previous.count if previous else 0) + len(records)
+    with atomic_path(output) as folder:
+        folder.mkdir()
+        old_records = previous.documents() if previous else iter(())
+        layout.write_documents(folder / layout.DOCUMENTS, [*old_records, *records])
+        dim = _write_tokens(folder, previous, blocks) if multi_vector else _write_dense(folder, previous, blocks, settings)
+        corpora_seen = list(dict.fromkeys([*(previous.manifest["corpora"] if previous else []),
+                                           *(_corpus_label(corpus) for corpus in options.corpora)]))  # fmt: skip
+        layout.write_manifest(folder, {
+            "kind": "multi_vector" if multi_vector else "dense", "count": count, "dim": dim,
+            "settings": settings, "corpora": corpora_seen,
+        })  # fmt: skip
+    shutil.rmtree(stage, ignore_errors=True)
+    modalities: dict[str, int] = {}
+    for record in records:
+        modalities[record["modality"]] = modalities.get(record["modality"], 0) + 1
+    return {
+        "index": options.output, "kind": "multi_vector" if multi_vector else "dense", "model": settings["model"],
+        "documents": count, "added": len(records), "already_indexed": already, "modalities": modalities, "dim": dim,
+        "index_type": settings["index"], "quantize": settings["quantize"], "similarity": settings["similarity"],
+        "encoded_chunks": encoded, "reused_chunks": reused, "seconds": round(time.perf_counter() - started, 3),
+    }  # fmt: skip
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The one-line human summary of :func:`run_index`."""
+    modalities = ", ".join(f"{count} {name}" for name, count in summary["modalities"].items()) or "none"
+    kind = "exact MaxSim" if summary["kind"] == "multi_vector" else summary["index_type"]
+    if summary["quantize"] != "none":
+        kind += f", {summary['quantize']}"
+    already = f", {summary['already_indexed']} already indexed" if summary["already_indexed"] else ""
+    resumed = f", {summary['reused_chunks']} chunk(s) resumed" if summary["reused_chunks"] else ""
+    return (
+        f"indexed {summary['added']} new document(s) ({modalities}){already}{resumed} -> {summary['index']}: "
+        f"{summary['documents']} documents, {summary['dim']}-d, {kind}, in {summary['seconds']:.1f} s"
+    )
+
+
+__all__ = ["IndexOptions", "run_index", "staging_folder", "summary_line"]

@@ -1,0 +1,153 @@
+"""The index folder ``mmst index`` writes and ``mmst search`` reads: its files and its manifest.
+
+Every file of the folder (see docs/search.md):
+
+- ``manifest.json``: format name and version, the kind (``dense`` or ``multi_vector``), the
+  document count, vector width, the model (as given and resolved), its similarity, the build
+  settings, the corpora indexed, and the size and sha256 of every other file;
+- ``documents.jsonl``: one line per row, in row order: ``id``, ``corpus``, ``modality``, ``ref``
+  (the media file, absolute, ``/a/b.pdf#page=3`` for a page; ``null`` for text) and ``text`` (the
+  document's text; ``null`` for media), so search shows results without reading the corpus again;
+- dense models: ``vectors.npy`` (float32 ``[rows, dim]``, as encoded: unit length for cosine
+  models) and ``index.faiss`` (the FAISS index built over them);
+- multi-vector models: ``tokens.npy`` (float32 ``[tokens, dim]``, every row's token vectors
+  stacked) and ``offsets.npy`` (int64 ``[rows + 1]``: row ``i`` is ``tokens[offsets[i]:offsets[i+1]]``).
+
+The folder is written whole under a temporary name and renamed into place
+(:func:`mmst_cli.core.outputs.atomic_path`), so a reader never sees half an index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmst_cli.core.errors import MmstError
+
+FORMAT = "mmst-index"
+#: Bumped when the layout changes, so an older mmst never misreads a newer index.
+FORMAT_VERSION = 1
+
+MANIFEST = "manifest.json"
+DOCUMENTS = "documents.jsonl"
+VECTORS = "vectors.npy"
+FAISS_INDEX = "index.faiss"
+TOKENS = "tokens.npy"
+OFFSETS = "offsets.npy"
+
+#: The files of each kind of index besides the manifest.
+FILES = {"dense": (DOCUMENTS, VECTORS, FAISS_INDEX), "multi_vector": (DOCUMENTS, TOKENS, OFFSETS)}
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 of a file, read 4 MiB at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(4 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_documents(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Write ``documents.jsonl``: one JSON object per row, in row order."""
+    with path.open("w", encoding="utf8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Add the size and sha256 of every file of ``folder`` to ``manifest`` and write it there."""
+    manifest = dict(manifest, format=FORMAT, version=FORMAT_VERSION)
+    manifest["files"] = {
+        path.name: {"bytes": path.stat().st_size, "sha256": file_digest(path)}
+        for path in sorted(folder.iterdir())
+        if path.name != MANIFEST
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf8")
+    return manifest
+
+
+@dataclass
+class IndexFolder:
+    """An index folder whose manifest was read and whose files were checked against it.
+
+    Attributes:
+        path: The folder.
+        manifest: ``manifest.json`` as read.
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        """``dense`` or ``multi_vector``."""
+        return self.manifest["kind"]
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """How the index was built (see :class:`mmst_cli.core.index.build.IndexOptions`)."""
+        return self.manifest["settings"]
+
+    @property
+    def count(self) -> int:
+        """Documents in the index."""
+        return int(self.manifest["count"])
+
+    def documents(self) -> Iterator[dict[str, Any]]:
+        """The rows of ``documents.jsonl``, in row order."""
+        with (self.path / DOCUMENTS).open(encoding="utf8") as handle:
+            for line in handle:
+                yield json.loads(line)
+
+    def vectors(self):
+        """``vectors.npy`` as a read-only memory map (dense indexes)."""
+        import numpy as np
+
+        return np.load(self.path / VECTORS, mmap_mode="r")
+
+    def token_vectors(self):
+        """``(tokens, offsets)`` as read-only memory maps (multi-vector indexes)."""
+        import numpy as np
+
+        return np.load(self.path / TOKENS, mmap_mode="r"), np.load(self.path / OFFSETS)
+
+
+def open_index(reference: str | Path, flag: str = "index") -> IndexFolder:
+    """Read an index folder's manifest and check that its files are there, whole.
+
+    Sizes are checked on every open (cheap); the sha256 digests are recorded for tools that want
+    to verify a copy, and are not recomputed here (hashing a large index would dominate a search).
+
+    Raises:
+        MmstError: (exit 2) naming the folder and what is wrong with it.
+    """
+    path = Path(reference).expanduser()
+    hint = "build one with `mmst index --model M CORPUS -o FOLDER`"
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is a file, not an index folder"
+        raise MmstError(f"{flag} {str(reference)!r} {what}; {hint}")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf8"))
+    except FileNotFoundError:
+        raise MmstError(f"{flag} {str(reference)!r} has no {MANIFEST}, so it is not an mmst index; {hint}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MmstError(f"{flag} {str(reference)!r}: {MANIFEST} is unreadable ({error}); rebuild the index") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise MmstError(f"{flag} {str(reference)!r}: {MANIFEST} is not an mmst index manifest; {hint}")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise MmstError(
+            f"{flag} {str(reference)!r} has index format version {manifest.get('version')!r}, this mmst reads "
+            f"version {FORMAT_VERSION}; rebuild it with this mmst"
+        )
+    for name in FILES[manifest["kind"]]:
+        expected = manifest["files"].get(name, {}).get("bytes")
+        actual = (path / name).stat().st_size if (path / name).is_file() else None
+        if actual is None or actual != expected:
+            state = "is missing" if actual is None else f"has {actual} bytes, the manifest says {expected}"
+            raise MmstError(f"{flag} {str(reference)!r}: {name} {state}; the index is damaged, rebuild it")
+    return IndexFolder(path, manifest)
