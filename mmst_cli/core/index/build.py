@@ -33,8 +33,8 @@ from mmst_cli.core.index import layout, vector_index
 from mmst_cli.core.outputs import atomic_path, ensure_writable_folder
 
 #: Settings an ``--add`` must share with the index (a different value is refused, naming it).
-ADD_MUST_MATCH = ("model_identity", "similarity", "prompt", "dim", "normalize", "pdf_dpi", "pdf_text", "token_pool_factor",
-                  "index", "quantize", "lists", "hnsw_m")  # fmt: skip
+ADD_MUST_MATCH = ("model_identity", "prompt", "dim", "pdf_dpi", "pdf_text", "token_pool_factor", "index", "quantize",
+                  "lists", "hnsw_m")  # fmt: skip
 
 
 @dataclass
@@ -187,37 +187,47 @@ def model_identity(source) -> str | None:
     return str(location.resolve()) if location.is_dir() else source.reference
 
 
-def _settings(options: IndexOptions, model, source, multi_vector: bool, previous: dict[str, Any] | None) -> dict[str, Any]:
-    from mmst_cli.core.retrieval.search import model_similarity
+def _settings(options: IndexOptions, source, previous: dict[str, Any] | None) -> dict[str, Any]:
+    """The index's settings, from the options (with ``--add``: the index's, checked against what was asked).
 
-    similarity = model_similarity(model)
+    The similarity and whether vectors are normalised are set by :func:`_model_settings` once the model is loaded.
+
+    Raises:
+        MmstError: with ``--add``, for a model or setting other than the index's, naming it.
+    """
     if previous is not None:
-        base = dict(previous)
+        settings = dict(previous)
         asked = {"index": options.index, "quantize": options.quantize, "lists": options.lists, "hnsw_m": options.hnsw_m}
-        base.update({key: value for key, value in asked.items() if value is not None})
+        settings.update({key: value for key, value in asked.items() if value is not None})
     else:
-        base = {"index": options.index or "auto", "quantize": options.quantize or "none", "lists": options.lists,
-                "hnsw_m": options.hnsw_m or vector_index.DEFAULT_HNSW_M}  # fmt: skip
-    base.update({
-        "model": source.reference if previous is None else previous["model"],
-        "model_identity": model_identity(source),
-        "similarity": "maxsim" if multi_vector else similarity,
-        "prompt": options.prompt, "dim": options.dim,
-        # Cosine models are searched by inner product on unit vectors.
-        "normalize": not multi_vector and similarity == "cosine",
+        settings = {"index": options.index or "auto", "quantize": options.quantize or "none", "lists": options.lists,
+                    "hnsw_m": options.hnsw_m or vector_index.DEFAULT_HNSW_M, "model": source.reference}  # fmt: skip
+    settings.update({
+        "model_identity": model_identity(source), "prompt": options.prompt, "dim": options.dim,
         "pdf_dpi": options.pdf_dpi, "pdf_text": options.pdf_text, "token_pool_factor": options.token_pool_factor,
     })  # fmt: skip
-    if multi_vector and (base["index"] not in ("auto", "flat") or base["quantize"] != "none"):
+    for key in ADD_MUST_MATCH if previous is not None else ():
+        if settings.get(key) != previous.get(key):
+            flag = "--model" if key == "model_identity" else "--" + key.replace("_", "-")
+            raise MmstError(
+                f"--add: the index was built with {key} {previous.get(key)!r}, this run has {settings.get(key)!r}; "
+                f"use the index's {flag} (or build a new index)"
+            )
+    return settings
+
+
+def _model_settings(settings: dict[str, Any], model, multi_vector: bool) -> None:
+    """Add the model's similarity (``maxsim`` for multi-vector models) and whether vectors are normalised."""
+    from mmst_cli.core.retrieval.search import model_similarity
+
+    if multi_vector and (settings["index"] not in ("auto", "flat") or settings["quantize"] != "none"):
         raise MmstError("a multi-vector model's index is searched exactly by MaxSim; drop --index and --quantize")
-    if previous is not None:
-        for key in ADD_MUST_MATCH:
-            if base.get(key) != previous.get(key):
-                flag = {"model_identity": "--model", "similarity": "--model"}.get(key, "--" + key.replace("_", "-"))
-                raise MmstError(
-                    f"--add: the index was built with {key} {previous.get(key)!r}, this run has {base.get(key)!r}; "
-                    f"use the index's {flag} (or build a new index)"
-                )
-    return base
+    similarity = model_similarity(model)
+    # Cosine models are searched by inner product on unit vectors.
+    settings.update(similarity="maxsim" if multi_vector else similarity, normalize=not multi_vector and similarity == "cosine")
+    if not multi_vector:  # before any encoding: FAISS has no index for some combinations
+        dim = settings["dim"] or model.get_embedding_dimension() or 8
+        vector_index.check_settings(similarity, "flat" if settings["index"] == "auto" else settings["index"], settings["quantize"], dim)
 
 
 def _encode_corpus(corpus: Corpus, stage: Path, options: IndexOptions, model, settings, *, multi_vector, console,
@@ -335,6 +345,7 @@ def run_index(
     previous = layout.open_index(output, "--add") if options.add else None
     reference = options.model or (previous.settings["model_identity"] if previous else None)
     source = locate_model(reference)
+    settings = _settings(options, source, previous.settings if previous else None)
     known: dict[str, str] = {}
     ids: set = set()
     if previous is not None:
@@ -343,11 +354,15 @@ def run_index(
             ids.add(record["id"])
     corpora, already = _read_corpora(options, known, ids, log)
     if previous is not None and not corpora:
-        log(f"nothing to add: all {already} document(s) are in the index already")
+        log(f"nothing to add: all {already} document(s) are in the index already; it is left as it was")
+        manifest = previous.manifest
+        return _summary(options, manifest["kind"], manifest["settings"], previous.count, manifest["dim"], [], already,
+                        0, 0, started)  # fmt: skip
     if model is None:
         model = load_model(source, trust_remote_code=options.trust_remote_code)
     multi_vector = is_multi_vector(model)
-    settings = _settings(options, model, source, multi_vector, previous.settings if previous else None)
+    if previous is None:
+        _model_settings(settings, model, multi_vector)
 
     stage = staging_folder(output)
     if stage.exists() and not options.resume:
@@ -380,14 +395,19 @@ def run_index(
             "settings": settings, "corpora": corpora_seen,
         })  # fmt: skip
     shutil.rmtree(stage, ignore_errors=True)
+    kind = "multi_vector" if multi_vector else "dense"
+    return _summary(options, kind, settings, count, dim, records, already, encoded, reused, started)
+
+
+def _summary(options, kind, settings, count, dim, records, already, encoded, reused, started) -> dict[str, Any]:
     modalities: dict[str, int] = {}
     for record in records:
         modalities[record["modality"]] = modalities.get(record["modality"], 0) + 1
     return {
-        "index": options.output, "kind": "multi_vector" if multi_vector else "dense", "model": settings["model"],
-        "documents": count, "added": len(records), "already_indexed": already, "modalities": modalities, "dim": dim,
-        "index_type": settings["index"], "quantize": settings["quantize"], "similarity": settings["similarity"],
-        "encoded_chunks": encoded, "reused_chunks": reused, "seconds": round(time.perf_counter() - started, 3),
+        "index": options.output, "kind": kind, "model": settings["model"], "documents": count, "added": len(records),
+        "already_indexed": already, "modalities": modalities, "dim": dim, "index_type": settings["index"],
+        "quantize": settings["quantize"], "similarity": settings["similarity"], "encoded_chunks": encoded,
+        "reused_chunks": reused, "seconds": round(time.perf_counter() - started, 3),
     }  # fmt: skip
 
 

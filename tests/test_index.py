@@ -1,0 +1,224 @@
+"""``mmst index`` and ``mmst search``: image and text corpora, exact and approximate indexes, ``--add``,
+resume, multi-vector MaxSim, rerankers, and the one-line errors.
+
+Most tests run in process on tiny models loaded once; two run the real console script.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from mmst_cli.core.errors import MmstError
+from mmst_cli.core.index import layout, vector_index
+from mmst_cli.core.index.build import IndexOptions, run_index, staging_folder
+from mmst_cli.core.index.searching import read_queries, search_index
+from tests.data_factory import write_colour_pairs
+from tests.helpers import assert_one_line_error, run_json, run_mmst, run_mmst_process
+
+TEXTS = {
+    "cake": "A recipe for a rich chocolate cake baked in the oven.",
+    "stocks": "Stock markets fell sharply after the interest rate decision.",
+    "football": "The football match ended in a draw after extra time.",
+    "python": "Python is a popular programming language for data science.",
+    "cat": "The cat slept all afternoon on the warm windowsill.",
+}
+
+
+@pytest.fixture(scope="module")
+def clip(tiny_models):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(tiny_models["clip"]))
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    """A folder of 6 distinct PNGs (000.png ... 005.png)."""
+    write_colour_pairs(tmp_path / "colours", count=6)
+    return tmp_path / "colours" / "images"
+
+
+def build(model, model_path, corpora, output, **options):
+    notes: list[str] = []
+    on_chunk = options.pop("on_chunk", None)
+    job = IndexOptions(corpora=[str(c) for c in corpora], output=str(output), model=str(model_path), **options)
+    return run_index(job, model=model, show_progress=False, on_chunk=on_chunk, log=notes.append), notes
+
+
+def test_image_index_cli_finds_the_query_image_and_works_after_the_corpus_is_gone(tiny_models, photos, tmp_path):
+    index = tmp_path / "photos.index"
+    summary = run_json("index", "--model", str(tiny_models["clip"]), str(photos), "-o", str(index))
+    assert (summary["documents"], summary["added"], summary["index_type"], summary["kind"]) == (6, 6, "flat", "dense")
+    assert sorted(path.name for path in index.iterdir()) == ["documents.jsonl", "index.faiss", "manifest.json", "vectors.npy"]
+    assert not staging_folder(index).exists()
+    manifest = json.loads((index / "manifest.json").read_text())
+    assert manifest["count"] == 6 and manifest["settings"]["similarity"] == "cosine"
+    assert manifest["files"]["vectors.npy"]["sha256"] == layout.file_digest(index / "vectors.npy")
+
+    query = tmp_path / "query.png"
+    shutil.copy(photos / "002.png", query)
+    shutil.rmtree(photos.parent)  # search reads only the index (and the query)
+    result = run_mmst("search", str(index), "-i", str(query), "a colourful photo", "-k", "3", "--json", "--timing")
+    assert result.returncode == 0, result.stderr
+    by_text, by_image = [json.loads(line) for line in result.stdout.splitlines()]  # texts first, then -i
+    assert by_image["results"][0]["id"] == "002.png" and by_image["results"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert by_image["results"][0]["ref"].endswith("colours/images/002.png") and by_image["results"][0]["modality"] == "image"
+    assert by_text["query_id"] == "q1" and by_image["query_id"] == "q2" and len(by_text["results"]) == 3
+    assert "timing: 2 queries" in result.stderr and set(by_text["timing"]) >= {"encode", "search"}
+    table = run_mmst("search", str(index), "a colourful photo", "-k", "2")
+    assert table.returncode == 0 and table.stdout == "", table.stderr
+    assert "q1: a colourful photo" in table.stderr and table.stderr.count(".png") == 4  # id and file of 2 hits
+
+
+def test_text_index_finds_the_matching_document_and_writes_a_trec_run_and_reranks(minilm_path, tiny_reranker, tmp_path):
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"doc_id": key, "text": text}) + "\n" for key, text in TEXTS.items()))
+    index = tmp_path / "docs.index"
+    run_json("index", "--model", str(minilm_path), str(corpus), "--id-column", "doc_id", "-o", str(index))
+    queries = tmp_path / "queries.tsv"
+    queries.write_text("bake\thow do I bake a dessert\ncode\twhich language do programmers write\n")
+    run = tmp_path / "run.trec"
+    result = run_mmst("search", str(index), "--queries", str(queries), "-k", "2", "--trec", str(run), "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(line["query_id"], line["results"][0]["id"]) for line in lines] == [("bake", "cake"), ("code", "python")]
+    assert lines[0]["results"][0]["text"] == TEXTS["cake"] and lines[0]["results"][0]["ref"] is None
+    assert run.read_text().splitlines()[0].split()[:4] == ["bake", "Q0", "cake", "1"]
+
+    from sentence_transformers import CrossEncoder
+    import torch
+
+    reranked = run_mmst("search", str(index), "how do I bake a dessert", "--reranker", str(tiny_reranker), "--rerank-top", "5",
+                        "-k", "5", "--json")  # fmt: skip
+    assert reranked.returncode == 0, reranked.stderr
+    hits = json.loads(reranked.stdout)["results"]
+    expected = CrossEncoder(str(tiny_reranker)).predict(
+        [("how do I bake a dessert", TEXTS[hit["id"]]) for hit in hits], activation_fn=torch.nn.Identity()
+    )
+    np.testing.assert_allclose([hit["score"] for hit in hits], expected, rtol=1e-4, atol=1e-5)
+    assert [hit["score"] for hit in hits] == sorted((hit["score"] for hit in hits), reverse=True)
+
+
+def test_ivf_with_every_list_probed_and_rescored_quantised_indexes_equal_flat():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 32)).astype(np.float32)
+    vectors = centres[rng.integers(0, 20, 1000)] + 0.3 * rng.normal(size=(1000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[rng.choice(1000, 50, replace=False)] + 0.05 * rng.normal(size=(50, 32)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    base = {"similarity": "cosine", "lists": 8, "hnsw_m": 16, "nprobe": 1, "ef_search": 64}
+
+    def top(index_type, quantize, **search):
+        settings = dict(base, index=index_type, quantize=quantize)
+        return vector_index.search(vector_index.build(vectors, settings), queries, 10, settings, vectors=vectors, **search)
+
+    exact_scores, exact_rows = top("flat", "none")
+    np.testing.assert_allclose(exact_scores[:, 0], (queries @ vectors[exact_rows[:, 0]].T).diagonal(), rtol=1e-5)
+    scores, rows = top("ivf", "none", nprobe=8)
+    np.testing.assert_array_equal(rows, exact_rows)
+    np.testing.assert_allclose(scores, exact_scores, rtol=1e-5)
+    few_rows = top("ivf", "none")[1]  # 1 of 8 lists: approximate, still mostly right
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(few_rows, exact_rows)]) > 0.5
+    # Quantised codes, with every row re-scored by its float vector: exactly the flat ranking.
+    for quantize in ("int8", "binary"):
+        scores, rows = top("flat", quantize, rescore=100)
+        np.testing.assert_array_equal(rows, exact_rows)
+        np.testing.assert_allclose(scores, exact_scores, rtol=1e-5)
+    hnsw_rows = top("hnsw", "none")[1]
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(hnsw_rows, exact_rows)]) > 0.9
+
+
+def test_add_embeds_only_new_files_keeps_old_vectors_byte_identical_and_refuses_other_settings(
+    clip, tiny_models, photos, tmp_path, monkeypatch
+):
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    for name in ("004.png", "005.png"):
+        shutil.move(photos / name, newer / name)
+    index = tmp_path / "photos.index"
+    build(clip, tiny_models["clip"], [photos], index)
+    old_vectors = np.load(index / "vectors.npy")
+    for name in ("004.png", "005.png"):
+        shutil.move(newer / name, photos / name)
+
+    encoded = []
+    original = clip.encode
+    monkeypatch.setattr(clip, "encode", lambda inputs, **kw: encoded.extend(inputs) or original(inputs, **kw))
+    summary, _ = build(clip, tiny_models["clip"], [photos], index, add=True)
+    assert (summary["added"], summary["already_indexed"], summary["documents"]) == (2, 4, 6)
+    assert sorted(str(item).rsplit("/", 1)[-1] for item in encoded) == ["004.png", "005.png"]
+    vectors = np.load(index / "vectors.npy")
+    assert vectors[:4].tobytes() == old_vectors.tobytes()
+    opened = layout.open_index(index)
+    assert [record["id"] for record in opened.documents()] == [f"00{n}.png" for n in range(6)]
+    outcome = search_index(opened, read_queries([], [str(photos / "005.png")], None), k=1, model=clip)
+    assert outcome.results[0].hits[0].doc_id == "005.png"
+
+    again, notes = build(clip, tiny_models["clip"], [photos], index, add=True)
+    assert again["added"] == 0 and any("nothing to add" in note for note in notes)
+    assert_one_line_error(run_mmst("index", str(photos), "--add", "--quantize", "int8", "-o", str(index)), 2, "quantize 'none'")
+    other = run_mmst("index", "--model", str(tiny_models["siglip"]), str(photos), "--add", "-o", str(index))
+    assert_one_line_error(other, 2, "--add: the index was built with model_identity", "--model")
+    assert_one_line_error(run_mmst("index", str(photos), "-o", str(index)), 2, "exists; pass --add")
+
+
+def test_an_interrupted_build_resumes_without_encoding_finished_chunks(clip, tiny_models, photos, tmp_path):
+    index = tmp_path / "photos.index"
+
+    def stop_after_first(chunk):
+        raise KeyboardInterrupt
+
+    with pytest.raises(MmstError, match="--resume"):
+        build(clip, tiny_models["clip"], [photos], index, chunk_size=2, on_chunk=stop_after_first)
+    assert not index.exists() and staging_folder(index).exists()
+    summary, notes = build(clip, tiny_models["clip"], [photos], index, chunk_size=2, resume=True)
+    assert (summary["reused_chunks"], summary["encoded_chunks"], summary["documents"]) == (1, 2, 6)
+    assert any("resuming: 1 of 3 chunks" in note for note in notes) and not staging_folder(index).exists()
+    expected = clip.encode([str(path) for path in sorted(photos.iterdir())], normalize_embeddings=True)
+    np.testing.assert_allclose(np.load(index / "vectors.npy"), expected, atol=1e-5)
+
+
+def test_multi_vector_index_is_searched_by_exact_maxsim(tiny_multi_vector, tmp_path):
+    from sentence_transformers import MultiVectorEncoder
+
+    from mmst_cli.core.retrieval.maxsim import maxsim_search
+
+    model = MultiVectorEncoder(str(tiny_multi_vector))
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("\n".join(TEXTS.values()) + "\n")
+    index = tmp_path / "tokens.index"
+    summary, _ = build(model, tiny_multi_vector, [corpus], index)
+    assert summary["kind"] == "multi_vector"
+    assert sorted(path.name for path in index.iterdir()) == ["documents.jsonl", "manifest.json", "offsets.npy", "tokens.npy"]
+    outcome = search_index(layout.open_index(index), read_queries(["a dessert", "the markets"], [], None), k=3, model=model)
+    scores, rows, _ = maxsim_search(model, ["a dessert", "the markets"], list(TEXTS.values()), 3)
+    assert [[hit.doc_id for hit in result.hits] for result in outcome.results] == rows.tolist()
+    np.testing.assert_allclose([[hit.score for hit in result.hits] for result in outcome.results], scores, rtol=1e-5)
+    with pytest.raises(MmstError, match="exactly by MaxSim"):
+        build(model, tiny_multi_vector, [corpus], tmp_path / "x.index", index="hnsw")
+
+
+def test_bad_index_folders_and_queries_are_one_line_errors(tiny_models, photos, tmp_path):
+    index = tmp_path / "photos.index"
+    run_json("index", "--model", str(tiny_models["clip"]), str(photos), "-o", str(index))
+    not_an_index = tmp_path / "plain"
+    not_an_index.mkdir()
+    assert_one_line_error(run_mmst("search", str(not_an_index), "red"), 2, "no manifest.json", "mmst index")
+    assert_one_line_error(run_mmst("search", str(index), "  "), 2, "query 1 is empty")
+    assert_one_line_error(run_mmst("search", str(index)), 2, "give a query")
+    assert_one_line_error(run_mmst("search", str(index), "-i", "notes.txt"), 2, "-i 'notes.txt'")
+    with (index / "vectors.npy").open("ab") as handle:
+        handle.write(b"\0")
+    assert_one_line_error(run_mmst("search", str(index), "red"), 2, "vectors.npy has", "damaged")
+
+
+def test_cli_processes_exit_2_with_one_line(tmp_path):
+    index = run_mmst_process("index", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "x.index"))
+    assert_one_line_error(index, 2, "missing.jsonl")
+    assert not (tmp_path / "x.index").exists()
+    search = run_mmst_process("search", str(tmp_path / "missing.index"), "a red dress")
+    assert_one_line_error(search, 2, "missing.index", "does not exist")
