@@ -154,6 +154,7 @@ def _read_corpora(options: IndexOptions, known: dict[str, str], ids: set, log) -
         )  # fmt: skip
         for note in inputs.notes:
             log(note)
+        inputs.notes = []  # said once here; the encode job would repeat them
         label, keep, records = _corpus_label(reference), [], []
         for row, ((ref, text, modality), doc_id) in enumerate(zip(inputs.sources(), inputs.ids)):
             record = {"id": doc_id, "corpus": label, "modality": modality, "ref": ref, "text": text}

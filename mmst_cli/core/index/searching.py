@@ -186,6 +186,9 @@ def _first_stage(index: layout.IndexFolder, faiss_index, model, values: list[Any
         model, values, task="query", batch_size=batch_size, normalize=settings["normalize"], truncate_dim=settings["dim"],
     )  # fmt: skip
     encoded = time.perf_counter()
+    if queries.shape[1] != index.manifest["dim"]:
+        raise MmstError(f"--model gives {queries.shape[1]}-d vectors, but index {str(index.path)!r} holds "
+                        f"{index.manifest['dim']}-d ones; pass the model it was built with")  # fmt: skip
     scores, rows = vector_index.search(
         faiss_index, queries, k, settings, vectors=index.vectors(), nprobe=nprobe, ef_search=ef_search, rescore=rescore,
     )  # fmt: skip
