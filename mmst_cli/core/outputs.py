@@ -60,8 +60,18 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield temporary
         if temporary.is_dir() and path.is_dir():
-            shutil.rmtree(path)  # os.replace cannot put a folder over a non-empty one
-        os.replace(temporary, path)
+            # os.replace cannot put a folder over a non-empty one: move the old one aside first, so
+            # that an interruption leaves the old folder or the new one under the name, never none.
+            aside = temporary_sibling(path)
+            os.replace(path, aside)
+            try:
+                os.replace(temporary, path)
+            except BaseException:
+                os.replace(aside, path)
+                raise
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(temporary, path)
     finally:
         if temporary.is_dir():
             shutil.rmtree(temporary, ignore_errors=True)
