@@ -134,7 +134,7 @@ def _corpus_label(reference: str) -> str:
     return str(path.resolve()) if path.exists() else reference
 
 
-def _read_corpora(options: IndexOptions, known: dict[str, str], ids: set, log) -> tuple[list[Corpus], int]:
+def _read_corpora(options: IndexOptions, known: set[str], ids: set, log) -> tuple[list[Corpus], int]:
     """Read every corpus and keep the documents the index does not hold yet.
 
     Returns:
@@ -168,8 +168,9 @@ def _read_corpora(options: IndexOptions, known: dict[str, str], ids: set, log) -
                     "another document of the index; ids must be unique: index the folders from their common parent, "
                     "or give tables an --id-column of unique ids"
                 )
-            known[key], keep = str(doc_id), keep + [row]
+            known.add(key)
             ids.add(doc_id)
+            keep.append(row)
             records.append(record)
         if keep:
             chosen = inputs if len(keep) == inputs.count else inputs.subset(keep)
@@ -347,11 +348,11 @@ def run_index(
     reference = options.model or (previous.settings["model_identity"] if previous else None)
     source = locate_model(reference)
     settings = _settings(options, source, previous.settings if previous else None)
-    known: dict[str, str] = {}
+    known: set[str] = set()
     ids: set = set()
     if previous is not None:
         for record in previous.documents():
-            known[_document_key(record)] = str(record["id"])
+            known.add(_document_key(record))
             ids.add(record["id"])
     corpora, already = _read_corpora(options, known, ids, log)
     if previous is not None and not corpora:
