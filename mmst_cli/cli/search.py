@@ -36,7 +36,7 @@ SNIPPET_CHARS = 90
 
 def _snippet(hit) -> str:
     if hit.text is None:
-        return hit.ref or ""
+        return hit.ref or f"({hit.modality} held in the corpus's dataset)"
     text = " ".join(hit.text.split())
     return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1] + "…"
 
