@@ -165,8 +165,8 @@ def _read_corpora(options: IndexOptions, known: set[str], ids: set, log) -> tupl
             if doc_id in ids:
                 raise MmstError(
                     f"corpus {reference!r}: document id {doc_id!r} ({ref or 'row ' + str(row + 1)}) is already taken by "
-                    "another document of the index; ids must be unique: index the folders from their common parent, "
-                    "or give tables an --id-column of unique ids"
+                    "another document of the index; ids must be unique: index folders from their common parent, and "
+                    "give tables (texts too, as jsonl or csv: row numbers repeat) an --id-column of unique ids"
                 )
             known.add(key)
             ids.add(doc_id)
@@ -222,8 +222,10 @@ def _model_settings(settings: dict[str, Any], model, multi_vector: bool) -> None
     """Add the model's similarity (``maxsim`` for multi-vector models) and whether vectors are normalised."""
     from mmst_cli.core.retrieval.search import model_similarity
 
-    if multi_vector and (settings["index"] not in ("auto", "flat") or settings["quantize"] != "none"):
-        raise MmstError("a multi-vector model's index is searched exactly by MaxSim; drop --index and --quantize")
+    if multi_vector:
+        if settings["index"] not in ("auto", "flat") or settings["quantize"] != "none":
+            raise MmstError("a multi-vector model's index is searched exactly by MaxSim; drop --index and --quantize")
+        settings["index"] = "flat"
     similarity = model_similarity(model)
     # Cosine models are searched by inner product on unit vectors.
     settings.update(similarity="maxsim" if multi_vector else similarity, normalize=not multi_vector and similarity == "cosine")
