@@ -1,9 +1,10 @@
 """Approximate and quantised indexes of ``mmst index``: recall@10 against exact search, and queries/s,
 with FAISS used directly beside them.
 
-Data: random but structured vectors, seeded: ``--clusters`` Gaussian cluster centres in ``--dim``
-dimensions, each document a centre plus noise, unit length (a cosine model's vectors); each query
-is a document plus a little more noise, so its true neighbours sit in one or two clusters. Sizes
+Data: random but structured vectors, seeded: ``--clusters`` Gaussian cluster centres (unit variance)
+in ``--dim`` dimensions, each document a centre plus ``--spread`` noise per dimension (default 1.5:
+the clusters overlap, so an approximate index misses some neighbours), unit length (a cosine
+model's vectors); each query is a document plus a little more noise. Sizes
 come from ``--sizes`` (default 100,000 and 1,000,000 documents), ``--queries`` queries each.
 
 For every size, exact search (FAISS ``IndexFlatIP``) gives the true top 10. Then each index type
@@ -30,7 +31,7 @@ from _common import REPO_ROOT, Row, Table, common_arguments, machine_description
 sys.path.insert(0, str(REPO_ROOT))
 
 
-def make_data(size: int, dim: int, clusters: int, queries: int, seed: int):
+def make_data(size: int, dim: int, clusters: int, queries: int, seed: int, spread: float):
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -38,7 +39,7 @@ def make_data(size: int, dim: int, clusters: int, queries: int, seed: int):
     documents = np.empty((size, dim), dtype=np.float32)
     for start in range(0, size, 100_000):  # in blocks: the noise of a million rows at once doubles the peak
         stop = min(start + 100_000, size)
-        documents[start:stop] = centres[rng.integers(0, clusters, stop - start)] + 0.6 * rng.normal(size=(stop - start, dim))
+        documents[start:stop] = centres[rng.integers(0, clusters, stop - start)] + spread * rng.normal(size=(stop - start, dim))
     documents /= np.linalg.norm(documents, axis=1, keepdims=True)
     picked = documents[rng.choice(size, queries, replace=False)]
     asked = picked + 0.02 * rng.normal(size=picked.shape).astype(np.float32)
@@ -94,6 +95,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000", help="documents, comma-separated (default 100000,1000000)")
     parser.add_argument("--dim", type=int, default=256, help="vector width (default 256)")
     parser.add_argument("--clusters", type=int, default=1000, help="Gaussian clusters (default 1000)")
+    parser.add_argument("--spread", type=float, default=1.5,
+                        help="noise per dimension around a unit-variance centre (default 1.5: clusters overlap)")
     parser.add_argument("--queries", type=int, default=1000, help="queries per size (default 1000)")
     parser.add_argument("--hnsw-max", type=int, default=100_000, help="largest size HNSW is built for (default 100000)")
     args = parse_arguments(parser)
@@ -107,7 +110,7 @@ def main() -> None:
     print_machine(machine)
     tables, builds = [], {}
     for size in (int(item) for item in args.sizes.split(",")):
-        documents, queries = make_data(size, args.dim, args.clusters, args.queries, seed=0)
+        documents, queries = make_data(size, args.dim, args.clusters, args.queries, seed=0, spread=args.spread)
         exact = faiss.IndexFlatIP(args.dim)
         exact.add(documents)
         started = time.perf_counter()
@@ -158,7 +161,7 @@ def main() -> None:
                  f"{settings['nprobe']}; exact search {exact_qps:.0f} q/s")  # fmt: skip
         tables.append(Table(title, rows, ("mmst", "FAISS direct")))
         del documents
-    settings_out = {"sizes": args.sizes, "dim": args.dim, "clusters": args.clusters, "queries": args.queries,
+    settings_out = {"sizes": args.sizes, "dim": args.dim, "clusters": args.clusters, "spread": args.spread, "queries": args.queries,
                     "threads": args.threads, "repeats": args.repeats, "build_seconds": builds}  # fmt: skip
     report_tables(tables, machine, settings_out, args.json_path)
 
