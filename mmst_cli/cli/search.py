@@ -60,7 +60,7 @@ def _timing_line(timing: dict[str, float]) -> str:
     rerank = f", rerank {per_query(timing['rerank']):.1f} ms" if timing["rerank"] else ""
     return (
         f"timing: {timing['queries']} quer{'y' if timing['queries'] == 1 else 'ies'}; model, index and documents "
-        f"loaded in {timing['load']:.2f} s; per query: encode {per_query(timing['encode']):.1f} ms, "
+        f"loaded (and warmed up) in {timing['load']:.2f} s; per query: encode {per_query(timing['encode']):.1f} ms, "
         f"search {per_query(timing['search']):.2f} ms{rerank}"
     )
 
@@ -83,7 +83,7 @@ def search(
     trust_remote_code: TrustRemoteCodeOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON line per query on stdout instead of tables on stderr.", rich_help_panel=OUTPUT)] = False,
     trec: Annotated[str | None, typer.Option(help="Also write the results as a TREC run file.", rich_help_panel=OUTPUT, show_default=False)] = None,
-    timing: Annotated[bool, typer.Option(help="Print the query latency: encoding and search, per query (and in --json lines).", rich_help_panel=OUTPUT)] = False,
+    timing: Annotated[bool, typer.Option(help="Print the query latency, encoding and search per query (also in --json lines), after one untimed warm-up query.", rich_help_panel=OUTPUT)] = False,
 ) -> None:
     """Search an index folder with text, image, audio or PDF page queries; print the top k."""
     import json
@@ -105,7 +105,7 @@ def search(
     asked = read_queries(list(queries or []), list(media or []), queries_file, allow_outside_root=allow_outside_root)
     outcome = search_index(
         opened, asked, k=k, model=model, reranker=reranker, rerank_top=rerank_top, nprobe=nprobe, ef_search=ef_search,
-        rescore=rescore, batch_size=batch_size, device=device, trust_remote_code=trust_remote_code,
+        rescore=rescore, batch_size=batch_size, device=device, trust_remote_code=trust_remote_code, warm_up=timing,
     )  # fmt: skip
     if trec is not None:
         from mmst_cli.core.retrieval.metrics import write_trec_run

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,7 +235,7 @@ def search_index(
     batch_size: int = 32,
     device: str | None = None,
     trust_remote_code: bool = False,
-    log: Callable[[str], None] | None = None,
+    warm_up: bool = False,
 ) -> SearchOutcome:
     """Search ``index`` for every query; the results a table, JSON, a TREC run or a page can show.
 
@@ -253,7 +252,8 @@ def search_index(
             quantised ones (see :func:`mmst_cli.core.index.vector_index.search`); ``None`` for the index's defaults.
         batch_size: Queries per forward pass; default 32.
         device / trust_remote_code: How the model loads.
-        log: Where notes go; unused unless given.
+        warm_up: Encode and search the first query once before the timed run, so ``timing`` shows
+            steady-state latency (the first forward pass and search pay one-off set-up); default off.
 
     Returns:
         A :class:`SearchOutcome`: per query its hits, best first, and ``timing`` (``load``,
@@ -270,8 +270,11 @@ def search_index(
     documents = list(index.documents())
     faiss_index = vector_index.load(index.path / layout.FAISS_INDEX, index.settings) if index.kind == "dense" else None
     values = queries.values(model)
-    loaded = time.perf_counter() - started
     depth = max(k, rerank_top) if reranker else k
+    if warm_up:
+        _first_stage(index, faiss_index, model, values[:1], depth, batch_size=batch_size, nprobe=nprobe,
+                     ef_search=ef_search, rescore=rescore)  # fmt: skip
+    loaded = time.perf_counter() - started
     scores, rows, encode_seconds, search_seconds = _first_stage(
         index, faiss_index, model, values, depth, batch_size=batch_size, nprobe=nprobe, ef_search=ef_search, rescore=rescore
     )
