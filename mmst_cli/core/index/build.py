@@ -55,11 +55,13 @@ class IndexOptions:
         hnsw_m: HNSW neighbours per node; ``None`` for 32.
         column, id_column, split, data_config, media_root, allow_outside_root, skip_bad: As for
             ``mmst encode``: how each corpus is read.
-        prompt: Text prepended to every text document instead of the model's document prompt.
-        dim: Keep the first ``dim`` dimensions (Matryoshka); ``None`` keeps all.
+        prompt: Text prepended to every text document instead of the model's document prompt;
+            ``None`` for the model's (with ``add``: the index's).
+        dim: Keep the first ``dim`` dimensions (Matryoshka); ``None`` keeps all (with ``add``: the index's).
         batch_size, chunk_size, device, decode_workers, trust_remote_code: As for ``mmst encode``.
         pdf_dpi, pdf_password, pdf_text: How PDF pages are taken, as for ``mmst encode``.
-        token_pool_factor: Multi-vector models: pool document tokens (see ``mmst encode``).
+        token_pool_factor: Multi-vector models: pool document tokens (see ``mmst encode``); with
+            ``add``, ``None`` keeps the index's.
     """
 
     corpora: list[str]
@@ -197,17 +199,16 @@ def _settings(options: IndexOptions, source, previous: dict[str, Any] | None) ->
     Raises:
         MmstError: with ``--add``, for a model or setting other than the index's, naming it.
     """
+    # Options left unset (None) take the index's value with --add; the PDF settings always have one.
+    asked = {"index": options.index, "quantize": options.quantize, "lists": options.lists, "hnsw_m": options.hnsw_m,
+             "prompt": options.prompt, "dim": options.dim, "token_pool_factor": options.token_pool_factor}  # fmt: skip
     if previous is not None:
         settings = dict(previous)
-        asked = {"index": options.index, "quantize": options.quantize, "lists": options.lists, "hnsw_m": options.hnsw_m}
         settings.update({key: value for key, value in asked.items() if value is not None})
     else:
-        settings = {"index": options.index or "auto", "quantize": options.quantize or "none", "lists": options.lists,
-                    "hnsw_m": options.hnsw_m or vector_index.DEFAULT_HNSW_M, "model": source.reference}  # fmt: skip
-    settings.update({
-        "model_identity": model_identity(source), "prompt": options.prompt, "dim": options.dim,
-        "pdf_dpi": options.pdf_dpi, "pdf_text": options.pdf_text, "token_pool_factor": options.token_pool_factor,
-    })  # fmt: skip
+        settings = dict(asked, index=options.index or "auto", quantize=options.quantize or "none",
+                        hnsw_m=options.hnsw_m or vector_index.DEFAULT_HNSW_M, model=source.reference)  # fmt: skip
+    settings.update(model_identity=model_identity(source), pdf_dpi=options.pdf_dpi, pdf_text=options.pdf_text)
     for key in ADD_MUST_MATCH if previous is not None else ():
         if settings.get(key) != previous.get(key):
             flag = "--model" if key == "model_identity" else "--" + key.replace("_", "-")
@@ -250,10 +251,10 @@ def _encode_corpus(corpus: Corpus, stage: Path, options: IndexOptions, model, se
     if not (options.resume and note.exists() and json.loads(note.read_text(encoding="utf8")) == expected):
         job = EncodeOptions(
             inputs=corpus.reference, output=str(output), model=settings["model_identity"], task="document",
-            prompt=options.prompt, batch_size=options.batch_size, chunk_size=options.chunk_size, dim=options.dim,
+            prompt=settings["prompt"], batch_size=options.batch_size, chunk_size=options.chunk_size, dim=settings["dim"],
             normalize=settings["normalize"], resume=options.resume, device=options.device,
             trust_remote_code=options.trust_remote_code, decode_workers=options.decode_workers, pdf_dpi=options.pdf_dpi,
-            pdf_password=options.pdf_password, pdf_text=options.pdf_text, token_pool_factor=options.token_pool_factor,
+            pdf_password=options.pdf_password, pdf_text=options.pdf_text, token_pool_factor=settings["token_pool_factor"],
         )  # fmt: skip
         result = run_encode(job, model=model, inputs=corpus.inputs, console=console, show_progress=show_progress,
                             on_chunk=on_chunk, log=log)  # fmt: skip
