@@ -18,6 +18,7 @@ from mmst_cli.core.index.build import IndexOptions, run_index, staging_folder
 from mmst_cli.core.index.searching import read_queries, search_index
 from tests.data_factory import write_colour_pairs
 from tests.helpers import assert_one_line_error, run_json, run_mmst, run_mmst_process
+from tests.pdf_factory import write_text_pdf
 
 TEXTS = {
     "cake": "A recipe for a rich chocolate cake baked in the oven.",
@@ -101,6 +102,14 @@ def test_text_index_finds_the_matching_document_and_writes_a_trec_run_and_rerank
     )
     np.testing.assert_allclose([hit["score"] for hit in hits], expected, rtol=1e-4, atol=1e-5)
     assert [hit["score"] for hit in hits] == sorted((hit["score"] for hit in hits), reverse=True)
+
+    # PDF pages by their text layer: the page reference and its text are kept.
+    write_text_pdf(tmp_path / "pdfs" / "report.pdf", [TEXTS["stocks"], TEXTS["football"], TEXTS["cat"]])
+    run_json("index", "--model", str(minilm_path), str(tmp_path / "pdfs"), "--pdf-text", "-o", str(tmp_path / "pages.index"))
+    page = run_mmst("search", str(tmp_path / "pages.index"), "a sleepy kitten", "-k", "1", "--json")
+    top = json.loads(page.stdout)["results"][0]
+    assert (top["id"], top["text"].split()) == ("report.pdf#page=3", TEXTS["cat"].split())
+    assert top["ref"] == f"{(tmp_path / 'pdfs' / 'report.pdf').resolve()}#page=3"
 
 
 def test_ivf_with_every_list_probed_and_rescored_quantised_indexes_equal_flat():
