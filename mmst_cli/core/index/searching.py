@@ -90,7 +90,13 @@ def _queries_file(reference: str, allow_outside_root: bool) -> EncodeInputs:
     if not path.exists():
         raise MmstError(f"--queries {reference!r} does not exist; check the path")
     if path.suffix.lower() == ".tsv":
-        rows = [line.rstrip("\r\n").split("\t", 1) for line in path.read_text(encoding="utf8").splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(path.read_text(encoding="utf8").splitlines(), start=1):
+            row = line.split("\t", 1)
+            if line.strip() and not row[-1].strip():
+                raise MmstError(f"--queries {reference!r}, line {number}: no query text after the id; write id<TAB>text")
+            if line.strip():
+                rows.append(row)
         stream = io.StringIO("".join(f"{row[-1]}\n" for row in rows))
         inputs = read_inputs("-", stdin=stream, media_root=path.parent, allow_outside_root=allow_outside_root)
         inputs.ids = [row[0] if len(row) == 2 else str(number) for number, row in enumerate(rows)]
