@@ -51,7 +51,7 @@ def _load_config_file(ctx: typer.Context, _param, value: str | None) -> str | No
 
 
 #: Options naming inputs that may be local paths; in a config file they resolve against its folder.
-_INPUT_PATHS = {"model", "text_encoder", "image_encoder", "audio_encoder", "data", "eval_data", "media_root"}
+_INPUT_PATHS = {"model", "text_encoder", "image_encoder", "audio_encoder", "data", "eval_data", "media_root", "fsdp_config"}
 
 
 def _relative_to_config(reference: str, folder) -> str:
@@ -234,6 +234,31 @@ ForceOption = Annotated[
     ),
 ]
 ReportToOption = Annotated[str, typer.Option(help="none or tensorboard.", rich_help_panel=TRAINING_PANEL)]
+FsdpOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Shard weights, gradients and optimizer state across the processes of a torchrun / accelerate launch "
+        "(FSDP2, one transformer layer at a time): full_shard (least memory) or shard_grad_op.",
+        rich_help_panel=TRAINING_PANEL,
+        show_default=False,
+    ),
+]
+FsdpConfigOption = Annotated[
+    str | None,
+    typer.Option(
+        help="JSON file of the Trainer's fsdp_config keys (cpu_offload, activation_checkpointing, ...) for --fsdp; they win over mmst's.",
+        rich_help_panel=TRAINING_PANEL,
+        show_default=False,
+    ),
+]
+GpusOption = Annotated[
+    int | None,
+    typer.Option(
+        help="With --dry-run: plan per-GPU memory for this many GPUs, under DDP and under FSDP. Default: this launch's processes.",
+        rich_help_panel="Output",
+        show_default=False,
+    ),
+]
 DryRunOption = Annotated[
     bool,
     typer.Option(

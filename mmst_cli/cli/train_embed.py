@@ -45,6 +45,9 @@ from mmst_cli.cli.options import (
     EvalStepsOption,
     ForceOption,
     Fp16Option,
+    FsdpConfigOption,
+    FsdpOption,
+    GpusOption,
     JsonOption,
     LOSS_PANEL,
     LoraAlphaOption,
@@ -157,6 +160,8 @@ def train_embed(
     gradient_checkpointing: Annotated[bool, typer.Option(help="Trade compute for activation memory (not with cached losses).", rich_help_panel=TRAINING)] = False,
     batch_sampler: Annotated[str | None, typer.Option(help="no-duplicates, no-duplicates-hashed or default. Default: no-duplicates, hashed when the data has media.", rich_help_panel=TRAINING, show_default=False)] = None,
     prompts: Annotated[str | None, typer.Option(help='A prompt for every column, or a JSON object per column, e.g. {"query": "query: "}.', rich_help_panel=TRAINING, show_default=False)] = None,
+    fsdp: FsdpOption = None,
+    fsdp_config: FsdpConfigOption = None,
     eval_steps: EvalStepsOption = None,
     save_steps: SaveStepsOption = None,
     resume: ResumeOption = False,
@@ -164,6 +169,7 @@ def train_embed(
     report_to: ReportToOption = "none",
     output_dir: Annotated[str | None, typer.Option(help="Run folder: model/, metrics.json and checkpoints/. Default: runs/train-embed-<time>.", rich_help_panel=OUTPUT, show_default=False)] = None,
     dry_run: DryRunOption = False,
+    gpus: GpusOption = None,
     json_output: JsonOption = False,
     config: ConfigOption = None,
     print_config: PrintConfigOption = False,
@@ -233,6 +239,9 @@ def train_embed(
         force=force,
         report_to=report_to,
         dry_run=dry_run,
+        gpus=gpus,
+        fsdp=fsdp,
+        fsdp_config=fsdp_config,
     )
     options, applied = with_demo_recipe(options, chosen=_chosen_options(ctx))
     ctx.params.update(applied)

@@ -43,6 +43,9 @@ from mmst_cli.cli.options import (
     EvalStepsOption,
     ForceOption,
     Fp16Option,
+    FsdpConfigOption,
+    FsdpOption,
+    GpusOption,
     JsonOption,
     LOSS_PANEL,
     LoraAlphaOption,
@@ -111,6 +114,8 @@ def train_rerank(
     fp16: Fp16Option = False,
     seed: SeedOption = 42,
     gradient_checkpointing: Annotated[bool, typer.Option(help="Trade compute for activation memory (not with cmnrl).", rich_help_panel=TRAINING)] = False,
+    fsdp: FsdpOption = None,
+    fsdp_config: FsdpConfigOption = None,
     eval_steps: EvalStepsOption = None,
     save_steps: SaveStepsOption = None,
     resume: ResumeOption = False,
@@ -118,6 +123,7 @@ def train_rerank(
     report_to: ReportToOption = "none",
     output_dir: Annotated[str | None, typer.Option(help="Run folder: model/, metrics.json and checkpoints/. Default: runs/train-rerank-<time>.", rich_help_panel=OUTPUT, show_default=False)] = None,
     dry_run: DryRunOption = False,
+    gpus: GpusOption = None,
     json_output: JsonOption = False,
     config: ConfigOption = None,
     print_config: PrintConfigOption = False,
@@ -173,6 +179,9 @@ def train_rerank(
         force=force,
         report_to=report_to,
         dry_run=dry_run,
+        gpus=gpus,
+        fsdp=fsdp,
+        fsdp_config=fsdp_config,
     )
     if print_config:
         print_resolved_config(ctx)

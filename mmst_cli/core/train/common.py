@@ -31,6 +31,7 @@ from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.models.lora import LoraOptions
 from mmst_cli.core.models.portable import save_model
 from mmst_cli.core.outputs import atomic_path, existing_ancestor
+from mmst_cli.core.train.fsdp import fsdp_training_arguments, full_weights_in_place, validate_fsdp
 from mmst_cli.core.train.run_folder import latest_intact_checkpoint, owned_run_folder
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -48,7 +49,9 @@ class TrainingOptions:
     fp16), ``seed``, ``gradient_checkpointing``, ``attn_implementation``, ``lora``, ``eval_steps``,
     ``save_steps``, ``output_dir``, ``resume``, ``force`` (resume even when the options or data differ
     from the run's start), ``report_to``, ``dry_run`` (plan memory instead of
-    training); the data, ``data`` (``data_config``,
+    training), ``gpus`` (the GPUs ``--dry-run`` plans for; default: this launch's processes),
+    ``fsdp`` (a sharding strategy, see :mod:`mmst_cli.core.train.fsdp`) and ``fsdp_config`` (a JSON
+    file of the Trainer's ``fsdp_config`` keys); the data, ``data`` (``data_config``,
     ``split``, ``columns``) and ``eval_data`` (``eval_data_split``) or an ``eval_split`` fraction;
     and the data-safety switches ``media_root``, ``skip_bad``, ``allow_remote_media`` and
     ``allow_outside_root``.
@@ -83,6 +86,9 @@ class TrainingOptions:
     force: bool = False
     report_to: str = "none"
     dry_run: bool = False
+    gpus: int | None = None
+    fsdp: str | None = None
+    fsdp_config: str | None = None
 
     #: Names the default run folder: ``runs/<command>-<time>``.
     command = "train"
@@ -112,6 +118,9 @@ class TrainingOptions:
             raise MmstError("--force only applies to --resume (continue a run started with other settings)")
         if self.lora.enabled and self.resume:
             raise MmstError("--resume is not supported with --lora-r yet: checkpoints hold adapters only")
+        if self.gpus is not None and (self.gpus <= 0 or not self.dry_run):
+            raise MmstError(f"--gpus plans a --dry-run for that many GPUs; give a positive number with --dry-run, got {self.gpus}")
+        validate_fsdp(self, launched_processes=world_size())
 
     def media_options(self, audio_sampling_rate: int | None) -> dict[str, Any]:
         """How the data loaders treat media (see :func:`mmst_cli.core.data.tables.prepare_media`)."""
@@ -192,14 +201,23 @@ def _precision_placement(precision: str) -> dict[str, Any]:
     return {"use_cpu": True}
 
 
-def common_training_arguments(options: TrainingOptions, checkpoints: Path, *, rows: int, has_eval: bool) -> dict[str, Any]:
-    """Keyword arguments for a Sentence Transformers / Cross Encoder ``TrainingArguments``."""
+def _cpu_launch_placement() -> dict[str, Any]:
+    """A CPU launch of several processes must say it trains on the CPU: otherwise accelerate sees
+    no accelerator, treats every process as a run of its own (each on its share of the data, with
+    nothing averaging their gradients) and the Trainer neither wraps DDP nor allows FSDP."""
+    return {"use_cpu": True} if world_size() > 1 and not has_cuda() else {}
+
+
+def common_training_arguments(options: TrainingOptions, checkpoints: Path, *, rows: int, has_eval: bool, model) -> dict[str, Any]:
+    """Keyword arguments for a Sentence Transformers / Cross Encoder ``TrainingArguments``
+    (``model``, as it will train, names the layers ``--fsdp`` shards one by one)."""
     eval_steps = options.eval_steps if has_eval else None
     # Passed only when asked for: transformers warns about the old name whenever it is set.
     checkpointing = {"gradient_checkpointing": True} if options.gradient_checkpointing else {}
     return dict(
         **checkpointing,
-        **_precision_placement(options.precision),
+        **{**_precision_placement(options.precision), **_cpu_launch_placement()},
+        **fsdp_training_arguments(options, model),
         output_dir=str(checkpoints),
         num_train_epochs=options.epochs,
         max_steps=options.max_steps,
@@ -375,14 +393,19 @@ def train_summary(trainer, output, runtime: float) -> dict[str, Any]:
     }
 
 
-def save_run(model, model_dir: Path, output_dir: Path, summary: dict[str, Any]) -> None:
+def save_run(model, model_dir: Path, output_dir: Path, summary: dict[str, Any], full_weights: dict[str, Any] | None = None) -> None:
     """Write the model (loadable without mmst: :func:`save_model`) and ``metrics.json`` under temporary
-    names, then rename (main process only)."""
+    names, then rename (main process only). ``full_weights``: the state dict gathered from an FSDP
+    run's shards (:func:`mmst_cli.core.train.fsdp.gathered_weights`), saved in place of the shards."""
     if not is_main_process():
         return
     # A full disk mid-save leaves neither a half-written model nor its temporary folder.
     with atomic_path(model_dir) as temporary:
-        save_model(model, temporary)
+        if full_weights is None:
+            save_model(model, temporary)
+        else:
+            with full_weights_in_place(model, full_weights):
+                save_model(model, temporary)
     with atomic_path(output_dir / "metrics.json") as pending:
         pending.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf8")
 

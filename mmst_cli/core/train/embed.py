@@ -28,6 +28,7 @@ from mmst_cli.core.train.common import (
     train_with_progress,
     world_size,
 )
+from mmst_cli.core.train.fsdp import fully_sharded_trainer, gathered_weights
 from mmst_cli.core.train.eval_record import load_pairs_with_eval_record, write_eval_record
 from mmst_cli.core.train.losses import LossOptions, build_loss
 from mmst_cli.core.train.multi_vector import (
@@ -145,7 +146,7 @@ def _training_arguments(arguments_class, options: TrainEmbedOptions, checkpoints
     # Comparing decoded images or audio arrays row by row is slow: hash them once instead.
     batch_sampler = options.batch_sampler or ("no-duplicates-hashed" if data.media_columns else "no-duplicates")
     return arguments_class(
-        **common_training_arguments(options, checkpoints, rows=len(data.dataset), has_eval=has_eval),
+        **common_training_arguments(options, checkpoints, rows=len(data.dataset), has_eval=has_eval, model=built.model),
         learning_rate_mapping=built.learning_rate_mapping or {},
         batch_sampler=BATCH_SAMPLERS[batch_sampler],
         prompts=options.prompts,
@@ -240,6 +241,8 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
     name_training_data(model, train_data.source)
 
     trainer_class, arguments_class = trainer_classes(multi_vector)
+    if options.fsdp:
+        trainer_class = fully_sharded_trainer(trainer_class)
     output_dir.mkdir(parents=True, exist_ok=True)
     trainer = trainer_class(
         model=model,
@@ -253,6 +256,7 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
     output, runtime = train_with_progress(trainer, options, progress_console, log)
     if options.lora.enabled:
         merge_lora(model)
+    full_weights = gathered_weights(trainer)  # every process takes part, before the main one saves
     final_metrics = evaluator.scores(model) if evaluator else {}
     if final_metrics:
         record_scores(model, evaluator, final_metrics, epoch=trainer.state.epoch or 0, step=trainer.state.global_step)
@@ -273,7 +277,7 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
         "options": options.as_json(),
     }
     write_eval_record(output_dir, eval_record)  # what `mmst evaluate --model RUN` scores
-    save_run(model, model_dir, output_dir, summary)
+    save_run(model, model_dir, output_dir, summary, full_weights)
     return TrainingResult(summary, model)
 
 

@@ -46,6 +46,7 @@ from mmst_cli.core.train.common import (
     train_summary,
     train_with_progress,
 )
+from mmst_cli.core.train.fsdp import fully_sharded_trainer, gathered_weights
 from mmst_cli.core.train.losses import gradcache_kwargs, validate_token_budget
 from mmst_cli.core.train.rerank_demo import DEFAULT_MODEL_NOTE, DEMO_EVAL, DEMO_TRAIN, default_reranker_start
 from mmst_cli.core.train.rerank_data import (
@@ -430,16 +431,20 @@ def _train(options: TrainRerankOptions, output_dir: Path, progress_console, log)
     sampler = ("no_duplicates_hashed" if has_media else "no_duplicates") if options.loss == "cmnrl" else "batch_sampler"
     output_dir.mkdir(parents=True, exist_ok=True)
     args = CrossEncoderTrainingArguments(
-        **common_training_arguments(options, output_dir / "checkpoints", rows=len(train_dataset), has_eval=evaluator is not None),
+        **common_training_arguments(
+            options, output_dir / "checkpoints", rows=len(train_dataset), has_eval=evaluator is not None, model=model
+        ),
         batch_sampler=sampler,
         # The loss sees the instruction only through the trainer: a model's default prompt applies to
         # predict(), not to training batches.
         prompts=instruction_of(model) or None,
     )
-    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator)
+    trainer_class = fully_sharded_trainer(CrossEncoderTrainer) if options.fsdp else CrossEncoderTrainer
+    trainer = trainer_class(model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator)
     output, runtime = train_with_progress(trainer, options, progress_console, log)
     if options.lora.enabled:
         merge_lora(model)
+    full_weights = gathered_weights(trainer)  # every process takes part, before the main one saves
     final_metrics = evaluator.scores(model) if evaluator else {}
 
     summary = {
@@ -464,5 +469,5 @@ def _train(options: TrainRerankOptions, output_dir: Path, progress_console, log)
         "train": train_summary(trainer, output, runtime),
         "options": options.as_json(),
     }
-    save_run(model, model_dir, output_dir, summary)
+    save_run(model, model_dir, output_dir, summary, full_weights)
     return RerankResult(summary, model)

@@ -1,0 +1,217 @@
+"""Fully sharded data parallel training (``--fsdp``): the Trainer arguments and what mmst adds to them.
+
+Under FSDP every process keeps only its shard of the weights, gradients and optimizer state and
+gathers a layer's full weights just while it runs. The Transformers Trainer does the sharding
+through accelerate (FSDP2, ``torch.distributed.fsdp.fully_shard``); this module
+
+- turns ``--fsdp`` / ``--fsdp-config`` into the Trainer's ``fsdp`` and ``fsdp_config`` arguments, with
+  auto-wrap of the transformer layer classes the model itself names (every inner transformers
+  model's ``_no_split_modules``, so a Router's towers are wrapped layer by layer too) and full
+  state dicts on save;
+- gives the Sentence Transformers trainers two things they lack under FSDP
+  (:func:`fully_sharded_trainer`): a CPU launch that really shards (accelerate 1.16 selects FSDP
+  only for accelerator devices and would quietly train a CPU launch with plain DDP; torch's FSDP2
+  itself runs on CPU with gloo), and checkpoints and final models written from the gathered full
+  weights (their ``_save`` writes the model's own, sharded, parameters and ignores the full state
+  dict the Trainer gathered, which fails on the sharded tensors);
+- gathers the full weights for the final save (:func:`gathered_weights`), so the saved model is the
+  one an unsharded run would save.
+
+GradCache losses (``cached-mnrl``, ``cmnrl``, the listwise losses) work unchanged under FSDP2: their
+extra no-grad forward and the per-mini-batch backward passes gather and free each layer's weights
+like any other pass (the conflict other GradCache users hit is FSDP1's flattened parameters, which
+the loss's own reference to the unwrapped model cannot use).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mmst_cli.core.errors import MmstError
+
+#: ``--fsdp`` values -> FSDP2's ``reshard_after_forward``: ``full_shard`` frees each layer's gathered
+#: weights after its forward (least memory), ``shard_grad_op`` keeps them until the backward
+#: (parameters whole during the step, one all-gather fewer).
+SHARDING_STRATEGIES = {"full_shard": True, "shard_grad_op": False}
+
+
+def validate_fsdp(options, *, launched_processes: int) -> None:
+    """Reject ``--fsdp`` values and combinations that cannot run, before any model loads.
+
+    Args:
+        options: The run's options (``fsdp``, ``fsdp_config``, ``lora``, ``gradient_checkpointing``, ``dry_run``).
+        launched_processes: Processes in this launch (``WORLD_SIZE``); FSDP needs a distributed launch.
+    """
+    if options.fsdp is None:
+        if options.fsdp_config:
+            raise MmstError("--fsdp-config tunes --fsdp; add --fsdp full_shard (or shard_grad_op)")
+        return
+    if options.fsdp == "hybrid_shard":
+        raise MmstError(
+            "--fsdp hybrid_shard exists only in FSDP1, which transformers 5 deprecates; use full_shard, "
+            "or replicate across nodes with an accelerate config (parallelism_config dp_replicate_size)"
+        )
+    if options.fsdp not in SHARDING_STRATEGIES:
+        raise MmstError(f"--fsdp {options.fsdp!r} is unknown; use one of {', '.join(SHARDING_STRATEGIES)}")
+    if options.fsdp_config:
+        read_fsdp_config(options.fsdp_config)
+    if options.lora.enabled:
+        raise MmstError("--fsdp with --lora-r is not supported yet: LoRA alone shrinks gradients and optimizer state; drop one")
+    if options.gradient_checkpointing:
+        raise MmstError(
+            '--fsdp with --gradient-checkpointing gathers every layer twice; put {"activation_checkpointing": true} '
+            "in an --fsdp-config file instead"
+        )
+    if launched_processes == 1 and not options.dry_run:
+        raise MmstError(
+            "--fsdp shards across processes: launch with torchrun --nproc_per_node N -m mmst_cli ... "
+            "(N=1 on a single GPU) or accelerate launch"
+        )
+
+
+def read_fsdp_config(path: str) -> dict[str, Any]:
+    """The JSON object of an ``--fsdp-config`` file (the Trainer's ``fsdp_config`` keys)."""
+    file = Path(path).expanduser()
+    try:
+        loaded = json.loads(file.read_text(encoding="utf8"))
+    except OSError as error:
+        raise MmstError(f"--fsdp-config {path}: cannot read it ({error.strerror})") from error
+    except ValueError as error:
+        raise MmstError(f"--fsdp-config {path} is not valid JSON ({error}); see docs/scale.md for an example") from error
+    if not isinstance(loaded, dict):
+        raise MmstError(f"--fsdp-config {path} must hold a JSON object of fsdp_config keys, e.g. {{\"cpu_offload\": true}}")
+    return loaded
+
+
+def layer_classes_to_wrap(model) -> list[str]:
+    """The transformer layer classes to shard one by one: every inner transformers model's
+    ``_no_split_modules`` (the blocks it must keep whole), sorted; empty when none names any."""
+    from transformers import PreTrainedModel
+
+    names: set[str] = set()
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            names.update(getattr(module, "_no_split_modules", None) or ())
+    present = {type(module).__name__ for module in model.modules()}
+    return sorted(names & present)
+
+
+def fsdp_training_arguments(options, model) -> dict[str, Any]:
+    """The Trainer's ``fsdp`` / ``fsdp_config`` for ``--fsdp`` (empty without it).
+
+    mmst's choices: FSDP2, auto-wrap of :func:`layer_classes_to_wrap`, full state dicts (a
+    checkpoint and the final model are ordinary, unsharded folders) and the strategy's
+    ``reshard_after_forward``. Keys in ``--fsdp-config`` win.
+    """
+    if options.fsdp is None:
+        return {}
+    config: dict[str, Any] = {
+        "version": 2,
+        "reshard_after_forward": SHARDING_STRATEGIES[options.fsdp],
+        "state_dict_type": "FULL_STATE_DICT",
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+    }
+    layers = layer_classes_to_wrap(model)
+    if layers:
+        config["transformer_layer_cls_to_wrap"] = layers
+    if options.fsdp_config:
+        given = read_fsdp_config(options.fsdp_config)
+        config.update({key.removeprefix("fsdp_"): value for key, value in given.items()})
+    if int(config.get("version", 2)) != 2:
+        raise MmstError(f"--fsdp-config {options.fsdp_config}: mmst trains with FSDP2 only (version 2); drop \"version\"")
+    if config.get("state_dict_type") != "FULL_STATE_DICT":
+        raise MmstError(
+            f"--fsdp-config {options.fsdp_config}: mmst saves full state dicts (loadable models and checkpoints); "
+            "drop \"state_dict_type\""
+        )
+    return {"fsdp": True, "fsdp_config": config}
+
+
+def fully_sharded_trainer(trainer_class: type) -> type:
+    """``trainer_class`` (a Sentence Transformers or Cross Encoder trainer) made to train and save
+    under FSDP; see the module docstring for the two gaps it closes."""
+
+    class FullyShardedTrainer(trainer_class):
+        def create_accelerator_and_postprocess(self) -> None:
+            super().create_accelerator_and_postprocess()
+            from accelerate.state import PartialState
+            from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+            state = self.accelerator.state
+            if self.args.fsdp_plugin_args and not self.is_fsdp_enabled and state.distributed_type == DistributedType.MULTI_CPU:
+                # What accelerate does when it picks FSDP for GPUs; the process-wide state is updated
+                # too, as every later AcceleratorState() copies its distributed type from there.
+                state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+                state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+                self.is_fsdp_enabled = True
+
+        def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+            if not self.is_fsdp_enabled or state_dict is None:
+                return super()._save(output_dir, state_dict=state_dict)
+            if not self.args.should_save:  # every process gathered the weights; the main one writes them
+                return None
+            with full_weights_in_place(self.model, state_dict):
+                return super()._save(output_dir, state_dict=state_dict)
+            if not self.args.should_save:  # every process gathered the weights; the main one writes them
+                return None
+            with full_weights_in_place(self.model, state_dict):
+                import sys
+                print("DEBUG acc", self.accelerator.is_fsdp2, self.accelerator.distributed_type, self.accelerator.state.fsdp_plugin.fsdp_version, file=sys.stderr)
+                for n, t in list(self.model.state_dict().items())[:3]:
+                    print("DEBUG", n, type(t).__name__, t.dtype, t.shape, type(state_dict[n]).__name__, file=sys.stderr)
+                    try: t.untyped_storage().data_ptr()
+                    except Exception as e: print("DEBUG bad", n, e, file=sys.stderr)
+                return super()._save(output_dir, state_dict=state_dict)
+
+    FullyShardedTrainer.__name__ = FullyShardedTrainer.__qualname__ = f"FullySharded{trainer_class.__name__}"
+    return FullyShardedTrainer
+
+
+#: The hooks FSDP2 drives a sharded module with: gather before each forward, free after it, put
+#: the shards back before ``state_dict()``.
+_FSDP_HOOK_TABLES = ("_forward_pre_hooks", "_forward_hooks", "_state_dict_pre_hooks")
+
+
+@contextmanager
+def full_weights_in_place(model, state_dict: dict[str, Any]) -> Iterator[None]:
+    """Within the block ``model`` is a plain module holding the full tensors of ``state_dict`` (as
+    gathered from the shards): its own ``save`` writes whole weights, and the forward passes a save
+    may run (the model card's usage example) need no other process. FSDP's hooks, which would
+    gather from the other processes or put the shards back, are held back meanwhile; the shards
+    and hooks return afterwards."""
+    import torch
+
+    swapped = []
+    held = {(module, table): getattr(module, table) for module in model.modules() for table in _FSDP_HOOK_TABLES}
+    try:
+        for (module, table), hooks in held.items():
+            setattr(module, table, type(hooks)())
+        for name, tensor in state_dict.items():
+            owner_name, _, leaf = name.rpartition(".")
+            owner = model.get_submodule(owner_name)
+            if leaf in owner._parameters:
+                registry, value = owner._parameters, torch.nn.Parameter(tensor, requires_grad=False)
+            elif leaf in owner._buffers:
+                registry, value = owner._buffers, tensor
+            else:
+                continue
+            swapped.append((registry, leaf, registry[leaf]))
+            registry[leaf] = value
+        yield
+    finally:
+        for registry, leaf, original in reversed(swapped):
+            registry[leaf] = original
+        for (module, table), hooks in held.items():
+            setattr(module, table, hooks)
+
+
+def gathered_weights(trainer) -> dict[str, Any] | None:
+    """The full state dict of a trainer's model after FSDP training (on the main process; every
+    process must call it, as the shards are gathered collectively), or ``None`` without FSDP."""
+    if not getattr(trainer, "is_fsdp_enabled", False):
+        return None
+    return trainer.accelerator.get_state_dict(trainer.model)
