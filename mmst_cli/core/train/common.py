@@ -31,7 +31,7 @@ from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.models.lora import LoraOptions
 from mmst_cli.core.models.portable import save_model
 from mmst_cli.core.outputs import atomic_path, existing_ancestor
-from mmst_cli.core.train.fsdp import fsdp_training_arguments, full_weights_in_place, validate_fsdp
+from mmst_cli.core.train.fsdp import fsdp_training_arguments, full_weights_in_place, sharding_summary, validate_fsdp
 from mmst_cli.core.train.run_folder import latest_intact_checkpoint, owned_run_folder
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -380,8 +380,10 @@ class _CheckpointOnInterrupt(TrainerCallback):
 
 
 def train_summary(trainer, output, runtime: float) -> dict[str, Any]:
-    """Steps, epochs, time, throughput and the loss curve of a finished run."""
+    """Steps, epochs, time, throughput and the loss curve of a finished run (and its sharding under FSDP)."""
+    sharding = sharding_summary(trainer)
     return {
+        **({"fsdp": sharding} if sharding else {}),
         "steps": trainer.state.global_step,
         "epochs": round(float(trainer.state.epoch or 0), 4),
         "runtime_s": round(runtime, 2),

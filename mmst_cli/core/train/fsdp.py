@@ -149,6 +149,21 @@ def fully_sharded_trainer(trainer_class: type) -> type:
                 state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
                 self.is_fsdp_enabled = True
 
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+            # Sentence Transformers' override reloads a saved model into the unwrapped one; under FSDP
+            # the Trainer resumes the sharded model from the checkpoint's FSDP weights instead.
+            if model is None or not self.is_fsdp_enabled:
+                return super()._load_from_checkpoint(resume_from_checkpoint)
+            from transformers import Trainer
+
+            return Trainer._load_from_checkpoint(self, resume_from_checkpoint, model)
+
+        def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+            if not self.is_fsdp_enabled or checkpoint is None:
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            with _optimizer_state_may_lack_unused_parameters():
+                return super()._load_optimizer_and_scheduler(checkpoint)
+
         def _save(self, output_dir: str | None = None, state_dict=None) -> None:
             if not self.is_fsdp_enabled or state_dict is None:
                 return super()._save(output_dir, state_dict=state_dict)
@@ -169,6 +184,25 @@ def fully_sharded_trainer(trainer_class: type) -> type:
 
     FullyShardedTrainer.__name__ = FullyShardedTrainer.__qualname__ = f"FullySharded{trainer_class.__name__}"
     return FullyShardedTrainer
+
+
+@contextmanager
+def _optimizer_state_may_lack_unused_parameters() -> Iterator[None]:
+    """Resume FSDP optimizer state that has no entry for a parameter the loss never reached (BERT's
+    pooler under mean pooling, CLIP's unused logit scale): AdamW creates a parameter's state at its
+    first gradient, so such a parameter starting afresh is what the uninterrupted run does too.
+    accelerate loads with torch's strict default, which refuses; strictness is relaxed for this
+    load only."""
+    import dataclasses
+
+    from accelerate.utils import fsdp_utils
+
+    strict = fsdp_utils._prepare_sd_options
+    fsdp_utils._prepare_sd_options = lambda plugin: dataclasses.replace(strict(plugin), strict=False)
+    try:
+        yield
+    finally:
+        fsdp_utils._prepare_sd_options = strict
 
 
 #: The hooks FSDP2 drives a sharded module with: gather before each forward, free after it, put
@@ -215,3 +249,21 @@ def gathered_weights(trainer) -> dict[str, Any] | None:
     if not getattr(trainer, "is_fsdp_enabled", False):
         return None
     return trainer.accelerator.get_state_dict(trainer.model)
+
+
+def sharding_summary(trainer) -> dict[str, Any] | None:
+    """How an FSDP run was sharded, for ``metrics.json`` (``None`` without FSDP): processes, the
+    layer classes wrapped one by one, and how many parameters are held as shards."""
+    if not getattr(trainer, "is_fsdp_enabled", False):
+        return None
+    from torch.distributed.tensor import DTensor
+
+    plugin = trainer.accelerator.state.fsdp_plugin
+    parameters = list(trainer.model.parameters())
+    return {
+        "processes": trainer.accelerator.num_processes,
+        "reshard_after_forward": plugin.reshard_after_forward,
+        "layers_wrapped": sorted(plugin.transformer_cls_names_to_wrap or []),
+        "parameters": len(parameters),
+        "sharded_parameters": sum(isinstance(parameter, DTensor) for parameter in parameters),
+    }
