@@ -254,7 +254,15 @@ FsdpConfigOption = Annotated[
 GpusOption = Annotated[
     int | None,
     typer.Option(
-        help="With --dry-run: plan per-GPU memory for this many GPUs, under DDP and under FSDP. Default: this launch's processes.",
+        help="With --dry-run: also plan per-GPU memory for this many GPUs, under DDP and under FSDP, and find the smallest setup that fits.",
+        rich_help_panel="Output",
+        show_default=False,
+    ),
+]
+GpuMemoryOption = Annotated[
+    float | None,
+    typer.Option(
+        help="With --gpus: memory of each GPU in GiB, e.g. 80. Default: this machine's GPU's free memory (none: no fit verdict).",
         rich_help_panel="Output",
         show_default=False,
     ),

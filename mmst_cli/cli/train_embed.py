@@ -47,6 +47,7 @@ from mmst_cli.cli.options import (
     Fp16Option,
     FsdpConfigOption,
     FsdpOption,
+    GpuMemoryOption,
     GpusOption,
     JsonOption,
     LOSS_PANEL,
@@ -170,6 +171,7 @@ def train_embed(
     output_dir: Annotated[str | None, typer.Option(help="Run folder: model/, metrics.json and checkpoints/. Default: runs/train-embed-<time>.", rich_help_panel=OUTPUT, show_default=False)] = None,
     dry_run: DryRunOption = False,
     gpus: GpusOption = None,
+    gpu_memory: GpuMemoryOption = None,
     json_output: JsonOption = False,
     config: ConfigOption = None,
     print_config: PrintConfigOption = False,
@@ -240,6 +242,7 @@ def train_embed(
         report_to=report_to,
         dry_run=dry_run,
         gpus=gpus,
+        gpu_memory=gpu_memory,
         fsdp=fsdp,
         fsdp_config=fsdp_config,
     )

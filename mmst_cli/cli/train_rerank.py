@@ -45,6 +45,7 @@ from mmst_cli.cli.options import (
     Fp16Option,
     FsdpConfigOption,
     FsdpOption,
+    GpuMemoryOption,
     GpusOption,
     JsonOption,
     LOSS_PANEL,
@@ -124,6 +125,7 @@ def train_rerank(
     output_dir: Annotated[str | None, typer.Option(help="Run folder: model/, metrics.json and checkpoints/. Default: runs/train-rerank-<time>.", rich_help_panel=OUTPUT, show_default=False)] = None,
     dry_run: DryRunOption = False,
     gpus: GpusOption = None,
+    gpu_memory: GpuMemoryOption = None,
     json_output: JsonOption = False,
     config: ConfigOption = None,
     print_config: PrintConfigOption = False,
@@ -180,6 +182,7 @@ def train_rerank(
         report_to=report_to,
         dry_run=dry_run,
         gpus=gpus,
+        gpu_memory=gpu_memory,
         fsdp=fsdp,
         fsdp_config=fsdp_config,
     )

@@ -49,7 +49,7 @@ class TrainingOptions:
     fp16), ``seed``, ``gradient_checkpointing``, ``attn_implementation``, ``lora``, ``eval_steps``,
     ``save_steps``, ``output_dir``, ``resume``, ``force`` (resume even when the options or data differ
     from the run's start), ``report_to``, ``dry_run`` (plan memory instead of
-    training), ``gpus`` (the GPUs ``--dry-run`` plans for; default: this launch's processes),
+    training), ``gpus`` and ``gpu_memory`` (GiB each: the GPUs ``--dry-run`` also plans for),
     ``fsdp`` (a sharding strategy, see :mod:`mmst_cli.core.train.fsdp`) and ``fsdp_config`` (a JSON
     file of the Trainer's ``fsdp_config`` keys); the data, ``data`` (``data_config``,
     ``split``, ``columns``) and ``eval_data`` (``eval_data_split``) or an ``eval_split`` fraction;
@@ -87,6 +87,7 @@ class TrainingOptions:
     report_to: str = "none"
     dry_run: bool = False
     gpus: int | None = None
+    gpu_memory: float | None = None
     fsdp: str | None = None
     fsdp_config: str | None = None
 
@@ -120,6 +121,8 @@ class TrainingOptions:
             raise MmstError("--resume is not supported with --lora-r yet: checkpoints hold adapters only")
         if self.gpus is not None and (self.gpus <= 0 or not self.dry_run):
             raise MmstError(f"--gpus plans a --dry-run for that many GPUs; give a positive number with --dry-run, got {self.gpus}")
+        if self.gpu_memory is not None and (self.gpu_memory <= 0 or self.gpus is None):
+            raise MmstError(f"--gpu-memory is the GiB of each GPU --gpus plans for; give a positive number with --gpus, got {self.gpu_memory}")
         validate_fsdp(self, launched_processes=world_size())
 
     def media_options(self, audio_sampling_rate: int | None) -> dict[str, Any]:

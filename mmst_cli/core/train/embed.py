@@ -314,7 +314,7 @@ def adopt_training_prompts(model, prompts: str | dict[str, str] | None, data: Pa
 def _dry_run(options: TrainEmbedOptions, built, train_data: PairData, *, multi_vector: bool) -> TrainingResult:
     """Plan the run's peak memory instead of training (``--dry-run``); a multi-vector run's GradCache
     keeps one vector per token of every input, not one per input."""
-    from mmst_cli.core.train.memory_plan import plan_training_memory, sample_inputs
+    from mmst_cli.core.train.memory_plan import gpu_plan_options, plan_training_memory, sample_inputs
 
     cached = options.loss.name.startswith("cached-")
     plan = plan_training_memory(
@@ -326,6 +326,7 @@ def _dry_run(options: TrainEmbedOptions, built, train_data: PairData, *, multi_v
         modalities=train_data.column_modalities.values(),
         gradient_checkpointing=options.gradient_checkpointing,
         gradcache_output=("token_embeddings" if multi_vector else "sentence_embedding") if cached else None,
+        **gpu_plan_options(options),
     )
     summary = {"model": built.description, "data": train_data.source, "dry_run": plan.as_json()}
     return TrainingResult(summary, built.model)

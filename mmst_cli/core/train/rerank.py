@@ -328,7 +328,7 @@ def _describe(data: RerankData) -> str:
 def _dry_run(options: TrainRerankOptions, built, train_dataset, data: RerankData) -> RerankResult:
     """Plan the run's peak memory instead of training (``--dry-run``): one (query, document) pair,
     the longest of a few training rows, is what each forward pass holds per sample."""
-    from mmst_cli.core.train.memory_plan import SAMPLE_ROWS, plan_training_memory
+    from mmst_cli.core.train.memory_plan import SAMPLE_ROWS, gpu_plan_options, plan_training_memory
 
     query, document = train_dataset.column_names[:2]
 
@@ -347,6 +347,7 @@ def _dry_run(options: TrainRerankOptions, built, train_dataset, data: RerankData
         precision=options.precision,
         modalities=data.column_modalities.values(),
         gradient_checkpointing=options.gradient_checkpointing,
+        **gpu_plan_options(options),
     )
     return RerankResult({"model": built.description, "data": data.source, "dry_run": plan.as_json()}, built.model)
 
