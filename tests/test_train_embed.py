@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ from mmst_cli.core.models.loading import load_model
 from mmst_cli.core.models.locate import locate_model
 from mmst_cli.core.train.embed import TrainEmbedOptions, train_embedding_model
 from tests.data_factory import write_colour_pairs, write_frame_clips, write_text_pairs, write_tone_pairs
-from tests.helpers import assert_one_line_error, run_json, run_mmst, run_mmst_process
+from tests.helpers import assert_one_line_error, run_json, run_mmst, run_mmst_process, run_torchrun
 
 LOSS_VARIANTS = {
     "mnrl": LossOptions(name="mnrl"),
@@ -229,13 +226,9 @@ def test_text_column_for_an_image_only_route_is_refused(tmp_path, tiny_models):
 
 @pytest.mark.parametrize("model, extra", [("clip", []), ("bert", ["--multi-vector", "--dim", "8"])], ids=["single-vector", "multi-vector"])
 def test_two_process_ddp_run_completes(tmp_path, colour_pairs, tiny_models, model, extra):
-    torchrun = Path(sys.executable).with_name("torchrun")
     data = colour_pairs if model == "clip" else write_text_pairs(tmp_path / "text", count=8)
-    command = [str(torchrun), "--nproc_per_node", "2", "-m", "mmst_cli", "train-embed",
-               "--model", str(tiny_models[model]), "--data", str(data), "--max-steps", "2",
-               "--batch-size", "2", "--loss", "mnrl", "--output-dir", str(tmp_path / "ddp"), "--json", *extra]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))  # fmt: skip
+    result = run_torchrun("train-embed", "--model", str(tiny_models[model]), "--data", str(data), "--max-steps", "2",
+                          "--batch-size", "2", "--loss", "mnrl", "--output-dir", str(tmp_path / "ddp"), "--json", *extra)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)  # one JSON object: only the main process prints
     # 8 rows over 2 processes x 2 per device: 2 steps make one epoch, which a single process would not.

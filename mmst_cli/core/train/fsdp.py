@@ -58,7 +58,14 @@ def validate_fsdp(options, *, launched_processes: int) -> None:
     if options.fsdp not in SHARDING_STRATEGIES:
         raise MmstError(f"--fsdp {options.fsdp!r} is unknown; use one of {', '.join(SHARDING_STRATEGIES)}")
     if options.fsdp_config:
-        read_fsdp_config(options.fsdp_config)
+        given = read_fsdp_config(options.fsdp_config)
+        if int(given.get("version", given.get("fsdp_version", 2))) != 2:
+            raise MmstError(f"--fsdp-config {options.fsdp_config}: mmst trains with FSDP2 only; drop \"version\"")
+        if given.get("state_dict_type", given.get("fsdp_state_dict_type", "FULL_STATE_DICT")) != "FULL_STATE_DICT":
+            raise MmstError(
+                f"--fsdp-config {options.fsdp_config}: mmst saves full state dicts (loadable models and checkpoints); "
+                "drop \"state_dict_type\""
+            )
     if options.lora.enabled:
         raise MmstError("--fsdp with --lora-r is not supported yet: LoRA alone shrinks gradients and optimizer state; drop one")
     if options.gradient_checkpointing:
@@ -105,7 +112,8 @@ def fsdp_training_arguments(options, model) -> dict[str, Any]:
 
     mmst's choices: FSDP2, auto-wrap of :func:`layer_classes_to_wrap`, full state dicts (a
     checkpoint and the final model are ordinary, unsharded folders) and the strategy's
-    ``reshard_after_forward``. Keys in ``--fsdp-config`` win.
+    ``reshard_after_forward``. Keys in ``--fsdp-config`` win (with or without accelerate's
+    ``fsdp_`` prefix), except the two mmst relies on, which :func:`validate_fsdp` checks.
     """
     if options.fsdp is None:
         return {}
@@ -118,16 +126,9 @@ def fsdp_training_arguments(options, model) -> dict[str, Any]:
     layers = layer_classes_to_wrap(model)
     if layers:
         config["transformer_layer_cls_to_wrap"] = layers
-    if options.fsdp_config:
+    if options.fsdp_config:  # checked by validate_fsdp
         given = read_fsdp_config(options.fsdp_config)
         config.update({key.removeprefix("fsdp_"): value for key, value in given.items()})
-    if int(config.get("version", 2)) != 2:
-        raise MmstError(f"--fsdp-config {options.fsdp_config}: mmst trains with FSDP2 only (version 2); drop \"version\"")
-    if config.get("state_dict_type") != "FULL_STATE_DICT":
-        raise MmstError(
-            f"--fsdp-config {options.fsdp_config}: mmst saves full state dicts (loadable models and checkpoints); "
-            "drop \"state_dict_type\""
-        )
     return {"fsdp": True, "fsdp_config": config}
 
 

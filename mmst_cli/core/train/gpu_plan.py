@@ -11,8 +11,8 @@ on this machine, to N GPUs with the arithmetic of each strategy:
 Activations, forward buffers and GradCache buffers do not divide: each GPU runs its own
 ``--batch-size`` (per device). Each GPU also holds a CUDA context and allocator slack.
 
-The smallest setup that fits is searched over GPU counts (1, 2, 4, ... up to 64), then DDP before
-FSDP, then a smaller GradCache mini batch, then LoRA (whose trainable share is assumed to be
+The smallest setup that fits is searched over GPU counts (1, 2, 4, ... up to 64), DDP before
+FSDP, then a smaller GradCache mini batch, and only then LoRA (whose trainable share is assumed to be
 :data:`LORA_TRAINABLE_SHARE` of the weights: rank 16 on the attention and MLP projections of
 common transformers).
 """
@@ -99,12 +99,13 @@ def _fitting_mini_batch(figures: ModelFigures, strategy: str, gpus: int, gpu_mem
 def smallest_fitting_setup(figures: ModelFigures, gpu_memory: int, *, max_gpus: int = MAX_GPUS) -> dict[str, Any] | None:
     """The cheapest setup whose per-GPU total fits ``gpu_memory`` bytes, or ``None``.
 
-    Cheapest: fewest GPUs; then DDP before FSDP; then the run's samples in flight before a
-    smaller GradCache mini batch; then all weights trained before LoRA.
+    Cheapest: all weights trained before LoRA (which changes what is learnt, so it comes only when
+    no number of GPUs up to ``max_gpus`` fits otherwise); then fewest GPUs; then DDP before FSDP;
+    then the run's samples in flight before a smaller GradCache mini batch.
     """
-    gpus = 1
-    while gpus <= max_gpus:
-        for lora in (False, True):
+    for lora in (False, True):
+        gpus = 1
+        while gpus <= max_gpus:
             for strategy in STRATEGIES:
                 if sum(per_gpu_components(figures, strategy, gpus, lora=lora).values()) <= gpu_memory:
                     return {"gpus": gpus, "strategy": strategy, "mini_batch_size": None, "lora": lora}
@@ -112,7 +113,7 @@ def smallest_fitting_setup(figures: ModelFigures, gpu_memory: int, *, max_gpus: 
                 mini_batch = _fitting_mini_batch(figures, strategy, gpus, gpu_memory, lora)
                 if mini_batch >= 1:
                     return {"gpus": gpus, "strategy": strategy, "mini_batch_size": mini_batch, "lora": lora}
-        gpus *= 2
+            gpus *= 2
     return None
 
 

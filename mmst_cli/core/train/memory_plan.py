@@ -309,7 +309,7 @@ def plan_training_memory(model, inputs: list[tuple[Any, str | None]], *, batch_s
         return plan
     if plan.gpu_plan and plan.gpu_plan["fits"] is not None:  # the verdict is the GPUs': so is the advice
         smallest = plan.gpu_plan["smallest_fit"]
-        size = f"{plan.gpu_plan['gpu_memory_bytes'] / 2**30:.0f} GiB"
+        size = f"{plan.gpu_plan['gpu_memory_bytes'] / 2**30:.3g} GiB"
         plan.suggestions = (
             [f"{smallest['flags']} (the smallest setup that fits {size} GPUs)"]
             if smallest
