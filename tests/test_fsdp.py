@@ -80,7 +80,7 @@ def test_fsdp_reranker_with_gradcache_on_two_processes(tmp_path, tiny_reranker):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf8")
     result = run_torchrun("train-rerank", "--model", str(tiny_reranker), "--data", str(data), "--loss", "cmnrl",
-                          "--mini-batch-size", "1", "--batch-size", "2", "--max-steps", "1", "--lr", "1e-3",
+                          "--mini-batch-size", "1", "--batch-size", "2", "--max-steps", "1", "--lr", "1e-3", "--warmup", "0",
                           "--fsdp", "full_shard", "--output-dir", str(tmp_path / "run"), "--json")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_sharded(json.loads(result.stdout), ["BertEmbeddings", "BertLayer"])
