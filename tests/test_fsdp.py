@@ -105,17 +105,21 @@ def test_fsdp_reranker_with_gradcache_on_two_processes(tmp_path, tiny_reranker):
         (["--fsdp", "full_shard", "--fsdp-config", "{version_1}"], ["FSDP2 only"]),
         (["--gpus", "2"], ["--gpus plans a --dry-run"]),
         (["--dry-run", "--gpu-memory", "80"], ["give a positive number with --gpus"]),
+        (["ACCELERATE_USE_FSDP=true"], ["accelerate launch turns on FSDP", "add --fsdp full_shard"]),
     ],
-    ids=["hybrid", "unknown", "config-alone", "lora", "checkpointing", "no-launch", "bad-json", "fsdp1", "gpus-alone", "memory-alone"],
-)
+    ids=["hybrid", "unknown", "config-alone", "lora", "checkpointing", "no-launch", "bad-json", "fsdp1", "gpus-alone",
+         "memory-alone", "accelerate-fsdp"],
+)  # fmt: skip
 def test_impossible_fsdp_and_planner_flags_fail_before_any_work(tmp_path, tiny_models, flags, fragments):
     files = {"config": '{"cpu_offload": false}', "bad_json": "{cpu_offload: yes", "version_1": '{"fsdp_version": 1}'}
     for name, text in files.items():
         (tmp_path / f"{name}.json").write_text(text, encoding="utf8")
     flags = [flag.format(**{name: str(tmp_path / f"{name}.json") for name in files}) for flag in flags]
+    env = dict(flag.split("=") for flag in flags if "=" in flag)  # what an accelerate FSDP config exports
+    flags = [flag for flag in flags if "=" not in flag]
     for command in ("train-embed", "train-rerank"):
         result = run_mmst(command, "--model", str(tiny_models["bert"]), "--data", str(tmp_path / "missing.jsonl"), *flags,
-                          "--output-dir", str(tmp_path / "run"))  # fmt: skip
+                          "--output-dir", str(tmp_path / "run"), env=env)  # fmt: skip
         assert_one_line_error(result, 2, *fragments)
     assert not (tmp_path / "run").exists()
 

@@ -26,6 +26,7 @@ the loss's own reference to the unwrapped model cannot use).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +50,12 @@ def validate_fsdp(options, *, launched_processes: int) -> None:
     if options.fsdp is None:
         if options.fsdp_config:
             raise MmstError("--fsdp-config tunes --fsdp; add --fsdp full_shard (or shard_grad_op)")
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not options.dry_run:
+            # accelerate would shard behind the trainer's back, and the saves would fail on the shards.
+            raise MmstError(
+                "this accelerate launch turns on FSDP (distributed_type: FSDP); add --fsdp full_shard "
+                "(or shard_grad_op) so mmst shards, saves and resumes the full weights"
+            )
         return
     if options.fsdp == "hybrid_shard":
         raise MmstError(
@@ -150,6 +157,10 @@ def fully_sharded_trainer(trainer_class: type) -> type:
                 state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
                 self.is_fsdp_enabled = True
 
+        def _prepare_for_training(self, *args, **kwargs):
+            with _no_final_norm_unit():
+                return super()._prepare_for_training(*args, **kwargs)
+
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
             # Sentence Transformers' override reloads a saved model into the unwrapped one; under FSDP
             # the Trainer resumes the sharded model from the checkpoint's FSDP weights instead.
@@ -185,6 +196,22 @@ def fully_sharded_trainer(trainer_class: type) -> type:
 
     FullyShardedTrainer.__name__ = FullyShardedTrainer.__qualname__ = f"FullySharded{trainer_class.__name__}"
     return FullyShardedTrainer
+
+
+@contextmanager
+def _no_final_norm_unit() -> Iterator[None]:
+    """While accelerate shards the model: it looks among the model's direct children for a causal
+    LM's final norm to shard together with the LM head, and in a Sentence Transformers pipeline
+    finds its ``Normalize`` step, which holds no weights and cannot be sharded on its own
+    ("object layout differs"). A pipeline has no LM head to group it with, so none is looked for."""
+    from accelerate.utils import fsdp_utils
+
+    find = fsdp_utils._find_final_norm
+    fsdp_utils._find_final_norm = lambda model: None
+    try:
+        yield
+    finally:
+        fsdp_utils._find_final_norm = find
 
 
 @contextmanager
