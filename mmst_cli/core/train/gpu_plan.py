@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mmst_cli.core.train.memory_plan import CUDA_OVERHEAD_BYTES
-
+#: What a CUDA context and the caching allocator's slack take on a GPU.
+CUDA_OVERHEAD_BYTES = 600 * 2**20
 #: Share of the parameters LoRA trains, for planning (rank 16 adapters: about 1-2% of a transformer).
 LORA_TRAINABLE_SHARE = 0.02
 #: The most GPUs the search for a fitting setup considers.

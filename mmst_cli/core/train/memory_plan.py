@@ -32,10 +32,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmst_cli.core.train.gpu_plan import CUDA_OVERHEAD_BYTES
+
 #: Rows sampled to find the largest inputs (longest texts, biggest images) of each column.
 SAMPLE_ROWS = 8
-#: What a CUDA context and the caching allocator's slack take on a GPU.
-CUDA_OVERHEAD_BYTES = 600 * 2**20
 #: The tasks of a multi-vector model's sides: its forward masks (and may expand queries) by them.
 RETRIEVAL_TASKS = ("query", "document")
 
