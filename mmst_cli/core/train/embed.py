@@ -145,8 +145,15 @@ def with_demo_recipe(options: TrainEmbedOptions, chosen: set[str]) -> tuple[Trai
 def _training_arguments(arguments_class, options: TrainEmbedOptions, checkpoints: Path, built, data: PairData, has_eval: bool):
     # Comparing decoded images or audio arrays row by row is slow: hash them once instead.
     batch_sampler = options.batch_sampler or ("no-duplicates-hashed" if data.media_columns else "no-duplicates")
+    # A plain loss runs one forward per column, then one backward: DDP's default search for unused
+    # parameters marks a tower that only some columns use (CLIP's, a Router's) ready twice and fails.
+    # The parameters a step uses are the same every step, which a static graph states. GradCache's
+    # forward and backward passes come in pairs per mini batch, which the default search follows.
+    static = {"ddp_find_unused_parameters": False, "ddp_static_graph": True}
+    ddp = static if world_size() > 1 and not options.fsdp and not options.loss.name.startswith("cached-") else {}
     return arguments_class(
         **common_training_arguments(options, checkpoints, rows=len(data.dataset), has_eval=has_eval, model=built.model),
+        **ddp,
         learning_rate_mapping=built.learning_rate_mapping or {},
         batch_sampler=BATCH_SAMPLERS[batch_sampler],
         prompts=options.prompts,

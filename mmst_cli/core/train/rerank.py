@@ -45,6 +45,7 @@ from mmst_cli.core.train.common import (
     save_run,
     train_summary,
     train_with_progress,
+    world_size,
 )
 from mmst_cli.core.train.fsdp import fully_sharded_trainer, gathered_weights
 from mmst_cli.core.train.losses import gradcache_kwargs, validate_token_budget
@@ -430,12 +431,18 @@ def _train(options: TrainRerankOptions, output_dir: Path, progress_console, log)
     # (hashing decoded media once instead of comparing it row by row).
     has_media = any(modality != "text" for modality in train_data.column_modalities.values())
     sampler = ("no_duplicates_hashed" if has_media else "no_duplicates") if options.loss == "cmnrl" else "batch_sampler"
+    # Every loss runs the model more than once before (or, GradCache, within) its backward; DDP's
+    # default search for unused parameters then marks parameters ready twice and fails. The
+    # parameters a step uses are the same every step, which a static graph states.
+    distributed = world_size() > 1 and not options.fsdp
+    static_ddp_graph = {"ddp_find_unused_parameters": False, "ddp_static_graph": True} if distributed else {}
     output_dir.mkdir(parents=True, exist_ok=True)
     args = CrossEncoderTrainingArguments(
         **common_training_arguments(
             options, output_dir / "checkpoints", rows=len(train_dataset), has_eval=evaluator is not None, model=model
         ),
         batch_sampler=sampler,
+        **static_ddp_graph,
         # The loss sees the instruction only through the trainer: a model's default prompt applies to
         # predict(), not to training batches.
         prompts=instruction_of(model) or None,
