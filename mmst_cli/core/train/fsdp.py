@@ -95,7 +95,7 @@ def read_fsdp_config(path: str) -> dict[str, Any]:
     except OSError as error:
         raise MmstError(f"--fsdp-config {path}: cannot read it ({error.strerror})") from error
     except ValueError as error:
-        raise MmstError(f"--fsdp-config {path} is not valid JSON ({error}); see docs/scale.md for an example") from error
+        raise MmstError(f"--fsdp-config {path} is not valid JSON ({error}); see docs/train-embed.md for an example") from error
     if not isinstance(loaded, dict):
         raise MmstError(f"--fsdp-config {path} must hold a JSON object of fsdp_config keys, e.g. {{\"cpu_offload\": true}}")
     return loaded
@@ -182,16 +182,6 @@ def fully_sharded_trainer(trainer_class: type) -> type:
             if not self.args.should_save:  # every process gathered the weights; the main one writes them
                 return None
             with full_weights_in_place(self.model, state_dict):
-                return super()._save(output_dir, state_dict=state_dict)
-            if not self.args.should_save:  # every process gathered the weights; the main one writes them
-                return None
-            with full_weights_in_place(self.model, state_dict):
-                import sys
-                print("DEBUG acc", self.accelerator.is_fsdp2, self.accelerator.distributed_type, self.accelerator.state.fsdp_plugin.fsdp_version, file=sys.stderr)
-                for n, t in list(self.model.state_dict().items())[:3]:
-                    print("DEBUG", n, type(t).__name__, t.dtype, t.shape, type(state_dict[n]).__name__, file=sys.stderr)
-                    try: t.untyped_storage().data_ptr()
-                    except Exception as e: print("DEBUG bad", n, e, file=sys.stderr)
                 return super()._save(output_dir, state_dict=state_dict)
 
     FullyShardedTrainer.__name__ = FullyShardedTrainer.__qualname__ = f"FullySharded{trainer_class.__name__}"
