@@ -136,7 +136,7 @@ def check_fsdp(root: Path) -> None:
     """One-GPU FSDP (run under torchrun): trains, saves the gathered full weights, planner vs peak."""
     import torch
 
-    if int(os.environ.get("WORLD_SIZE", "0")) < 1:
+    if "LOCAL_RANK" not in os.environ:
         raise RuntimeError("run the fsdp step under torchrun: torchrun --nproc_per_node 1 bench/gpu_check.py fsdp")
     from safetensors.torch import load_file
 

@@ -69,7 +69,7 @@ def test_fsdp_with_gradcache_trains_saves_full_weights_and_resumes(tmp_path, tin
 
     # The run records how it was sharded: resuming with other FSDP settings is refused.
     other = run_mmst(*command[:-5], "--fsdp", "shard_grad_op", "--output-dir", str(run), "--resume",
-                     env={"WORLD_SIZE": "2"})  # fmt: skip
+                     env={"LOCAL_RANK": "0", "WORLD_SIZE": "2"})  # fmt: skip
     assert_one_line_error(other, 2, "--resume", "--fsdp 'full_shard' -> 'shard_grad_op'")
 
 

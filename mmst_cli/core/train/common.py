@@ -123,7 +123,7 @@ class TrainingOptions:
             raise MmstError(f"--gpus plans a --dry-run for that many GPUs; give a positive number with --dry-run, got {self.gpus}")
         if self.gpu_memory is not None and (self.gpu_memory <= 0 or self.gpus is None):
             raise MmstError(f"--gpu-memory is the GiB of each GPU --gpus plans for; give a positive number with --gpus, got {self.gpu_memory}")
-        validate_fsdp(self, launched_processes=world_size())
+        validate_fsdp(self, distributed_launch=distributed_launch())
 
     def media_options(self, audio_sampling_rate: int | None) -> dict[str, Any]:
         """How the data loaders treat media (see :func:`mmst_cli.core.data.tables.prepare_media`)."""
@@ -151,6 +151,11 @@ class TrainingOptions:
 def world_size() -> int:
     """Number of processes in this launch (``torchrun`` / ``accelerate launch`` set WORLD_SIZE)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def distributed_launch() -> bool:
+    """Whether ``torchrun`` / ``accelerate launch`` started this process (they set LOCAL_RANK), even a launch of one."""
+    return "LOCAL_RANK" in os.environ
 
 
 def is_main_process() -> bool:
@@ -205,10 +210,10 @@ def _precision_placement(precision: str) -> dict[str, Any]:
 
 
 def _cpu_launch_placement() -> dict[str, Any]:
-    """A CPU launch of several processes must say it trains on the CPU: otherwise accelerate sees
-    no accelerator, treats every process as a run of its own (each on its share of the data, with
+    """A distributed launch on CPUs must say it trains on the CPU: otherwise accelerate sees no
+    accelerator, treats every process as a run of its own (each on its share of the data, with
     nothing averaging their gradients) and the Trainer neither wraps DDP nor allows FSDP."""
-    return {"use_cpu": True} if world_size() > 1 and not has_cuda() else {}
+    return {"use_cpu": True} if distributed_launch() and not has_cuda() else {}
 
 
 def common_training_arguments(options: TrainingOptions, checkpoints: Path, *, rows: int, has_eval: bool, model) -> dict[str, Any]:

@@ -40,12 +40,13 @@ from mmst_cli.core.errors import MmstError
 SHARDING_STRATEGIES = {"full_shard": True, "shard_grad_op": False}
 
 
-def validate_fsdp(options, *, launched_processes: int) -> None:
+def validate_fsdp(options, *, distributed_launch: bool) -> None:
     """Reject ``--fsdp`` values and combinations that cannot run, before any model loads.
 
     Args:
         options: The run's options (``fsdp``, ``fsdp_config``, ``lora``, ``gradient_checkpointing``, ``dry_run``).
-        launched_processes: Processes in this launch (``WORLD_SIZE``); FSDP needs a distributed launch.
+        distributed_launch: Whether torchrun or accelerate launched this process (FSDP needs it,
+            even for one process).
     """
     if options.fsdp is None:
         if options.fsdp_config:
@@ -80,7 +81,7 @@ def validate_fsdp(options, *, launched_processes: int) -> None:
             '--fsdp with --gradient-checkpointing gathers every layer twice; put {"activation_checkpointing": true} '
             "in an --fsdp-config file instead"
         )
-    if launched_processes == 1 and not options.dry_run:
+    if not distributed_launch and not options.dry_run:
         raise MmstError(
             "--fsdp shards across processes: launch with torchrun --nproc_per_node N -m mmst_cli ... "
             "(N=1 on a single GPU) or accelerate launch"
