@@ -1,4 +1,4 @@
-"""FSDP training (``--fsdp``) on two CPU processes, and the ``--dry-run --gpus`` planner's arithmetic."""
+"""FSDP training (``--fsdp``) on CPU processes (gloo), and the ``--dry-run --gpus`` planner's arithmetic."""
 
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ def _assert_equal_weights(saved: dict[str, torch.Tensor], reference: dict[str, t
         torch.testing.assert_close(saved[name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
-def _assert_sharded(summary: dict, wrapped: list[str]) -> None:
-    """The run really sharded: two processes, the model's own layer classes wrapped, every
+def _assert_sharded(summary: dict, wrapped: list[str], processes: int = 2) -> None:
+    """The run really sharded: its processes, the model's own layer classes wrapped, every
     parameter held as a shard (accelerate falling back to DDP would leave plain tensors)."""
     sharding = summary["train"]["fsdp"]
-    assert sharding["processes"] == 2 and sharding["layers_wrapped"] == wrapped
+    assert sharding["processes"] == processes and sharding["layers_wrapped"] == wrapped
     assert sharding["sharded_parameters"] == sharding["parameters"] > 0
 
 
@@ -73,7 +73,8 @@ def test_fsdp_with_gradcache_trains_saves_full_weights_and_resumes(tmp_path, tin
     assert_one_line_error(other, 2, "--resume", "--fsdp 'full_shard' -> 'shard_grad_op'")
 
 
-def test_fsdp_reranker_with_gradcache_on_two_processes(tmp_path, tiny_reranker):
+def test_fsdp_reranker_with_gradcache_in_a_launch_of_one(tmp_path, tiny_reranker):
+    """One process, as on a single GPU: FSDP still needs (and takes) a distributed launch."""
     answers = [f"{name} things are numbered {index * 7}" for index, name in enumerate(COLOUR_NAMES[:8])]
     rows = [{"query": f"which number goes with {name}?", "positive": answers[i], "negative": answers[(i + 1) % 8]}
             for i, name in enumerate(COLOUR_NAMES[:8])]  # fmt: skip
@@ -81,9 +82,9 @@ def test_fsdp_reranker_with_gradcache_on_two_processes(tmp_path, tiny_reranker):
     data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf8")
     result = run_torchrun("train-rerank", "--model", str(tiny_reranker), "--data", str(data), "--loss", "cmnrl",
                           "--mini-batch-size", "1", "--batch-size", "2", "--max-steps", "1", "--lr", "1e-3", "--warmup", "0",
-                          "--fsdp", "full_shard", "--output-dir", str(tmp_path / "run"), "--json")  # fmt: skip
+                          "--fsdp", "full_shard", "--output-dir", str(tmp_path / "run"), "--json", processes=1)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    _assert_sharded(json.loads(result.stdout), ["BertEmbeddings", "BertLayer"])
+    _assert_sharded(json.loads(result.stdout), ["BertEmbeddings", "BertLayer"], processes=1)
     from sentence_transformers import CrossEncoder
 
     trained, start = _weights(tmp_path / "run" / "model"), _weights(tiny_reranker)
