@@ -414,8 +414,8 @@ def check_thresholds(metrics: dict[str, float], thresholds: dict[str, float]) ->
     }
 
 
-def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -> tuple[dict[str, Any], StageResult]:
-    """The whole ``mmst evaluate`` job. Returns the JSON report and the main stage (for run files).
+def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -> tuple[dict[str, Any], StageResult, RetrievalTask]:
+    """The whole ``mmst evaluate`` job. Returns the JSON report, the main stage and the task (for result files).
 
     The main stage is the reranked ranking with ``--reranker``, else retrieval at the full (or the
     largest swept) dimension. ``--fail-under`` applies to the main stage.
@@ -532,7 +532,7 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
             model_name=options.model_name, task_name=options.task_name, split=options.split or "test",
             languages=list(options.task_languages), seconds=time.perf_counter() - started,
         ))  # fmt: skip
-    return report, main
+    return report, main, task
 
 
 def _stage_report(stage: StageResult) -> dict[str, Any]:
