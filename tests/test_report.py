@@ -5,41 +5,14 @@ from __future__ import annotations
 import base64
 import io
 import json
-from pathlib import Path
 
 import numpy as np
-import pytest
 import soundfile
 from PIL import Image
 
 from mmst_cli.core.data.media import OUTSIDE_ROOT_PROBLEM
 from tests.helpers import assert_one_line_error, run_json, run_mmst
-from tests.report_pages import data_uri_image, read_page
-
-COLOURS = {"red": (255, 0, 0), "green": (0, 160, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0),
-           "purple": (128, 0, 128), "orange": (255, 140, 0)}  # fmt: skip
-HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
-
-
-def write_colour_pages(folder: Path) -> Path:
-    """A ViDoRe-style folder: one flat-colour page image per colour, a query naming it, one relevant
-    page each; the first query is a hostile string and the ids are hostile too."""
-    (folder / "pages").mkdir(parents=True)
-    corpus, queries, qrels = [], [], []
-    for index, (name, rgb) in enumerate(COLOURS.items()):
-        Image.new("RGB", (90, 60), rgb).save(folder / "pages" / f"{index}.png")
-        doc_id = f"p{index}" if index else 'p0"<b>'
-        corpus.append({"corpus-id": doc_id, "image": f"pages/{index}.png"})
-        queries.append({"query-id": f"q{index}", "query": HOSTILE if index == 0 else f"a {name} page"})
-        qrels.append({"query-id": f"q{index}", "corpus-id": doc_id, "score": 1})
-    for name, rows in (("corpus", corpus), ("queries", queries), ("qrels", qrels)):
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return folder
-
-
-def colour_of(doc_id: str) -> tuple[int, int, int]:
-    index = 0 if doc_id.startswith("p0") else int(doc_id[1:])
-    return list(COLOURS.values())[index]
+from tests.report_pages import HOSTILE, colour_of, data_uri_image, read_page, write_colour_pages
 
 
 def test_evaluate_report_shows_worst_queries_first_with_their_pages_and_marks(tmp_path, tiny_models):
