@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 from mmst_cli.core.report.thumbnails import escaped
 
-_WIDTH, _HEIGHT = 520, 280
+_WIDTH, _HEIGHT = 480, 240
 _LEFT, _RIGHT, _TOP, _BOTTOM = 56, 24, 32, 44
+_INSET = 24  # keeps the end points off the axes
 
 
 def sweep_chart(points: Sequence[tuple[int, float]], metric: str) -> str:
@@ -34,7 +35,8 @@ def sweep_chart(points: Sequence[tuple[int, float]], metric: str) -> str:
 
     def x(dim: int) -> float:
         # One point sits in the middle; several spread over the width by log2 of the dimension.
-        return _LEFT + (plot_width / 2 if len(points) == 1 else (math.log2(dim) - min(logs)) / span * plot_width)
+        inner = plot_width - 2 * _INSET
+        return _LEFT + _INSET + (inner / 2 if len(points) == 1 else (math.log2(dim) - min(logs)) / span * inner)
 
     def y(value: float) -> float:
         return _TOP + (high - value) / (high - low) * plot_height

@@ -116,7 +116,8 @@ def write_results_page(path: Path, page: ResultsPage, access: MediaAccess) -> di
     shown = worst_first(page.queries)[: page.max_queries]
     total = page.total_queries if page.total_queries is not None else len(page.queries)
     body = [f"<h1>{escaped(page.title)}</h1>", _settings(page.settings)]
-    body += [_metric_table(name, metrics) for name, metrics in page.metric_tables]
+    if page.metric_tables:
+        body.append('<div class="tables">' + "".join(_metric_table(name, metrics) for name, metrics in page.metric_tables) + "</div>")
     if page.sweep and page.metric_name:
         body.append(f'<figure>{sweep_chart(page.sweep, page.metric_name)}</figure>')
     order = f", worst {escaped(page.metric_name)} first" if page.metric_name else ""
@@ -195,7 +196,7 @@ _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
 h1{font-size:1.4em}h2{font-size:1.1em;margin:.2em 0}h3{font-size:.95em;color:#a33}
 dl.settings{display:grid;grid-template-columns:max-content auto;gap:.1em 1em}dt{font-weight:600}dd{margin:0}
-table.metrics{border-collapse:collapse;margin:.8em 0}table.metrics caption{text-align:left;font-weight:600}
+div.tables{display:flex;flex-wrap:wrap;gap:0 1.5em}table.metrics{border-collapse:collapse;margin:.8em 0}table.metrics caption{text-align:left;font-weight:600}
 table.metrics td,table.metrics th{border:1px solid #ccc;padding:.15em .6em;text-align:right}
 section.query{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.8em;margin:1em 0}
 .metric{font-weight:400;color:#555;margin-left:.8em}.qid{font-family:monospace}
