@@ -48,6 +48,7 @@ def test_evaluate_report_shows_worst_queries_first_with_their_pages_and_marks(tm
     # The Matryoshka sweep is drawn as SVG, one point per dimension, and the JSON stays on stdout.
     assert html.count('<circle ') == 2 and "Matryoshka sweep: ndcg@3" in html
     assert [entry["dim"] for entry in result["dims"]] == [16, 8]
+    assert result["results_page"] == {"path": str(page), "queries_shown": 4, "queries_not_shown": 2}
 
 
 def test_report_of_a_reranked_multi_vector_evaluation(tmp_path, tiny_multi_vector, tiny_reranker):
@@ -138,3 +139,19 @@ def test_previews_of_every_kind_keep_to_the_data_folder(tmp_path):
 def test_report_options_are_checked_before_the_model_loads(tmp_path):
     assert_one_line_error(run_mmst("evaluate", "--model", "nowhere", "--report", str(tmp_path)), 2, "--report", "is a folder")
     assert_one_line_error(run_mmst("evaluate", "--model", "nowhere", "--report", "r.html", "--report-queries", "0"), 2, "--report-queries must be positive")
+
+
+def test_report_of_a_pdf_corpus_shows_its_pages_rendered_small(tmp_path, tiny_models):
+    from tests.pdf_factory import write_image_pdf
+
+    folder = tmp_path / "reports"
+    write_image_pdf(folder / "scan.pdf", 3)
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": f"page {i}"}) + "\n" for i in (1, 2)))
+    (folder / "qrels").mkdir()
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tscan.pdf#page=1\t1\nq2\tscan.pdf#page=2\t1\n")
+    page = tmp_path / "pdf.html"
+    run_json("evaluate", "--model", str(tiny_models["clip"]), "--data", str(folder), "--report", str(page))
+    _, content = read_page(page)
+    hits = [hit for query in content.queries for hit in query.hits if not hit.missed]
+    assert len(hits) == 6 and {hit.doc_id for hit in hits} == {f"scan.pdf#page={n}" for n in (1, 2, 3)}
+    assert {data_uri_image(hit.images[0]).size for hit in hits} == {(150, 200)}  # 300 x 400 pt at 36 dpi

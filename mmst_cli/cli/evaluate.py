@@ -184,6 +184,7 @@ def evaluate(
         from mmst_cli.core.report.evaluation_page import write_evaluation_page
 
         drawn = write_evaluation_page(Path(report), results, main, task, options, max_queries=report_queries)
+        results["results_page"] = {"path": report, **drawn}
         console.print(f"results page: {report} ({drawn['queries_shown']} queries drawn, {drawn['queries_not_shown']} more not)", markup=False, highlight=False)
     for warning in results.get("warnings", []):
         console.print(f"warning: {warning}", markup=False, highlight=False)

@@ -87,7 +87,7 @@ def preview(value: Any, access: MediaAccess) -> str:
     if isinstance(value, Image.Image):
         return _image_tag(value, "image")
     if isinstance(value, PdfPage):
-        return _page_preview(value.path, value.number, access, str(value.path.name))
+        return _page_preview(value.path, value.number, access, value.path.name, value.settings.password)
     if isinstance(value, Mapping) and "array" in value and "sampling_rate" in value:
         return _audio_tag(value["array"], int(value["sampling_rate"]))
     if isinstance(value, Mapping) and isinstance(value.get("video"), (list, tuple)):
@@ -112,7 +112,8 @@ def _string_preview(value: str, access: MediaAccess) -> str:
             reference = parse_page_reference(value)
         except PdfProblem as error:
             return note(f"{value}: {error}")
-        return _page_preview(access.root / Path(reference.file).expanduser(), reference.first or 1, access, value)
+        path = access.root / Path(reference.file).expanduser()
+        return _page_preview(path, reference.first or 1, access, value, access.pdf_password)
     path = access.root / Path(value).expanduser()
     problem = confinement_problem(path, access.confine_to)
     if problem:
@@ -151,11 +152,11 @@ def _image_file_tag(path: Path) -> str:
         return _image_tag(ImageOps.exif_transpose(image), "image")
 
 
-def _page_preview(path: Path, number: int, access: MediaAccess, label: str) -> str:
+def _page_preview(path: Path, number: int, access: MediaAccess, label: str, password: str | None) -> str:
     problem = confinement_problem(path, access.confine_to)
     if problem:
         return note(f"{label}: {problem}")
-    settings = RenderSettings(dpi=THUMBNAIL_PDF_DPI, password=access.pdf_password)
+    settings = RenderSettings(dpi=THUMBNAIL_PDF_DPI, password=password)
     return _guarded(label, lambda: _image_tag(render_page(path, number, settings), f"page {number}", "page"))
 
 
