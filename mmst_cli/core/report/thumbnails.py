@@ -89,7 +89,7 @@ def preview(value: Any, access: MediaAccess) -> str:
     if isinstance(value, PdfPage):
         return _page_preview(value.path, value.number, access, value.path.name, value.settings.password)
     if isinstance(value, Mapping) and "array" in value and "sampling_rate" in value:
-        return _audio_tag(value["array"], int(value["sampling_rate"]))
+        return _guarded("audio", lambda: _audio_tag(value["array"], int(value["sampling_rate"])))
     if isinstance(value, Mapping) and isinstance(value.get("video"), (list, tuple)):
         return _frames_preview(value["video"], access)
     if isinstance(value, Mapping) and value and set(value) <= set(MULTIMODAL_KEYS):
@@ -106,7 +106,7 @@ def _string_preview(value: str, access: MediaAccess) -> str:
     if source == "url":  # the page works offline: a remote file is named, never fetched
         return note(f"{modality} at {value} (not embedded)")
     if source == "data-uri":
-        return _guarded(value, lambda: _image_tag(_data_uri_image(value), "image"))
+        return _guarded("data URI", lambda: _image_tag(_data_uri_image(value), "image"))
     if source == "pdf":
         try:
             reference = parse_page_reference(value)
