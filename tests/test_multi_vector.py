@@ -58,6 +58,34 @@ def test_maxsim_evaluation_equals_sentence_transformers_evaluator(tmp_path, tiny
     assert pooled["token_vectors"]["document_tokens"] < report["token_vectors"]["document_tokens"]
 
 
+def test_matryoshka_sweep_scores_each_dim_as_sentence_transformers_truncate_dim_does(tmp_path, tiny_multi_vector):
+    from sentence_transformers import MultiVectorEncoder
+    from sentence_transformers.multi_vector_encoder.evaluation import MultiVectorInformationRetrievalEvaluator
+    from sentence_transformers.multi_vector_encoder.modules import HierarchicalTokenPooling
+
+    from mmst_cli.core.retrieval.tasks import load_retrieval_task
+
+    beir = write_judged_beir(tmp_path / "beir")
+    plot = tmp_path / "sweep.png"
+    # Pooling comes before truncation in Sentence Transformers' encode: the sweep must keep that order.
+    report = run_json("evaluate", "--model", str(tiny_multi_vector), "--data", str(beir), "--k", "10",
+                      "--dims", "128,16,4", "--token-pool-factor", "2", "--plot", str(plot))  # fmt: skip
+    assert [entry["dim"] for entry in report["dims"]] == [128, 16, 4]
+    assert report["metrics"] == report["dims"][0]["metrics"]  # the main stage is the largest dimension
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+    task = load_retrieval_task(str(beir))
+    model = MultiVectorEncoder(str(tiny_multi_vector))
+    for entry in report["dims"]:
+        evaluator = MultiVectorInformationRetrievalEvaluator(
+            task.queries, task.corpus, {qid: set(docs) for qid, docs in task.qrels.items()}, ndcg_at_k=[10],
+            truncate_dim=entry["dim"], token_pooling=HierarchicalTokenPooling(pool_factor=2), write_csv=False,
+        )  # fmt: skip
+        expected = next(value for key, value in evaluator(model).items() if key.endswith("ndcg@10"))
+        assert entry["metrics"]["ndcg@10"] == pytest.approx(expected, abs=1e-9), entry["dim"]
+    assert len({entry["metrics"]["ndcg@10"] for entry in report["dims"]}) > 1  # truncation changed the rankings
+
+
 def test_chunked_maxsim_search_equals_scoring_the_whole_corpus_at_once(tiny_multi_vector):
     import torch
     from sentence_transformers import MultiVectorEncoder
@@ -68,7 +96,7 @@ def test_chunked_maxsim_search_equals_scoring_the_whole_corpus_at_once(tiny_mult
     model = MultiVectorEncoder(str(tiny_multi_vector))
     queries = [f"about {topic}" for topic in TOPICS[:4]]
     corpus = [f"{topic} here, and {other} there" for topic in TOPICS for other in TOPICS[:2]]
-    scores, indices, _ = maxsim_search(model, queries, corpus, 5, corpus_chunk=3, chunk_elements=5000)
+    [(scores, indices)], _ = maxsim_search(model, queries, corpus, 5, corpus_chunk=3, chunk_elements=5000)
     whole = maxsim(model.encode_query(queries), model.encode_document(corpus))
     top = torch.topk(whole, 5, dim=1)
     assert scores == pytest.approx(top.values.numpy(), abs=1e-5)
@@ -79,8 +107,8 @@ def test_multi_vector_only_options_are_refused_where_they_do_not_apply(tmp_path,
     beir = write_judged_beir(tmp_path / "beir")
     single = run_mmst("evaluate", "--model", str(tiny_models["bert"]), "--data", str(beir), "--token-pool-factor", "2")
     assert_one_line_error(single, 2, "--token-pool-factor", "one vector per input")
-    swept = run_mmst("evaluate", "--model", str(tiny_multi_vector), "--data", str(beir), "--dims", "16")
-    assert_one_line_error(swept, 2, "--dims", "multi-vector")
+    swept = run_mmst("evaluate", "--model", str(tiny_multi_vector), "--data", str(beir), "--dims", "16,256")
+    assert_one_line_error(swept, 2, "--dims [256]", "token vector size 128")
     low = run_mmst("evaluate", "--model", str(tiny_multi_vector), "--data", str(beir), "--token-pool-factor", "0.5")
     assert_one_line_error(low, 2, "--token-pool-factor", "at least 1")
 

@@ -26,6 +26,7 @@ Examples:
     # A multi-vector (ColBERT / ColPali-style) model by exact MaxSim; what pooling tokens by 2 costs
     $ mmst evaluate --model ./colbert --data ./scifact
     $ mmst evaluate --model ./colbert --data ./scifact --token-pool-factor 2
+    $ mmst evaluate --model ./colbert --data ./scifact --dims 128,64,32 --plot sweep.png
 
     # The results page: worst queries first, their top 10 as thumbnails, relevant ones marked
     $ mmst evaluate --model ./m --data ./vidore-folder --report report.html
@@ -99,7 +100,7 @@ def evaluate(
     k: Annotated[list[str] | None, typer.Option("--k", help="Metric cut-offs: repeat or comma-separate (--k 1,10 --k 100). Default: 1,3,5,10,100.", rich_help_panel=METRICS, show_default=False)] = None,
     main_metric: Annotated[str | None, typer.Option(help="The metric reported as main_score (and plotted by --plot). Default: ndcg@10.", rich_help_panel=METRICS, show_default=False)] = None,
     skip_queries_without_relevant: Annotated[bool, typer.Option("--skip-queries-without-relevant", help="Leave qrels queries without a relevant document out of the means (default: they score 0, as in trec_eval -c and mteb).", rich_help_panel=METRICS)] = False,
-    dims: Annotated[str | None, typer.Option(help="Matryoshka sweep: comma-separated dimensions, one result table each.", rich_help_panel=METRICS, show_default=False)] = None,
+    dims: Annotated[str | None, typer.Option(help="Matryoshka sweep: comma-separated dimensions (of the embedding, or of each token vector of a multi-vector model), one result table each; one encoding.", rich_help_panel=METRICS, show_default=False)] = None,
     fail_under: Annotated[list[str] | None, typer.Option(help="METRIC=VALUE, e.g. ndcg@10=0.85: exit 1 when the metric is below. Repeatable.", rich_help_panel=METRICS, show_default=False)] = None,
     save_run: Annotated[str | None, typer.Option(help="Write the scored ranking (--depth documents per query) as a TREC run file.", rich_help_panel=OUTPUT, show_default=False)] = None,
     per_query: Annotated[str | None, typer.Option(help="Write per-query metrics as jsonl.", rich_help_panel=OUTPUT, show_default=False)] = None,
