@@ -111,6 +111,8 @@ def test_multi_vector_only_options_are_refused_where_they_do_not_apply(tmp_path,
     assert_one_line_error(swept, 2, "--dims [256]", "token vector size 128")
     low = run_mmst("evaluate", "--model", str(tiny_multi_vector), "--data", str(beir), "--token-pool-factor", "0.5")
     assert_one_line_error(low, 2, "--token-pool-factor", "at least 1")
+    npz = run_mmst("encode", str(beir / "queries.jsonl"), "--model", str(tiny_models["bert"]), "--column", "text", "-o", str(tmp_path / "q.npz"))
+    assert_one_line_error(npz, 2, "npz holds multi-vector output", "one vector per input")
 
 
 def test_train_embed_multi_vector_from_a_text_checkpoint_then_resume_evaluate_and_rerank(tmp_path, tiny_models):
@@ -251,6 +253,16 @@ def test_encode_writes_ragged_token_vectors_resumably_in_every_layout(tmp_path, 
     for row, tokens in enumerate(expected):
         np.testing.assert_allclose(np.array(nested[row]), tokens, atol=1e-6)
         np.testing.assert_allclose(np.array(lines[row]), tokens, atol=1e-6)
+
+    # npz: the safetensors arrays, with string ids and run facts that load without pickle.
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"id": f"doc-{row}", "text": text}) + "\n" for row, text in enumerate(texts)))
+    run_json("encode", str(rows), "--model", str(tiny_multi_vector), "--task", "document", "--column", "text",
+             "--id-column", "id", "-o", str(tmp_path / "t.npz"))  # fmt: skip
+    with np.load(tmp_path / "t.npz", allow_pickle=False) as npz:
+        assert npz["ids"].tolist() == [f"doc-{row}" for row in range(len(texts))]
+        assert npz["offsets"].tolist() == offsets.tolist() and json.loads(str(npz["metadata"]))["task"] == "document"
+        np.testing.assert_allclose(npz["embeddings"], stored["embeddings"], atol=1e-6)
 
     pooled = tmp_path / "pooled.safetensors"
     run_json("encode", str(source), "--model", str(tiny_multi_vector), "--task", "document", "--token-pool-factor", "2", "-o", str(pooled))

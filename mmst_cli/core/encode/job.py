@@ -44,8 +44,8 @@ from mmst_cli.core.encode.writers import (
 from mmst_cli.core.errors import EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.outputs import ensure_writable_file
 
-#: Output formats, chosen by ``--format`` or by the output's extension.
-FORMATS = ("npy", "parquet", "jsonl", "safetensors")
+#: Output formats, chosen by ``--format`` or by the output's extension (``npz``: multi-vector models only).
+FORMATS = ("npy", "parquet", "jsonl", "safetensors", "npz")
 
 #: ``--precision`` values. ``int8`` and ``ubinary`` use Sentence Transformers' ``quantize_embeddings``.
 PRECISIONS = ("float32", "float16", "int8", "ubinary")
@@ -90,8 +90,8 @@ class EncodeOptions:
         dim: Keep the first ``dim`` dimensions (Matryoshka truncation); ``None`` keeps all.
         normalize: L2-normalise the vectors (after truncation); default off.
         precision: ``float32`` (default), ``float16``, ``int8`` or ``ubinary``.
-        format: ``npy``, ``parquet``, ``jsonl`` or ``safetensors``; ``None`` takes the output's
-            extension (``-o -`` is always jsonl).
+        format: ``npy``, ``parquet``, ``jsonl``, ``safetensors`` or (multi-vector models) ``npz``;
+            ``None`` takes the output's extension (``-o -`` is always jsonl).
         resume: Continue an interrupted run from its parts folder; default off (start over).
         device: ``None`` lets Sentence Transformers choose; one device (``cuda:0``, ``cpu``) runs
             in this process; several, comma-separated (``cuda:0,cuda:1`` or ``cpu,cpu``), start one
@@ -381,6 +381,8 @@ def run_encode(
         check_token_output(options, devices)
     elif options.token_pool_factor is not None:
         raise MmstError(f"--token-pool-factor pools token vectors, but {source.reference!r} gives one vector per input; drop it")
+    elif options.output_format == "npz":
+        raise MmstError(f"-o {options.output!r}: npz holds multi-vector output here; {source.reference!r} gives one vector per input: write npy, safetensors, parquet or jsonl")
     model_dim = model.get_embedding_dimension()
     if options.dim is not None and model_dim and options.dim > model_dim:
         raise MmstError(f"--dim {options.dim} is larger than the model's embedding dimension {model_dim}")

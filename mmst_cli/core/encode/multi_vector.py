@@ -7,6 +7,8 @@ row's vector count, so a chunk is two arrays whatever its rows' lengths. The out
 
 - safetensors: tensors ``embeddings`` ``[tokens, dim]`` and ``offsets`` ``[rows + 1]`` (int64: row
   ``i`` is ``embeddings[offsets[i]:offsets[i + 1]]``); metadata ``ids`` and the run facts;
+- npz: the same ``embeddings`` and ``offsets`` arrays, ``ids`` and ``metadata`` (the run facts as a
+  JSON string), none of which needs pickle to load;
 - parquet: columns ``id`` and ``embedding`` (``list<list<float>>``, one inner list per vector);
 - jsonl: ``{"id": ..., "embedding": [[...], ...]}`` per line.
 """
@@ -145,7 +147,7 @@ class TokenParts(Parts):
 class TokenSafetensorsWriter(Writer):
     """safetensors: ``embeddings`` ``[tokens, width]`` and ``offsets`` ``[rows + 1]`` (see the module).
 
-    Written in one go at :meth:`close`, as single-vector safetensors output is.
+    Written in one go at :meth:`close` (by :meth:`save`), as single-vector safetensors output is.
     """
 
     def __init__(self, path, **kwargs) -> None:
@@ -160,14 +162,37 @@ class TokenSafetensorsWriter(Writer):
             return
         blocks = self.blocks or [TokenBlock(np.zeros((0, self.width), output_dtype(self.precision)), np.zeros(0, np.int64))]
         lengths = np.concatenate([block.lengths for block in blocks])
-        save_safetensors(self, {
+        self.save({
             "embeddings": np.ascontiguousarray(np.concatenate([block.tokens for block in blocks])),
             "offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
         })  # fmt: skip
         self.blocks = None
 
+    def save(self, arrays: dict[str, np.ndarray]) -> None:
+        """Write ``arrays`` (plus the ids and run facts) to the file."""
+        save_safetensors(self, arrays)
+
     def abort(self) -> None:
         self.blocks = None
+
+
+class TokenNpzWriter(TokenSafetensorsWriter):
+    """npz: the safetensors arrays plus ``ids`` and ``metadata``; ``np.load(allow_pickle=False)`` reads it.
+
+    ``ids`` is an int64 array for row-number ids and a fixed-width unicode array otherwise (ids of
+    other types are written as text), so no object array, which would need pickle, is stored.
+    """
+
+    def save(self, arrays: dict[str, np.ndarray]) -> None:
+        ids = np.asarray(_jsonable_ids(self.ids))
+        if ids.dtype.kind not in "iU":
+            ids = np.array([str(item) for item in self.ids], dtype=str)
+        if self.ranges is not None:
+            arrays = {**arrays, "int8_ranges": self.ranges.astype(np.float32)}
+        metadata = np.array(json.dumps(self.metadata, ensure_ascii=False))
+        # A file handle, not a name: np.savez would add ".npz" to the temporary file's name.
+        with open(self.path, "wb") as handle:
+            np.savez(handle, **arrays, ids=ids, metadata=metadata)
 
 
 class TokenParquetWriter(ParquetWriter):
@@ -205,7 +230,9 @@ class TokenJsonlWriter(JsonlWriter):
 
 
 #: Writers of multi-vector output, by format (``npy`` holds one matrix and has no room for offsets).
-TOKEN_WRITERS = {"safetensors": TokenSafetensorsWriter, "parquet": TokenParquetWriter, "jsonl": TokenJsonlWriter}
+TOKEN_WRITERS = {
+    "safetensors": TokenSafetensorsWriter, "npz": TokenNpzWriter, "parquet": TokenParquetWriter, "jsonl": TokenJsonlWriter,
+}
 
 
 def vector_matrix(vectors) -> np.ndarray:
