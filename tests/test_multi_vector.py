@@ -269,3 +269,25 @@ def test_encode_writes_ragged_token_vectors_resumably_in_every_layout(tmp_path, 
     assert len(load_file(str(pooled))["embeddings"]) < len(stored["embeddings"])
     npy = run_mmst("encode", str(source), "--model", str(tiny_multi_vector), "-o", str(tmp_path / "t.npy"))
     assert_one_line_error(npy, 2, "npy cannot hold", "safetensors")
+
+
+def test_encode_on_two_devices_writes_the_same_token_vectors_as_one_bit_for_bit(tmp_path, tiny_multi_vector):
+    import numpy as np
+    from sentence_transformers import MultiVectorEncoder
+
+    from mmst_cli.core.encode.job import EncodeOptions, run_encode
+
+    source = tmp_path / "texts.txt"
+    source.write_text("".join(f"{topic} {'and more ' * (index % 4)}here\n" for index, topic in enumerate(TOPICS)))
+    model = MultiVectorEncoder(str(tiny_multi_vector))
+    stored = {}
+    for devices in ("cpu", "cpu,cpu"):
+        output = tmp_path / f"{devices.replace(',', '-')}.npz"
+        job = EncodeOptions(inputs=str(source), output=str(output), model=str(tiny_multi_vector), task="document",
+                            device=devices, batch_size=3, chunk_size=6)  # fmt: skip
+        run_encode(job, model=model, show_progress=False, log=print)
+        with np.load(output, allow_pickle=False) as npz:
+            stored[devices] = {name: npz[name] for name in ("embeddings", "offsets", "ids")}
+    # Batches of rows padded to different lengths: a pool that batched differently would differ in the last bits.
+    for name in ("embeddings", "offsets", "ids"):
+        assert np.array_equal(stored["cpu"][name], stored["cpu,cpu"][name]), name

@@ -22,6 +22,7 @@ Examples:
 
     # A multi-vector (ColBERT / ColPali-style) model: a flat token matrix plus row offsets
     $ mmst encode ./docs --model ./colqwen --task document --token-pool-factor 2 -o pages.safetensors
+    $ mmst encode ./docs --model ./colqwen --task document --device cuda:0,cuda:1 -o pages.npz
 
     # A Hub dataset split on two GPUs; continue it after an interruption
     $ mmst encode user/dataset --split test --column image --device cuda:0,cuda:1 -o test.npy --resume

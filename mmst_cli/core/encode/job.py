@@ -378,7 +378,7 @@ def run_encode(
     inputs.bind(model)
     multi_vector = is_multi_vector(model)
     if multi_vector:
-        check_token_output(options, devices)
+        check_token_output(options)
     elif options.token_pool_factor is not None:
         raise MmstError(f"--token-pool-factor pools token vectors, but {source.reference!r} gives one vector per input; drop it")
     elif options.output_format == "npz":
@@ -446,9 +446,9 @@ def run_encode(
                         continue
                     if multi_vector:
                         vectors = encode_token_block(
-                            encoder, inputs.chunk(start, stop), task=options.task, prompt=options.prompt,
+                            model, inputs.chunk(start, stop), task=options.task, prompt=options.prompt,
                             batch_size=options.batch_size, normalize=options.normalize, truncate_dim=options.dim,
-                            pooling=token_pooling(options.token_pool_factor), on_progress=advance,
+                            pooling=token_pooling(options.token_pool_factor), on_progress=advance, pool=pool,
                         )  # fmt: skip
                     else:
                         vectors = encode_inputs(

@@ -70,7 +70,7 @@ def token_pooling(pool_factor: float | None):
 
 def encode_tokens(
     model, inputs: Sequence[Any], *, task: str | None, prompt: str | None, batch_size: int, pooling=None,
-    normalize: bool = False, truncate_dim: int | None = None,
+    normalize: bool = False, truncate_dim: int | None = None, pool=None,
 ) -> list:
     """Token vectors (float32 CPU tensors ``[tokens, dim]``) of each input, in input order.
 
@@ -87,6 +87,9 @@ def encode_tokens(
         pooling: A token pooling module (see :func:`token_pooling`), or ``None`` for the model's own.
         normalize: L2-normalise each vector (the model's own Normalize usually already has).
         truncate_dim: Keep the first N dimensions of each vector (then normalised by the model).
+        pool: A multi-process pool (``model.start_multi_process_pool``) to encode in, or ``None``
+            for this process. Its workers get the batches one call here would make, so the vectors
+            are the same, bit for bit.
     """
     from mmst_cli.core.data.documents import PdfPage
     from mmst_cli.core.data.media import page_image_file
@@ -98,9 +101,17 @@ def encode_tokens(
     output: list = [None] * len(inputs)
     for indices in groups.values():
         values = [str(page_image_file(v)) if isinstance(v, PdfPage) else v for v in (inputs[i] for i in indices)]
+        in_pool = {}
+        if pool is not None:
+            # A batch's padding changes its vectors in the last bits, so workers must get the batches
+            # one call makes: its length order (computed as encode computes it, ties included), cut
+            # into one batch per worker task (a worker re-sorts only within its task).
+            order = np.argsort([-model._input_length(value) for value in values])
+            values, indices = [values[i] for i in order], [indices[i] for i in order]
+            in_pool = {"pool": pool, "chunk_size": batch_size}
         vectors = encode(
             values, prompt=prompt, batch_size=batch_size, show_progress_bar=False, token_pooling=pooling,
-            normalize_embeddings=normalize, truncate_dim=truncate_dim,
+            normalize_embeddings=normalize, truncate_dim=truncate_dim, **in_pool,
         )  # fmt: skip
         for index, tokens in zip(indices, vectors):
             output[index] = tokens.float().cpu()
@@ -247,12 +258,10 @@ def in_precision(vectors, precision: str, ranges=None):
     return convert_precision(vectors, precision, ranges)
 
 
-def check_token_output(options, devices: list[str]) -> None:
-    """Refuse what multi-vector output cannot do: one ``npy`` matrix, a pool of processes."""
+def check_token_output(options) -> None:
+    """Refuse what multi-vector output cannot do: one ``npy`` matrix."""
     if options.output_format not in TOKEN_WRITERS:
         raise MmstError(
             f"-o {options.output!r}: a multi-vector model gives a different number of vectors per input, which "
             f"{options.output_format} cannot hold; write {', '.join(TOKEN_WRITERS)} (a flat matrix plus offsets)"
         )
-    if len(devices) > 1:
-        raise MmstError("--device: a multi-vector model encodes on one device here; name one")
