@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check (bf16 steps, sdpa vs eager, peak memory vs the planner); see bench/gpu_check.py.
+# GPU check (bf16 steps, sdpa vs eager, peak memory vs the planner, multi-vector MaxSim bf16 vs CPU); see bench/gpu_check.py.
 # On a CUDA machine with mmst installed: bash bench/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
