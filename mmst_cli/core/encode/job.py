@@ -14,9 +14,13 @@ The job runs in five steps; this module runs them, the ``encode`` wing's other m
    rows back in order), on one device or on a pool of processes (``--device cuda:0,cuda:1``);
 4. each finished chunk is saved (:mod:`mmst_cli.core.encode.parts`) as a float32 ``.npy`` part in ``.<output name>.parts/`` next to the
    output, with a ``manifest.json`` of the inputs and options, so ``--resume`` skips finished chunks;
-5. the parts are converted to the output precision and written (:mod:`mmst_cli.core.encode.writers`) to a temporary file in the output's
+5. the parts are converted to the output precision and written (:mod:`mmst_cli.core.encode.assemble`) to a temporary file in the output's
    folder, which is then renamed onto the output (never a truncated file under the final name), and
    the parts folder is deleted. ``-o -`` streams jsonl to stdout instead, chunk by chunk, with no parts.
+
+Under ``torchrun`` / ``accelerate launch`` (:mod:`mmst_cli.core.encode.shards`), steps 3 and 4 cover
+this rank's block of rows only, its parts go to a folder of its own, and step 5 waits for every rank
+and runs on rank 0, over every rank's parts.
 
 This module imports no ML library at module level; :mod:`mmst_cli.cli.encode` imports it inside
 the command.

@@ -81,9 +81,10 @@ class Launch:
             )
 
     def device(self, devices: list[str]) -> str:
-        """The device this rank encodes on: ``--device`` when given, else ``cuda:LOCAL_RANK`` (modulo
-        the GPUs this process sees, so one visible GPU per process is ``cuda:0``), else the CPU."""
-        if devices:
+        """The device this rank encodes on: ``--device`` when it names one (``cpu``, ``cuda:1``), else
+        ``cuda:LOCAL_RANK`` (also for a bare ``--device cuda``; modulo the GPUs this process sees, so
+        one visible GPU per process is ``cuda:0``), else the CPU."""
+        if devices and devices[0] != "cuda":
             return devices[0]
         import torch
 
