@@ -166,3 +166,5 @@ def test_merge_usage_errors_are_one_line(tmp_path, monkeypatch):
                           "--merge runs in one process")  # fmt: skip
     assert_one_line_error(run_mmst("encode", "in.txt", "-o", "-", env={"RANK": "0", "WORLD_SIZE": "2"}), 2,
                           "-o -: under torchrun")  # fmt: skip
+    assert_one_line_error(run_mmst("encode", "-", "-o", output, env={"RANK": "1", "WORLD_SIZE": "2"}), 2,
+                          "INPUTS -: under torchrun")  # fmt: skip

@@ -329,9 +329,9 @@ def run_encode(
         token_pooling,
         vector_matrix,
     )
+    from mmst_cli.core.encode.shards import ShardedRun, chunk_bounds, detect_launch, refuse_unfinished_shards
     from mmst_cli.core.models.loading import load_model
     from mmst_cli.core.models.locate import locate_model
-    from mmst_cli.core.encode.shards import ShardedRun, chunk_bounds, detect_launch, refuse_unfinished_shards
     from mmst_cli.core.progress import progress_bars
 
     started = time.perf_counter()

@@ -71,7 +71,9 @@ class Launch:
     local_rank: int
 
     def check(self, options) -> None:
-        """Refuse what a sharded run cannot do: stream to stdout, or use a pool of devices per rank."""
+        """Refuse what a sharded run cannot do: read stdin, stream to stdout, use a pool of devices per rank."""
+        if options.inputs == "-":
+            raise MmstError("INPUTS -: under torchrun / accelerate launch every rank reads the inputs itself; save them to a .txt file and name it")
         if options.to_stdout:
             raise MmstError("-o -: under torchrun / accelerate launch every rank writes its own shard; name an output file")
         if len(options.devices) > 1:
