@@ -101,7 +101,7 @@ def test_a_killed_rank_resumes_alone_and_merge_writes_the_output(clip, tiny_mode
     source = tmp_path / "in.txt"
     source.write_text("\n".join(TEXTS) + "\n")
     output = tmp_path / "vectors.npy"
-    for name in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):  # ranks run by hand: no process group
+    for name in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):  # ranks run by hand: no group
         monkeypatch.delenv(name, raising=False)
 
     def rank(number, world_size=2, **options):

@@ -291,9 +291,13 @@ class ShardedRun:
 
 
 def wait_for_every_rank(launch: Launch) -> bool:
-    """Block at a gloo barrier until every rank is here; ``False`` at once when no process group can
-    form (no ``MASTER_ADDR`` / ``MASTER_PORT``: a rank run alone by hand)."""
-    if not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
+    """Block at a gloo barrier until every rank is here; ``False`` at once for a rank that a torch
+    elastic agent (``torchrun``, ``accelerate launch``) did not start, such as one run alone by hand.
+
+    The agent's ``TORCHELASTIC_RUN_ID`` is the sign, not ``MASTER_ADDR``, which a shell or a batch
+    script may still export when a rank is rerun by hand: that rank would wait for a whole launch.
+    """
+    if not all(os.environ.get(name) for name in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT")):
         return False
     import torch.distributed as dist
 
