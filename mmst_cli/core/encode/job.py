@@ -364,6 +364,8 @@ def run_encode(
         raise MmstError(f"-o {options.output!r} is a folder; name a file such as {example}")
     if output is not None:
         ensure_writable_file(output, "-o")
+        if launch is None:
+            refuse_unfinished_shards(output)
 
     devices = [launch.device(options.devices)] if launch is not None else options.devices
     if model is None:
@@ -416,7 +418,6 @@ def run_encode(
         parts, done = sharded.open(TokenParts if multi_vector else Parts, manifest, output_facts=facts, ids=inputs.ids, log=log)
     elif output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        refuse_unfinished_shards(output)
         parts = (TokenParts if multi_vector else Parts)(output, manifest)
         done = parts.open(resume=options.resume, chunk_rows=[stop - start for start, stop in bounds], log=log)
     if done:
