@@ -168,3 +168,21 @@ def test_merge_usage_errors_are_one_line(tmp_path, monkeypatch):
                           "-o -: under torchrun")  # fmt: skip
     assert_one_line_error(run_mmst("encode", "-", "-o", output, env={"RANK": "1", "WORLD_SIZE": "2"}), 2,
                           "INPUTS -: under torchrun")  # fmt: skip
+
+
+def test_merge_refuses_a_shard_made_with_other_settings(clip, tiny_models, tmp_path, monkeypatch):
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(TEXTS[:4]) + "\n")
+    output = tmp_path / "v.npy"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.setenv("RANK", "1")  # rank 1 alone first, before rank 0 recorded the run
+    assert encode(clip, tiny_models, source, output, dim=8).summary is None
+    monkeypatch.setenv("RANK", "0")  # every rank is done: rank 0 merges, and finds the mismatch
+    with pytest.raises(MmstError, match=r"the shard of rank 1 was computed with another dim \(8, the run's is None\)"):
+        encode(clip, tiny_models, source, output)
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert_one_line_error(run_mmst("encode", "--merge", "-o", str(output)), 2,
+                          "the shard of rank 1 was computed with another dim (8, the run's is None)")  # fmt: skip
+    assert not output.exists()

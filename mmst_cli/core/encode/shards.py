@@ -249,16 +249,21 @@ class ShardedRun:
         chunk_rows = [stop - start for start, stop in self.bounds]
         done = self.parts.open(resume=folder_of_rank.exists(), chunk_rows=chunk_rows, log=log)
         if self.launch.rank == 0 and previous is None:
-            shards = [
-                {"rank": rank, "start": start, "stop": stop, "folder": rank_folder(self.output, rank).name,
-                 "parts": [str(parts_class(self.output, {}, folder=rank_folder(self.output, rank)).path(index).relative_to(folder))
-                           for index in range(len(chunk_bounds(start, stop, self.chunk_size)))]}
-                for rank, (start, stop) in enumerate(self.shards)
-            ]  # fmt: skip
             _write_json(folder / IDS_FILE, _jsonable_ids(ids))
             # The record last: its presence means the ids are there too.
-            _write_json(folder / RECORD_FILE, {"version": SHARDS_VERSION, "settings": settings, "shards": shards, **output_facts})
+            record = {"version": SHARDS_VERSION, "settings": settings, "shards": self._shard_map(parts_class), **output_facts}
+            _write_json(folder / RECORD_FILE, record)
         return self.parts, done
+
+    def _shard_map(self, parts_class: type[Parts]) -> list[dict[str, Any]]:
+        """Every rank's rows, folder and part files (relative to the parts folder)."""
+        shard_map = []
+        for rank, (start, stop) in enumerate(self.shards):
+            folder = rank_folder(self.output, rank)
+            parts = parts_class(self.output, {}, folder=folder)
+            names = [f"{folder.name}/{parts.path(index).name}" for index in range(len(chunk_bounds(start, stop, self.chunk_size)))]
+            shard_map.append({"rank": rank, "start": start, "stop": stop, "folder": folder.name, "parts": names})
+        return shard_map
 
     def finish(self, *, dim: int, unit_length: bool, log: Callable[[str], None]) -> dict[str, Any] | None:
         """Mark this rank's shard done, wait for the other ranks and, on rank 0, write the output.
@@ -313,6 +318,32 @@ def wait_for_every_rank(launch: Launch) -> bool:
     return True
 
 
+def _finished_shard(parts: Parts, shard: dict[str, Any], bounds: list[tuple[int, int]], settings: dict[str, Any]) -> dict[str, Any]:
+    """The ``done.json`` facts of a rank's shard, once every part is complete and made with the run's settings.
+
+    Raises:
+        MmstError: naming the rank and how to finish or redo its shard.
+    """
+    rank, world_size = shard["rank"], settings["world_size"]
+    missing = sum(parts.finished_width(index, stop - start) is None for index, (start, stop) in enumerate(bounds))
+    done = parts.folder / DONE_FILE
+    if missing or not done.exists():
+        raise MmstError(
+            f"--merge: the shard of rank {rank} ({rows_text(shard['start'], shard['stop'])} of a {world_size}-rank run) "
+            f"is unfinished, {missing} of {len(bounds)} parts missing in {str(parts.folder)!r}; run that rank again "
+            f"alone (RANK={rank} WORLD_SIZE={world_size} with the same mmst encode command), then --merge"
+        )
+    made_with = json.loads((parts.folder / "manifest.json").read_text(encoding="utf8"))
+    for key in ("world_size", *RESUME_KEYS):  # a rank run alone before rank 0 recorded the run
+        if made_with.get(key) != settings.get(key):
+            raise MmstError(
+                f"--merge: the shard of rank {rank} was computed with another {key.replace('_', ' ')} "
+                f"({made_with.get(key)!r}, the run's is {settings.get(key)!r}); delete {str(parts.folder)!r} "
+                f"and run that rank again with the run's settings, then --merge"
+            )
+    return json.loads(done.read_text(encoding="utf8"))
+
+
 def merge_shards(output: str, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write ``output`` from every rank's finished shard, in input order, with its manifest beside it.
 
@@ -343,16 +374,7 @@ def merge_shards(output: str, *, log: Callable[[str], None] | None = None) -> di
     for shard in record["shards"]:
         parts = parts_class(path, {}, folder=folder / shard["folder"])
         bounds = chunk_bounds(shard["start"], shard["stop"], settings["chunk_size"])
-        missing = sum(parts.finished_width(index, stop - start) is None for index, (start, stop) in enumerate(bounds))
-        done = parts.folder / DONE_FILE
-        if missing or not done.exists():
-            raise MmstError(
-                f"--merge: the shard of rank {shard['rank']} ({rows_text(shard['start'], shard['stop'])} of a "
-                f"{world_size}-rank run) is unfinished, "
-                f"{missing} of {len(bounds)} parts missing in {str(parts.folder)!r}; run that rank again alone "
-                f"(RANK={shard['rank']} WORLD_SIZE={world_size} with the same mmst encode command), then --merge"
-            )
-        shard_facts.append(json.loads(done.read_text(encoding="utf8")))
+        shard_facts.append(_finished_shard(parts, shard, bounds, settings))
         chunks += [(start, partial(parts.load, index)) for index, (start, _) in enumerate(bounds)]
     dims = {facts["dim"] for facts in shard_facts}
     if len(dims) != 1:
