@@ -60,7 +60,7 @@ def test_shards_are_contiguous_blocks_and_the_launch_comes_from_the_environment(
 def test_torchrun_two_cpu_ranks_write_what_one_process_writes(clip, tiny_models, tmp_path):
     pairs = write_colour_pairs(tmp_path, count=3)
     rows = [json.loads(line) for line in pairs.read_text().splitlines()]
-    values = TEXTS[:6] + [value for row in rows for value in (row["image"],)]
+    values = TEXTS[:6] + [row["image"] for row in rows]  # rank 1 gets a text and the three images
     source = tmp_path / "mixed.jsonl"
     source.write_text("".join(json.dumps({"key": f"k{i}", "input": v}) + "\n" for i, v in enumerate(values)))
     common = ["--id-column", "key", "--batch-size", "1", "--chunk-size", "2"]  # batches of 1: no padding differences
