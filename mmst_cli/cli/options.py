@@ -166,6 +166,20 @@ TokenPoolFactorOption = Annotated[
     ),
 ]
 
+# evaluate and search: the HTML results page (core/report).
+ReportOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Write a self-contained HTML page of the results: metrics, and per query the top results as thumbnails, relevant ones marked, worst queries first.",
+        rich_help_panel="Output",
+        show_default=False,
+    ),
+]
+ReportQueriesOption = Annotated[
+    int,
+    typer.Option(help="Queries drawn on the --report page (the rest are counted).", rich_help_panel="Output"),
+]
+
 # Options that train-embed and train-rerank share, with the same meaning and default.
 MaxPixelsOption = Annotated[
     int | None,

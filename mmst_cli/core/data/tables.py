@@ -304,6 +304,13 @@ def _image_feature_problems(table, column: str, confine_to: Path | None) -> list
     return problems
 
 
+def media_folder(source: str, media_root: Path | None = None) -> Path:
+    """The folder relative media paths of data ``source`` resolve against, and stay in: ``media_root``
+    when given, else the data file's folder, the data folder, or the working folder (Hub data)."""
+    path = Path(source).expanduser()
+    return media_root or (path.parent if path.is_file() else path if path.is_dir() else Path.cwd())
+
+
 def prepare_media(
     table,
     source: str,
@@ -333,8 +340,7 @@ def prepare_media(
     """
     import datasets
 
-    source_path = Path(source).expanduser()
-    root = media_root or (source_path.parent if source_path.is_file() else source_path if source_path.is_dir() else Path.cwd())
+    root = media_folder(source, media_root)
     confine_to = None if allow_outside_root else root
     column_modalities: dict[str, str] = {}
     frame_columns: list[str] = []
