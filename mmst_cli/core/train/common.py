@@ -31,6 +31,7 @@ from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.models.lora import LoraOptions
 from mmst_cli.core.models.portable import save_model
 from mmst_cli.core.outputs import atomic_path, existing_ancestor
+from mmst_cli.core.train.dataloader_workers import dataloader_arguments, preprocess_in_workers
 from mmst_cli.core.train.run_folder import latest_intact_checkpoint, owned_run_folder
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -48,8 +49,8 @@ class TrainingOptions:
     fp16), ``seed``, ``gradient_checkpointing``, ``attn_implementation``, ``lora``, ``eval_steps``,
     ``save_steps``, ``output_dir``, ``resume``, ``force`` (resume even when the options or data differ
     from the run's start), ``report_to``, ``dry_run`` (plan memory instead of
-    training); the data, ``data`` (``data_config``,
-    ``split``, ``columns``) and ``eval_data`` (``eval_data_split``) or an ``eval_split`` fraction;
+    training), ``dataloader_workers`` (processes that decode and preprocess media); the data,
+    ``data`` (``data_config``, ``split``, ``columns``) and ``eval_data`` (``eval_data_split``) or an ``eval_split`` fraction;
     and the data-safety switches ``media_root``, ``skip_bad``, ``allow_remote_media`` and
     ``allow_outside_root``.
     """
@@ -83,6 +84,8 @@ class TrainingOptions:
     force: bool = False
     report_to: str = "none"
     dry_run: bool = False
+    #: DataLoader worker processes (``None``: :func:`~mmst_cli.core.train.dataloader_workers.default_dataloader_workers`).
+    dataloader_workers: int | None = None
 
     #: Names the default run folder: ``runs/<command>-<time>``.
     command = "train"
@@ -96,6 +99,8 @@ class TrainingOptions:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise MmstError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.dataloader_workers is not None and self.dataloader_workers < 0:
+            raise MmstError(f"--dataloader-workers must be 0 (load in the training process) or more, got {self.dataloader_workers}")
         if self.max_steps == 0 or self.max_steps < -1:
             # transformers reads 0 as "use --epochs" and would train; -1 is the "off" default.
             raise MmstError(f"--max-steps must be a positive number of steps, got {self.max_steps}")
@@ -221,6 +226,7 @@ def common_training_arguments(options: TrainingOptions, checkpoints: Path, *, ro
         report_to=options.report_to,
         disable_tqdm=True,
         dataloader_pin_memory=has_cuda(),
+        **dataloader_arguments(options.dataloader_workers),
         dataloader_drop_last=world_size() > 1,
         # NCCL needs GPUs; a CPU launch under torchrun / accelerate uses gloo.
         ddp_backend=None if has_cuda() or world_size() == 1 else "gloo",
@@ -301,6 +307,7 @@ def train_with_progress(
             (log or silent)(f"warning: {note}; resuming from {checkpoint.name}")
         resume_from = str(checkpoint)
 
+    preprocess_in_workers(trainer)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts on stdout, which is for --json
     trainer.add_callback(RichProgressCallback(console))
     stopper = _CheckpointOnInterrupt()

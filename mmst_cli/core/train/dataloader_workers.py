@@ -1,0 +1,107 @@
+"""Decode and preprocess training media in DataLoader worker processes, off the training loop.
+
+Sentence Transformers' data collator turns each batch of raw cells into model inputs with
+``model.preprocess``: image paths, HF image cells, video frame lists and video files are decoded
+there, and the processor resizes, normalises and tokenises. HF image cells decode when a row is
+read from the dataset. Both happen wherever the DataLoader fetches batches, so with
+``--dataloader-workers N`` (N > 0) they run in N worker processes while the training process
+computes the previous step; the workers persist across epochs and each keeps
+:data:`PREFETCH_BATCHES` batches ready.
+
+The data checks before training are untouched (confinement, unreadable or undecodable files,
+sizes, PDF pages rendered once into the media cache): workers only read what passed them.
+
+Workers started with ``spawn`` or ``forkserver`` (macOS and Windows, and Linux from Python 3.14)
+receive the collator pickled. Its ``preprocess_fn`` is the model's bound method, so pickling it
+would send every weight to every worker; :class:`WeightlessPreprocess` pickles a copy of the model
+whose parameters and buffers live on the meta device instead: the modules, processors and
+tokenizers preprocessing reads, and no weights. Under ``fork`` nothing is pickled. Only the batch
+indices go to a worker and only the finished tensors come back: no cell of the data is ever
+unpickled.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+#: Batches each worker prepares ahead (PyTorch's default): enough to hide a slow batch without
+#: holding many decoded batches in memory.
+PREFETCH_BATCHES = 2
+
+#: The most workers the default starts: decoding and resizing rarely needs more, and each worker
+#: holds its own copy of the processors.
+MAX_DEFAULT_WORKERS = 4
+
+
+def usable_cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity, where the system tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_dataloader_workers(cores: int | None = None) -> int:
+    """Workers when ``--dataloader-workers`` is not given: ``min(4, cores - 1)``, and none on two
+    cores or fewer, where a worker competes with training for the only other core (measured on the
+    demo: see docs/benchmarks.md).
+
+    Args:
+        cores: CPU cores to plan for; default: :func:`usable_cpu_cores`.
+    """
+    cores = usable_cpu_cores() if cores is None else cores
+    if cores <= 2:
+        return 0
+    return min(MAX_DEFAULT_WORKERS, cores - 1)
+
+
+def dataloader_arguments(workers: int | None) -> dict[str, Any]:
+    """``TrainingArguments`` keywords for ``workers`` DataLoader processes (``None``: the default)."""
+    workers = default_dataloader_workers() if workers is None else workers
+    return {
+        "dataloader_num_workers": workers,
+        # Starting workers anew each epoch would re-import and re-copy the processors every time.
+        "dataloader_persistent_workers": workers > 0,
+        "dataloader_prefetch_factor": PREFETCH_BATCHES if workers > 0 else None,
+    }
+
+
+def weightless_copy(model):
+    """A deep copy of ``model`` whose parameters and buffers are empty tensors on the meta device.
+
+    It preprocesses exactly as ``model`` does (same modules, processors, tokenizers and settings)
+    and costs no weight memory; calling its forward would fail, which nothing in a worker does.
+    """
+    import torch
+
+    memo: dict[int, Any] = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        empty = torch.empty_like(tensor, device="meta")
+        if isinstance(tensor, torch.nn.Parameter):
+            empty = torch.nn.Parameter(empty, requires_grad=tensor.requires_grad)
+        memo[id(tensor)] = empty  # deepcopy takes these instead of copying the weights
+    return copy.deepcopy(model, memo)
+
+
+class WeightlessPreprocess:
+    """``model.preprocess`` that pickles without the model's weights (see the module docstring).
+
+    Args:
+        model: The model being trained; in this process calls go straight to its ``preprocess``.
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __call__(self, inputs, **kwargs):
+        return self.model.preprocess(inputs, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"model": weightless_copy(self.model)}
+
+
+def preprocess_in_workers(trainer) -> None:
+    """Make ``trainer``'s collator safe to send to spawned workers (a no-op without workers)."""
+    if trainer.args.dataloader_num_workers > 0:
+        trainer.data_collator.preprocess_fn = WeightlessPreprocess(trainer.model)
