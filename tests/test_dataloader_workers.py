@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmst_cli.core.train import common
+from mmst_cli.core.train import embed
 from mmst_cli.core.train.dataloader_workers import default_dataloader_workers
 from mmst_cli.core.train.embed import TrainEmbedOptions, train_embedding_model
 from mmst_cli.core.train.losses import LossOptions
@@ -60,13 +60,13 @@ def _pickled_collator(trainer) -> bytes:
 
 def test_workers_decode_the_images_and_training_is_unchanged(tmp_path, monkeypatch, colour_pairs, tiny_models):
     collators = []
-    prepare = common.preprocess_in_workers
+    prepare = embed.preprocess_in_workers
 
-    def spy(trainer):
-        prepare(trainer)
+    def spy(trainer, audio):
+        prepare(trainer, audio)
         collators.append((trainer.data_collator, _pickled_collator(trainer)))
 
-    monkeypatch.setattr(common, "preprocess_in_workers", spy)
+    monkeypatch.setattr(embed, "preprocess_in_workers", spy)
     runs = {}
     for workers in (0, 2):
         log = tmp_path / f"decodes-{workers}.txt"

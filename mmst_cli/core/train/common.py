@@ -31,7 +31,7 @@ from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.models.lora import LoraOptions
 from mmst_cli.core.models.portable import save_model
 from mmst_cli.core.outputs import atomic_path, existing_ancestor
-from mmst_cli.core.train.dataloader_workers import dataloader_arguments, preprocess_in_workers
+from mmst_cli.core.train.dataloader_workers import dataloader_arguments
 from mmst_cli.core.train.run_folder import latest_intact_checkpoint, owned_run_folder
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -307,7 +307,6 @@ def train_with_progress(
             (log or silent)(f"warning: {note}; resuming from {checkpoint.name}")
         resume_from = str(checkpoint)
 
-    preprocess_in_workers(trainer)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts on stdout, which is for --json
     trainer.add_callback(RichProgressCallback(console))
     stopper = _CheckpointOnInterrupt()

@@ -1,23 +1,24 @@
 """Decode and preprocess training media in DataLoader worker processes, off the training loop.
 
 Sentence Transformers' data collator turns each batch of raw cells into model inputs with
-``model.preprocess``: image paths, HF image cells, video frame lists and video files are decoded
-there, and the processor resizes, normalises and tokenises. HF image cells decode when a row is
-read from the dataset. Both happen wherever the DataLoader fetches batches, so with
-``--dataloader-workers N`` (N > 0) they run in N worker processes while the training process
-computes the previous step; the workers persist across epochs and each keeps
-:data:`PREFETCH_BATCHES` batches ready.
+``model.preprocess``: image paths, video frame lists and video files are decoded there, and the
+processor resizes, normalises and tokenises. HF image cells decode when a row is read from the
+dataset, and audio clips (kept as references in training data: :mod:`mmst_cli.core.data.audio`)
+decode in the collator through :class:`WorkerPreprocess`. All of it happens wherever the
+DataLoader fetches batches, so with ``--dataloader-workers N`` (N > 0) it runs in N worker
+processes while the training process computes the previous step; the workers persist across
+epochs and each keeps :data:`PREFETCH_BATCHES` batches ready.
 
 The data checks before training are untouched (confinement, unreadable or undecodable files,
 sizes, PDF pages rendered once into the media cache): workers only read what passed them.
 
 Workers started with ``spawn`` or ``forkserver`` (macOS and Windows, and Linux from Python 3.14)
-receive the collator pickled. Its ``preprocess_fn`` is the model's bound method, so pickling it
-would send every weight to every worker; :class:`WeightlessPreprocess` pickles a copy of the model
-whose parameters and buffers live on the meta device instead: the modules, processors and
-tokenizers preprocessing reads, and no weights. Under ``fork`` nothing is pickled. Only the batch
-indices go to a worker and only the finished tensors come back: no cell of the data is ever
-unpickled.
+receive the collator pickled. Its ``preprocess_fn`` would be the model's bound method, and
+pickling that would send every weight to every worker; :class:`WorkerPreprocess` pickles a copy
+of the model whose parameters and buffers live on the meta device instead: the modules,
+processors and tokenizers preprocessing reads, and no weights. Under ``fork`` nothing is pickled.
+Only batch indices go to a worker and only finished tensors come back: no cell of the data is
+ever unpickled.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from __future__ import annotations
 import copy
 import os
 from typing import Any
+
+from mmst_cli.core.data.audio import DecodedAudio, is_audio_reference, lazy_decoder
 
 #: Batches each worker prepares ahead (PyTorch's default): enough to hide a slow batch without
 #: holding many decoded batches in memory.
@@ -84,24 +87,40 @@ def weightless_copy(model):
     return copy.deepcopy(model, memo)
 
 
-class WeightlessPreprocess:
-    """``model.preprocess`` that pickles without the model's weights (see the module docstring).
+class WorkerPreprocess:
+    """The collator's ``preprocess_fn`` in training: decodes audio references, then ``model.preprocess``;
+    pickles without the model's weights (see the module docstring).
 
     Args:
         model: The model being trained; in this process calls go straight to its ``preprocess``.
+        audio: Decodes the audio references of the training rows (``None``: the data has none).
     """
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, audio: DecodedAudio | None = None) -> None:
         self.model = model
+        self.audio = audio
 
-    def __call__(self, inputs, **kwargs):
+    def __call__(self, inputs: list, **kwargs):
+        if self.audio is not None and inputs and is_audio_reference(inputs[0]):
+            inputs = [self.audio.decode(cell) for cell in inputs]
         return self.model.preprocess(inputs, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"model": weightless_copy(self.model)}
+        return {"model": weightless_copy(self.model), "audio": self.audio}
 
 
-def preprocess_in_workers(trainer) -> None:
-    """Make ``trainer``'s collator safe to send to spawned workers (a no-op without workers)."""
-    if trainer.args.dataloader_num_workers > 0:
-        trainer.data_collator.preprocess_fn = WeightlessPreprocess(trainer.model)
+def training_rows(dataset) -> tuple[Any, DecodedAudio | None]:
+    """The rows to hand the trainer, and the decoder of their audio (``None`` without lazy audio).
+
+    Audio stays undecoded in these rows and :class:`WorkerPreprocess` decodes it per batch: the
+    batch sampler reads every row once to hash it for duplicate checks, which would otherwise
+    decode every clip in the training process before the first step.
+    """
+    decoder = lazy_decoder(dataset)
+    return (dataset, None) if decoder is None else (dataset.with_format(None), decoder)
+
+
+def preprocess_in_workers(trainer, audio: DecodedAudio | None = None) -> None:
+    """Give ``trainer``'s collator a :class:`WorkerPreprocess` (needed with workers or lazy audio)."""
+    if audio is not None or trainer.args.dataloader_num_workers > 0:
+        trainer.data_collator.preprocess_fn = WorkerPreprocess(trainer.model, audio)
