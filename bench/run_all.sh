@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 python=${BENCH_PYTHON:-.venv/bin/python}
 export HF_HUB_OFFLINE=1
 
-for name in cli_start train_throughput encode_throughput evaluate_scale maxsim_scale gradcache_memory; do
+for name in cli_start train_throughput encode_throughput evaluate_scale maxsim_scale gradcache_memory data_wait; do
     echo "### bench/$name.py"
     if [ -n "${BENCH_RESULTS:-}" ]; then
         mkdir -p "$BENCH_RESULTS"
