@@ -104,6 +104,28 @@ def test_workers_decode_the_images_and_training_is_unchanged(tmp_path, monkeypat
         assert torch.equal(got[key], value) if isinstance(value, torch.Tensor) else got[key] == value, key
 
 
+def test_a_model_with_weight_norm_and_hooks_is_sent_weightless_and_left_intact(tiny_models):
+    """wav2vec2's positional convolution is parametrized (weight norm, which refuses pickling) and
+    carries a hook that is a local function: the copy drops both, the trained model keeps both."""
+    import numpy as np
+
+    from mmst_cli.core.models.loading import load_model
+    from mmst_cli.core.models.locate import locate_model
+    from mmst_cli.core.train.dataloader_workers import WorkerPreprocess
+
+    model = load_model(locate_model(str(tiny_models["wav2vec2"])), device="cpu")
+    clips = [{"array": np.sin(np.arange(4000, dtype=np.float32) / 7), "sampling_rate": 16000}]
+    before = model.encode(clips, convert_to_tensor=True)
+    for _ in range(2):  # once per worker
+        buffer = io.BytesIO()
+        ForkingPickler(buffer, pickle.HIGHEST_PROTOCOL).dump(WorkerPreprocess(model))
+        received = pickle.loads(buffer.getvalue())
+    assert all(tensor.is_meta for tensor in received.model.parameters())
+    expected, got = model.preprocess(clips), received(clips)
+    assert all(torch.equal(got[key], value) for key, value in expected.items() if isinstance(value, torch.Tensor))
+    assert torch.equal(model.encode(clips, convert_to_tensor=True), before)
+
+
 def test_bad_image_fails_before_training_with_the_same_error(tmp_path, tiny_models):
     data = write_colour_pairs(tmp_path / "data", count=4)
     (tmp_path / "data" / "images" / "001.png").write_bytes(b"not a png")

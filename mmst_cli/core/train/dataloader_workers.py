@@ -24,10 +24,13 @@ ever unpickled.
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import os
+import pickle
 from typing import Any
 
 from mmst_cli.core.data.audio import DecodedAudio, is_audio_reference, lazy_decoder
+from mmst_cli.core.errors import EXIT_FAILURE, MmstError, first_line
 
 #: Batches each worker prepares ahead (PyTorch's default): enough to hide a slow batch without
 #: holding many decoded batches in memory.
@@ -74,9 +77,10 @@ def weightless_copy(model):
     """A deep copy of ``model`` whose parameters and buffers are empty tensors on the meta device.
 
     It preprocesses exactly as ``model`` does (same modules, processors, tokenizers and settings)
-    and costs no weight memory; calling its forward would fail, which nothing in a worker does.
+    and costs no weight memory; its forward is not meant to run, and nothing in a worker runs it.
     """
     import torch
+    from torch.nn.utils import parametrize
 
     memo: dict[int, Any] = {}
     for tensor in [*model.parameters(), *model.buffers()]:
@@ -84,7 +88,23 @@ def weightless_copy(model):
         if isinstance(tensor, torch.nn.Parameter):
             empty = torch.nn.Parameter(empty, requires_grad=tensor.requires_grad)
         memo[id(tensor)] = empty  # deepcopy takes these instead of copying the weights
-    return copy.deepcopy(model, memo)
+    weightless = copy.deepcopy(model, memo)
+    for module in list(weightless.modules()):
+        # Parametrized modules (weight norm in wav2vec2's positional convolution) refuse to be
+        # pickled, and hooks are often local functions, which cannot be: neither takes part in
+        # preprocessing. Each parametrized tensor becomes a plain meta parameter of the copy (on
+        # meta tensors computing it costs nothing). Not with remove_parametrizations: it edits the
+        # parametrized class, which the copy shares with the model being trained.
+        if parametrize.is_parametrized(module):
+            values = {name: parametrization() for name, parametrization in module.parametrizations.items()}
+            module.__class__ = type(module).__bases__[0]
+            del module._modules["parametrizations"]
+            for name, value in values.items():
+                module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
+        for name, value in vars(module).items():
+            if name.endswith("hooks") and isinstance(value, dict):
+                value.clear()
+    return weightless
 
 
 class WorkerPreprocess:
@@ -106,7 +126,21 @@ class WorkerPreprocess:
         return self.model.preprocess(inputs, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"model": weightless_copy(self.model), "audio": self.audio}
+        # Pickled here rather than by the caller, so that a model that cannot be sent to a worker
+        # is a one-line error naming the way out instead of a traceback from inside the DataLoader.
+        try:
+            model = pickle.dumps(weightless_copy(self.model))
+        except Exception as error:
+            raise MmstError(
+                f"--dataloader-workers: the model cannot be sent to worker processes started with "
+                f"{multiprocessing.get_start_method()!r} ({first_line(error)}); pass --dataloader-workers 0",
+                EXIT_FAILURE,
+            ) from error
+        return {"model": model, "audio": self.audio}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.model = pickle.loads(state["model"])  # the bytes __getstate__ made in the training process
+        self.audio = state["audio"]
 
 
 def training_rows(dataset) -> tuple[Any, DecodedAudio | None]:
