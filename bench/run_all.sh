@@ -1,5 +1,5 @@
 #!/bin/sh
-# Run every benchmark of docs/benchmarks.md, one after another (about 23 minutes on 2 CPU cores).
+# Run every benchmark of docs/benchmarks.md, one after another (about 28 minutes on 2 CPU cores).
 #
 #   sh bench/run_all.sh                  # what `make bench` runs
 #   sh bench/run_all.sh --threads 0      # extra arguments go to every benchmark

@@ -227,9 +227,8 @@ DataloaderWorkersOption = Annotated[
     int | None,
     typer.Option(
         "--dataloader-workers",
-        help="Processes that decode media (images, audio, video frames, rendered PDF pages) and run the model's "
-        "processor while the model trains; 0 does it in the training process. Default: min(4, CPU cores - 1), "
-        "0 on 2 cores or fewer.",
+        help="Processes that decode the media of the next batches and run the model's processor on them while "
+        "the model trains; 0 does it in the training process. Default: min(4, CPU cores - 1), 0 on 2 cores or fewer.",
         rich_help_panel=TRAINING_PANEL,
         show_default=False,
     ),

@@ -50,8 +50,9 @@ def usable_cpu_cores() -> int:
 
 def default_dataloader_workers(cores: int | None = None) -> int:
     """Workers when ``--dataloader-workers`` is not given: ``min(4, cores - 1)``, and none on two
-    cores or fewer, where a worker competes with training for the only other core (measured on the
-    demo: see docs/benchmarks.md).
+    cores or fewer. There a worker took the demo's wait for data from 2 % (12 % with two torch
+    threads) of a step to under 0.3 %, yet no step got faster beyond the noise of a shared machine
+    (docs/benchmarks.md), so a small machine keeps training in one process.
 
     Args:
         cores: CPU cores to plan for; default: :func:`usable_cpu_cores`.
