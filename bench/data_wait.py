@@ -119,7 +119,8 @@ def main() -> None:
     parser = common_arguments(__doc__, repeats=2)
     parser.add_argument("--steps", type=int, default=11,
                         help="optimiser steps per run (default 11: one epoch of the 761 demo pairs at 64)")
-    parser.add_argument("--workers", type=int, help="DataLoader workers of the second side (default: mmst's, at least 1)")
+    parser.add_argument("--workers", type=int,
+                        help="DataLoader workers of the second side (default: mmst's, at least 1)")
     parser.add_argument("--child", type=int, help=HIDDEN)
     parser.add_argument("--output-dir", help=HIDDEN)
     parser.add_argument("--record-file", help=HIDDEN)

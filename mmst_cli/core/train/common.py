@@ -49,8 +49,8 @@ class TrainingOptions:
     fp16), ``seed``, ``gradient_checkpointing``, ``attn_implementation``, ``lora``, ``eval_steps``,
     ``save_steps``, ``output_dir``, ``resume``, ``force`` (resume even when the options or data differ
     from the run's start), ``report_to``, ``dry_run`` (plan memory instead of
-    training), ``dataloader_workers`` (processes that decode and preprocess media); the data,
-    ``data`` (``data_config``, ``split``, ``columns``) and ``eval_data`` (``eval_data_split``) or an ``eval_split`` fraction;
+    training); the data, ``data`` (``data_config``,
+    ``split``, ``columns``) and ``eval_data`` (``eval_data_split``) or an ``eval_split`` fraction;
     and the data-safety switches ``media_root``, ``skip_bad``, ``allow_remote_media`` and
     ``allow_outside_root``.
     """
@@ -84,7 +84,8 @@ class TrainingOptions:
     force: bool = False
     report_to: str = "none"
     dry_run: bool = False
-    #: DataLoader worker processes (``None``: :func:`~mmst_cli.core.train.dataloader_workers.default_dataloader_workers`).
+    #: Processes that decode and preprocess media for training (``--dataloader-workers``); ``None``
+    #: takes :func:`~mmst_cli.core.train.dataloader_workers.default_dataloader_workers`.
     dataloader_workers: int | None = None
 
     #: Names the default run folder: ``runs/<command>-<time>``.
@@ -100,7 +101,9 @@ class TrainingOptions:
             if value is not None and value <= 0:
                 raise MmstError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.dataloader_workers is not None and self.dataloader_workers < 0:
-            raise MmstError(f"--dataloader-workers must be 0 (load in the training process) or more, got {self.dataloader_workers}")
+            raise MmstError(
+                f"--dataloader-workers must be 0 (load in the training process) or more, got {self.dataloader_workers}"
+            )
         if self.max_steps == 0 or self.max_steps < -1:
             # transformers reads 0 as "use --epochs" and would train; -1 is the "off" default.
             raise MmstError(f"--max-steps must be a positive number of steps, got {self.max_steps}")
