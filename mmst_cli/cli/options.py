@@ -237,6 +237,16 @@ SaveStepsOption = Annotated[
         help="Save a resumable checkpoint every N steps. Default: 500.", rich_help_panel=TRAINING_PANEL, show_default=False
     ),
 ]
+DataloaderWorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--dataloader-workers",
+        help="Processes that decode the media of the next batches and run the model's processor on them while "
+        "the model trains; 0 does it in the training process. Default: min(4, CPU cores - 1), 0 on 2 cores or fewer.",
+        rich_help_panel=TRAINING_PANEL,
+        show_default=False,
+    ),
+]
 ResumeOption = Annotated[
     bool, typer.Option(help="Continue from the latest checkpoint in --output-dir.", rich_help_panel=TRAINING_PANEL)
 ]

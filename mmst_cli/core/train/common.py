@@ -31,6 +31,7 @@ from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.models.lora import LoraOptions
 from mmst_cli.core.models.portable import save_model
 from mmst_cli.core.outputs import atomic_path, existing_ancestor
+from mmst_cli.core.train.dataloader_workers import dataloader_arguments
 from mmst_cli.core.train.fsdp import fsdp_training_arguments, full_weights_in_place, sharding_summary, validate_fsdp
 from mmst_cli.core.train.run_folder import latest_intact_checkpoint, owned_run_folder
 
@@ -90,6 +91,9 @@ class TrainingOptions:
     gpu_memory: float | None = None
     fsdp: str | None = None
     fsdp_config: str | None = None
+    #: Processes that decode and preprocess media for training (``--dataloader-workers``); ``None``
+    #: takes :func:`~mmst_cli.core.train.dataloader_workers.default_dataloader_workers`.
+    dataloader_workers: int | None = None
 
     #: Names the default run folder: ``runs/<command>-<time>``.
     command = "train"
@@ -103,6 +107,10 @@ class TrainingOptions:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise MmstError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.dataloader_workers is not None and self.dataloader_workers < 0:
+            raise MmstError(
+                f"--dataloader-workers must be 0 (load in the training process) or more, got {self.dataloader_workers}"
+            )
         if self.max_steps == 0 or self.max_steps < -1:
             # transformers reads 0 as "use --epochs" and would train; -1 is the "off" default.
             raise MmstError(f"--max-steps must be a positive number of steps, got {self.max_steps}")
@@ -247,6 +255,7 @@ def common_training_arguments(options: TrainingOptions, checkpoints: Path, *, ro
         report_to=options.report_to,
         disable_tqdm=True,
         dataloader_pin_memory=has_cuda(),
+        **dataloader_arguments(options.dataloader_workers),
         dataloader_drop_last=world_size() > 1,
         # NCCL needs GPUs; a CPU launch under torchrun / accelerate uses gloo.
         ddp_backend=None if has_cuda() or world_size() == 1 else "gloo",

@@ -28,6 +28,7 @@ from mmst_cli.core.train.common import (
     train_with_progress,
     world_size,
 )
+from mmst_cli.core.train.dataloader_workers import preprocess_in_workers, training_rows
 from mmst_cli.core.train.fsdp import fully_sharded_trainer, gathered_weights
 from mmst_cli.core.train.eval_record import load_pairs_with_eval_record, write_eval_record
 from mmst_cli.core.train.losses import LossOptions, build_loss
@@ -251,15 +252,17 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
     if options.fsdp:
         trainer_class = fully_sharded_trainer(trainer_class)
     output_dir.mkdir(parents=True, exist_ok=True)
+    train_rows, audio = training_rows(train_data.dataset)
     trainer = trainer_class(
         model=model,
         args=_training_arguments(
             arguments_class, options, output_dir / "checkpoints", built, train_data, evaluator is not None
         ),
-        train_dataset=train_data.dataset,
+        train_dataset=train_rows,
         loss=loss,
         evaluator=evaluator,
     )
+    preprocess_in_workers(trainer, audio)
     output, runtime = train_with_progress(trainer, options, progress_console, log)
     if options.lora.enabled:
         merge_lora(model)

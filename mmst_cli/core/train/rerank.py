@@ -47,6 +47,7 @@ from mmst_cli.core.train.common import (
     train_with_progress,
     world_size,
 )
+from mmst_cli.core.train.dataloader_workers import preprocess_in_workers
 from mmst_cli.core.train.fsdp import fully_sharded_trainer, gathered_weights
 from mmst_cli.core.train.losses import gradcache_kwargs, validate_token_budget
 from mmst_cli.core.train.rerank_demo import DEFAULT_MODEL_NOTE, DEMO_EVAL, DEMO_TRAIN, default_reranker_start
@@ -449,6 +450,7 @@ def _train(options: TrainRerankOptions, output_dir: Path, progress_console, log)
     )
     trainer_class = fully_sharded_trainer(CrossEncoderTrainer) if options.fsdp else CrossEncoderTrainer
     trainer = trainer_class(model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator)
+    preprocess_in_workers(trainer)
     output, runtime = train_with_progress(trainer, options, progress_console, log)
     if options.lora.enabled:
         merge_lora(model)

@@ -32,7 +32,10 @@ RECORD_NAME = "run.json"
 
 #: Options that steer a run without changing what it learns from, so they may differ on ``--resume``.
 #: The length (``max_steps``, ``epochs``) may grow: that is how a finished run is trained further.
-RESUMABLE_CHANGES = {"output_dir", "resume", "force", "dry_run", "gpus", "gpu_memory", "report_to", "save_steps", "eval_steps", "max_steps", "epochs"}
+RESUMABLE_CHANGES = {
+    "output_dir", "resume", "force", "dry_run", "gpus", "gpu_memory", "report_to", "save_steps", "eval_steps",
+    "max_steps", "epochs", "dataloader_workers",
+}
 
 
 def run_record(options) -> dict[str, Any]:
