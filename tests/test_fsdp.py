@@ -128,19 +128,27 @@ def test_impossible_fsdp_and_planner_flags_fail_before_any_work(tmp_path, tiny_m
 def test_fsdp_arguments_wrap_each_towers_own_layers_and_take_the_config_file(tmp_path, tiny_models):
     from sentence_transformers import SentenceTransformer
 
+    from mmst_cli.core.errors import MmstError
     from mmst_cli.core.train.embed import TrainEmbedOptions
-    from mmst_cli.core.train.fsdp import fsdp_training_arguments
+    from mmst_cli.core.train.fsdp import check_fsdp_model, fsdp_training_arguments, layer_classes_to_wrap
 
-    clip = SentenceTransformer(str(tiny_models["clip"]))
     config = tmp_path / "fsdp.json"
     config.write_text('{"fsdp_cpu_offload": true, "reshard_after_forward": false}', encoding="utf8")
-    arguments = fsdp_training_arguments(TrainEmbedOptions(fsdp="full_shard", fsdp_config=str(config)), clip)
+    options = TrainEmbedOptions(fsdp="full_shard", fsdp_config=str(config))
+    arguments = fsdp_training_arguments(options, SentenceTransformer(str(tiny_models["bert"])))
     assert arguments["fsdp"] is True
     settings = arguments["fsdp_config"]
-    # CLIP names its encoder layers (both towers) and embeddings as blocks to keep whole.
-    assert settings["transformer_layer_cls_to_wrap"] == ["CLIPEncoderLayer", "CLIPTextEmbeddings", "CLIPVisionEmbeddings"]
+    assert settings["transformer_layer_cls_to_wrap"] == ["BertEmbeddings", "BertLayer"]  # BertModel's own list
     assert settings["cpu_offload"] is True and settings["reshard_after_forward"] is False  # the file wins
     assert settings["version"] == 2 and settings["state_dict_type"] == "FULL_STATE_DICT"
+
+    clip = SentenceTransformer(str(tiny_models["clip"]))
+    # CLIP names its encoder layers (both towers) and embeddings as blocks to keep whole...
+    assert layer_classes_to_wrap(clip) == ["CLIPEncoderLayer", "CLIPTextEmbeddings", "CLIPVisionEmbeddings"]
+    # ... but its scalar logit scale is a parameter FSDP2 cannot shard: refused before training, with the fix.
+    with pytest.raises(MmstError, match=r"scalar parameters \(0\.model\.logit_scale\).*drop --fsdp"):
+        check_fsdp_model(options, clip)
+    check_fsdp_model(TrainEmbedOptions(), clip)
     assert fsdp_training_arguments(TrainEmbedOptions(), clip) == {}
 
 

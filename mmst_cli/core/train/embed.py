@@ -29,7 +29,7 @@ from mmst_cli.core.train.common import (
     world_size,
 )
 from mmst_cli.core.train.dataloader_workers import preprocess_in_workers, training_rows
-from mmst_cli.core.train.fsdp import fully_sharded_trainer, gathered_weights
+from mmst_cli.core.train.fsdp import check_fsdp_model, fully_sharded_trainer, gathered_weights
 from mmst_cli.core.train.eval_record import load_pairs_with_eval_record, write_eval_record
 from mmst_cli.core.train.losses import LossOptions, build_loss
 from mmst_cli.core.train.multi_vector import (
@@ -203,6 +203,7 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
     multi_vector = wants_multi_vector(options)
     built = build_multi_vector_model(options) if multi_vector else build_training_model(options)
     model = built.model
+    check_fsdp_model(options, model)
     if not options.dry_run:
         ensure_disk_space(output_dir, model)
     if built.attention:

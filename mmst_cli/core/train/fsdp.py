@@ -115,6 +115,19 @@ def layer_classes_to_wrap(model) -> list[str]:
     return sorted(names & present)
 
 
+def check_fsdp_model(options, model) -> None:
+    """Refuse ``--fsdp`` for a model FSDP2 cannot shard, as soon as it is built: one with scalar
+    parameters (CLIP's and SigLIP's logit scale)."""
+    if options.fsdp is None:
+        return
+    scalars = [name for name, parameter in model.named_parameters() if parameter.dim() == 0]
+    if scalars:
+        raise MmstError(
+            f"--fsdp cannot shard this model: FSDP2 refuses scalar parameters ({', '.join(scalars[:3])}), which "
+            "CLIP / SigLIP-style dual encoders have; these fit one GPU, so drop --fsdp and train with DDP"
+        )
+
+
 def fsdp_training_arguments(options, model) -> dict[str, Any]:
     """The Trainer's ``fsdp`` / ``fsdp_config`` for ``--fsdp`` (empty without it).
 

@@ -48,7 +48,7 @@ from mmst_cli.core.train.common import (
     world_size,
 )
 from mmst_cli.core.train.dataloader_workers import preprocess_in_workers
-from mmst_cli.core.train.fsdp import fully_sharded_trainer, gathered_weights
+from mmst_cli.core.train.fsdp import check_fsdp_model, fully_sharded_trainer, gathered_weights
 from mmst_cli.core.train.losses import gradcache_kwargs, validate_token_budget
 from mmst_cli.core.train.rerank_demo import DEFAULT_MODEL_NOTE, DEMO_EVAL, DEMO_TRAIN, default_reranker_start
 from mmst_cli.core.train.rerank_data import (
@@ -395,6 +395,7 @@ def _train(options: TrainRerankOptions, output_dir: Path, progress_console, log)
         log=log,
     )
     model = built.model
+    check_fsdp_model(options, model)
     if not options.dry_run:
         ensure_disk_space(output_dir, model)
     log(f"reranker: {built.description}; attention: {built.attention}")
