@@ -89,7 +89,7 @@ def run_mmst_side(queries, corpus, qrels) -> float:
     from mmst_cli.core.retrieval.tasks import RetrievalTask
 
     query_ids, corpus_ids = list(queries), list(corpus)
-    scores, indices, _ = maxsim_search(PrecomputedTokens(queries, corpus), query_ids, corpus_ids, DEPTH, corpus_chunk=CORPUS_CHUNK)
+    [(scores, indices)], _ = maxsim_search(PrecomputedTokens(queries, corpus), query_ids, corpus_ids, DEPTH, corpus_chunk=CORPUS_CHUNK)
     run = SearchRun(query_ids, corpus_ids, scores, indices)
     return score_run("bench", run, RetrievalTask({}, {}, qrels, "bench"), MMST_KS).metrics["ndcg@10"]
 

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Run every benchmark of docs/benchmarks.md, one after another (about 23 minutes on 2 CPU cores).
+# Run every benchmark of docs/benchmarks.md, one after another (about 28 minutes on 2 CPU cores).
 #
 #   sh bench/run_all.sh                  # what `make bench` runs
 #   sh bench/run_all.sh --threads 0      # extra arguments go to every benchmark
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 python=${BENCH_PYTHON:-.venv/bin/python}
 export HF_HUB_OFFLINE=1
 
-for name in cli_start train_throughput encode_throughput evaluate_scale maxsim_scale gradcache_memory; do
+for name in cli_start train_throughput encode_throughput evaluate_scale maxsim_scale gradcache_memory data_wait; do
     echo "### bench/$name.py"
     if [ -n "${BENCH_RESULTS:-}" ]; then
         mkdir -p "$BENCH_RESULTS"

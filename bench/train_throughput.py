@@ -109,6 +109,8 @@ def plain_train(model_name: str, data: str, model_dir: str | None, steps: int, o
     from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
     from transformers import set_seed
 
+    from mmst_cli.core.train.dataloader_workers import dataloader_arguments
+
     set_seed(SEED)
     if model_name == "router":
         from mmst_cli.core.models.composition import build_default_model
@@ -156,6 +158,8 @@ def plain_train(model_name: str, data: str, model_dir: str | None, steps: int, o
         report_to="none",
         disable_tqdm=True,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # mmst's DataLoader workers for this machine (none on 2 cores), so both sides load alike.
+        **dataloader_arguments(None),
         dataloader_drop_last=False,
         learning_rate_mapping=learning_rate_mapping,
         batch_sampler="no_duplicates_hashed",

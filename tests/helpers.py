@@ -82,6 +82,16 @@ def run_mmst_process(*args: str, cwd: Path | None = None, timeout: float = 600, 
     )  # fmt: skip
 
 
+def run_torchrun(*args: str, processes: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``torchrun --nproc_per_node PROCESSES -m mmst_cli ARGS`` on the CPU (gloo), one thread
+    per process, as a user launches distributed training; return the completed process (text)."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    return subprocess.run(
+        [str(torchrun), "--nproc_per_node", str(processes), "-m", "mmst_cli", *args], capture_output=True, text=True,
+        timeout=timeout, env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"), check=False,
+    )  # fmt: skip
+
+
 def run_json(*args: str, **kwargs) -> dict[str, Any]:
     """Run ``mmst ARGS --json`` in process, assert success and return the parsed stdout."""
     result = run_mmst(*args, "--json", **kwargs)

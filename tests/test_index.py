@@ -204,7 +204,7 @@ def test_multi_vector_index_is_searched_by_exact_maxsim(tiny_multi_vector, tmp_p
     assert summary["kind"] == "multi_vector"
     assert sorted(path.name for path in index.iterdir()) == ["documents.jsonl", "manifest.json", "offsets.npy", "tokens.npy"]
     outcome = search_index(layout.open_index(index), read_queries(["a dessert", "the markets"], [], None), k=3, model=model)
-    scores, rows, _ = maxsim_search(model, ["a dessert", "the markets"], list(TEXTS.values()), 3)
+    [(scores, rows)], _ = maxsim_search(model, ["a dessert", "the markets"], list(TEXTS.values()), 3)
     assert [[hit.doc_id for hit in result.hits] for result in outcome.results] == rows.tolist()
     np.testing.assert_allclose([[hit.score for hit in result.hits] for result in outcome.results], scores, rtol=1e-5)
     with pytest.raises(MmstError, match="exactly by MaxSim"):

@@ -58,6 +58,34 @@ def test_maxsim_evaluation_equals_sentence_transformers_evaluator(tmp_path, tiny
     assert pooled["token_vectors"]["document_tokens"] < report["token_vectors"]["document_tokens"]
 
 
+def test_matryoshka_sweep_scores_each_dim_as_sentence_transformers_truncate_dim_does(tmp_path, tiny_multi_vector):
+    from sentence_transformers import MultiVectorEncoder
+    from sentence_transformers.multi_vector_encoder.evaluation import MultiVectorInformationRetrievalEvaluator
+    from sentence_transformers.multi_vector_encoder.modules import HierarchicalTokenPooling
+
+    from mmst_cli.core.retrieval.tasks import load_retrieval_task
+
+    beir = write_judged_beir(tmp_path / "beir")
+    plot = tmp_path / "sweep.png"
+    # Pooling comes before truncation in Sentence Transformers' encode: the sweep must keep that order.
+    report = run_json("evaluate", "--model", str(tiny_multi_vector), "--data", str(beir), "--k", "10",
+                      "--dims", "128,16,4", "--token-pool-factor", "2", "--plot", str(plot))  # fmt: skip
+    assert [entry["dim"] for entry in report["dims"]] == [128, 16, 4]
+    assert report["metrics"] == report["dims"][0]["metrics"]  # the main stage is the largest dimension
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+    task = load_retrieval_task(str(beir))
+    model = MultiVectorEncoder(str(tiny_multi_vector))
+    for entry in report["dims"]:
+        evaluator = MultiVectorInformationRetrievalEvaluator(
+            task.queries, task.corpus, {qid: set(docs) for qid, docs in task.qrels.items()}, ndcg_at_k=[10],
+            truncate_dim=entry["dim"], token_pooling=HierarchicalTokenPooling(pool_factor=2), write_csv=False,
+        )  # fmt: skip
+        expected = next(value for key, value in evaluator(model).items() if key.endswith("ndcg@10"))
+        assert entry["metrics"]["ndcg@10"] == pytest.approx(expected, abs=1e-9), entry["dim"]
+    assert len({entry["metrics"]["ndcg@10"] for entry in report["dims"]}) > 1  # truncation changed the rankings
+
+
 def test_chunked_maxsim_search_equals_scoring_the_whole_corpus_at_once(tiny_multi_vector):
     import torch
     from sentence_transformers import MultiVectorEncoder
@@ -68,7 +96,7 @@ def test_chunked_maxsim_search_equals_scoring_the_whole_corpus_at_once(tiny_mult
     model = MultiVectorEncoder(str(tiny_multi_vector))
     queries = [f"about {topic}" for topic in TOPICS[:4]]
     corpus = [f"{topic} here, and {other} there" for topic in TOPICS for other in TOPICS[:2]]
-    scores, indices, _ = maxsim_search(model, queries, corpus, 5, corpus_chunk=3, chunk_elements=5000)
+    [(scores, indices)], _ = maxsim_search(model, queries, corpus, 5, corpus_chunk=3, chunk_elements=5000)
     whole = maxsim(model.encode_query(queries), model.encode_document(corpus))
     top = torch.topk(whole, 5, dim=1)
     assert scores == pytest.approx(top.values.numpy(), abs=1e-5)
@@ -79,10 +107,12 @@ def test_multi_vector_only_options_are_refused_where_they_do_not_apply(tmp_path,
     beir = write_judged_beir(tmp_path / "beir")
     single = run_mmst("evaluate", "--model", str(tiny_models["bert"]), "--data", str(beir), "--token-pool-factor", "2")
     assert_one_line_error(single, 2, "--token-pool-factor", "one vector per input")
-    swept = run_mmst("evaluate", "--model", str(tiny_multi_vector), "--data", str(beir), "--dims", "16")
-    assert_one_line_error(swept, 2, "--dims", "multi-vector")
+    swept = run_mmst("evaluate", "--model", str(tiny_multi_vector), "--data", str(beir), "--dims", "16,256")
+    assert_one_line_error(swept, 2, "--dims [256]", "token vector size 128")
     low = run_mmst("evaluate", "--model", str(tiny_multi_vector), "--data", str(beir), "--token-pool-factor", "0.5")
     assert_one_line_error(low, 2, "--token-pool-factor", "at least 1")
+    npz = run_mmst("encode", str(beir / "queries.jsonl"), "--model", str(tiny_models["bert"]), "--column", "text", "-o", str(tmp_path / "q.npz"))
+    assert_one_line_error(npz, 2, "npz holds multi-vector output", "one vector per input")
 
 
 def test_train_embed_multi_vector_from_a_text_checkpoint_then_resume_evaluate_and_rerank(tmp_path, tiny_models):
@@ -224,8 +254,40 @@ def test_encode_writes_ragged_token_vectors_resumably_in_every_layout(tmp_path, 
         np.testing.assert_allclose(np.array(nested[row]), tokens, atol=1e-6)
         np.testing.assert_allclose(np.array(lines[row]), tokens, atol=1e-6)
 
+    # npz: the safetensors arrays, with string ids and run facts that load without pickle.
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"id": f"doc-{row}", "text": text}) + "\n" for row, text in enumerate(texts)))
+    run_json("encode", str(rows), "--model", str(tiny_multi_vector), "--task", "document", "--column", "text",
+             "--id-column", "id", "-o", str(tmp_path / "t.npz"))  # fmt: skip
+    with np.load(tmp_path / "t.npz", allow_pickle=False) as npz:
+        assert npz["ids"].tolist() == [f"doc-{row}" for row in range(len(texts))]
+        assert npz["offsets"].tolist() == offsets.tolist() and json.loads(str(npz["metadata"]))["task"] == "document"
+        np.testing.assert_allclose(npz["embeddings"], stored["embeddings"], atol=1e-6)
+
     pooled = tmp_path / "pooled.safetensors"
     run_json("encode", str(source), "--model", str(tiny_multi_vector), "--task", "document", "--token-pool-factor", "2", "-o", str(pooled))
     assert len(load_file(str(pooled))["embeddings"]) < len(stored["embeddings"])
     npy = run_mmst("encode", str(source), "--model", str(tiny_multi_vector), "-o", str(tmp_path / "t.npy"))
     assert_one_line_error(npy, 2, "npy cannot hold", "safetensors")
+
+
+def test_encode_on_two_devices_writes_the_same_token_vectors_as_one_bit_for_bit(tmp_path, tiny_multi_vector):
+    import numpy as np
+    from sentence_transformers import MultiVectorEncoder
+
+    from mmst_cli.core.encode.job import EncodeOptions, run_encode
+
+    source = tmp_path / "texts.txt"
+    source.write_text("".join(f"{topic} {'and more ' * (index % 4)}here\n" for index, topic in enumerate(TOPICS)))
+    model = MultiVectorEncoder(str(tiny_multi_vector))
+    stored = {}
+    for devices in ("cpu", "cpu,cpu"):
+        output = tmp_path / f"{devices.replace(',', '-')}.npz"
+        job = EncodeOptions(inputs=str(source), output=str(output), model=str(tiny_multi_vector), task="document",
+                            device=devices, batch_size=3, chunk_size=6)  # fmt: skip
+        run_encode(job, model=model, show_progress=False, log=print)
+        with np.load(output, allow_pickle=False) as npz:
+            stored[devices] = {name: npz[name] for name in ("embeddings", "offsets", "ids")}
+    # Batches of rows padded to different lengths: a pool that batched differently would differ in the last bits.
+    for name in ("embeddings", "offsets", "ids"):
+        assert np.array_equal(stored["cpu"][name], stored["cpu,cpu"][name]), name

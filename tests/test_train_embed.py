@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ from mmst_cli.core.models.loading import load_model
 from mmst_cli.core.models.locate import locate_model
 from mmst_cli.core.train.embed import TrainEmbedOptions, train_embedding_model
 from tests.data_factory import write_colour_pairs, write_frame_clips, write_text_pairs, write_tone_pairs
-from tests.helpers import assert_one_line_error, run_json, run_mmst, run_mmst_process
+from tests.helpers import assert_one_line_error, run_json, run_mmst, run_mmst_process, run_torchrun
 
 LOSS_VARIANTS = {
     "mnrl": LossOptions(name="mnrl"),
@@ -126,16 +123,32 @@ def test_video_needs_a_model_that_takes_video_and_files_need_a_decoder(tmp_path,
     assert_one_line_error(refused, 2, "transformers cannot decode video here", "pip install torchcodec", "list of frame images")
 
 
-def test_audio_router_resamples_and_trains(tmp_path, tiny_models):
+def test_audio_router_resamples_and_trains_decoding_in_workers(tmp_path, monkeypatch, tiny_models):
+    from mmst_cli.core.data import audio
+
     data = write_tone_pairs(tmp_path / "tones", count=6, rate=8000)  # the extractor wants 16 kHz
+    decode = audio.decode_audio
+
+    def recording(source, sampling_rate):
+        worker = torch.utils.data.get_worker_info()
+        with (tmp_path / "decodes.txt").open("a") as lines:
+            lines.write(f"{'main' if worker is None else 'worker'}\n")
+        return decode(source, sampling_rate)
+
+    monkeypatch.setattr(audio, "decode_audio", recording)
     options = TrainEmbedOptions(
         text_encoder=str(tiny_models["bert"]), audio_encoder=str(tiny_models["wav2vec2"]), dim=16,
         data=str(data), eval_data=str(data), max_steps=3, batch_size=3, output_dir=str(tmp_path / "run"),
-        loss=LossOptions(name="mnrl"),
+        loss=LossOptions(name="mnrl"), dataloader_workers=2,
     )  # fmt: skip
     result = train_embedding_model(options, log=lambda line: None)
     assert result.summary["train"]["steps"] == 3
     assert 0 <= result.summary["final"]["ndcg@10"] <= 1
+    decodes = (tmp_path / "decodes.txt").read_text().split()
+    # The training process decodes each clip of the training and of the evaluation data once to
+    # check it, and the evaluation clips once more to keep them; the duplicate-hashing sampler and
+    # the model card read references. Every clip a training batch needs is decoded in a worker.
+    assert decodes.count("main") == 3 * 6 and decodes.count("worker") >= 3 * 3, decodes
 
 
 def test_resume_continues_from_the_latest_checkpoint(tmp_path, colour_pairs, tiny_models):
@@ -146,7 +159,8 @@ def test_resume_continues_from_the_latest_checkpoint(tmp_path, colour_pairs, tin
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-4").is_dir()
     refused = run_mmst("train-embed", *common, "--max-steps", "6")
     assert_one_line_error(refused, 2, "already holds a trained model", "--resume")
-    resumed = run_json("train-embed", *common, "--max-steps", "6", "--resume")
+    # Worker processes change how batches are loaded, not what the run learns: they may differ on resume.
+    resumed = run_json("train-embed", *common, "--max-steps", "6", "--resume", "--dataloader-workers", "2")
     assert resumed["train"]["steps"] == 6
     # The resumed run carries the checkpoint's history and adds steps 5 and 6 to it.
     assert [step for step, _ in resumed["train"]["loss_curve"]] == [1, 2, 3, 4, 5, 6]
@@ -178,6 +192,7 @@ def test_config_file_and_command_line_overrides(tmp_path):
         (["--bf16", "--fp16"], "exclude each other"),
         (["--loss", "triplet"], "use one of mnrl, cached-mnrl, gist, cached-gist"),
         (["--batch-size", "0"], "--batch-size must be positive"),
+        (["--dataloader-workers", "-1"], "--dataloader-workers must be 0"),
         (["--hardness-mode", "in-batch"], "positive --hardness-strength"),
     ],
 )
@@ -229,13 +244,9 @@ def test_text_column_for_an_image_only_route_is_refused(tmp_path, tiny_models):
 
 @pytest.mark.parametrize("model, extra", [("clip", []), ("bert", ["--multi-vector", "--dim", "8"])], ids=["single-vector", "multi-vector"])
 def test_two_process_ddp_run_completes(tmp_path, colour_pairs, tiny_models, model, extra):
-    torchrun = Path(sys.executable).with_name("torchrun")
     data = colour_pairs if model == "clip" else write_text_pairs(tmp_path / "text", count=8)
-    command = [str(torchrun), "--nproc_per_node", "2", "-m", "mmst_cli", "train-embed",
-               "--model", str(tiny_models[model]), "--data", str(data), "--max-steps", "2",
-               "--batch-size", "2", "--loss", "mnrl", "--output-dir", str(tmp_path / "ddp"), "--json", *extra]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))  # fmt: skip
+    result = run_torchrun("train-embed", "--model", str(tiny_models[model]), "--data", str(data), "--max-steps", "2",
+                          "--batch-size", "2", "--loss", "mnrl", "--output-dir", str(tmp_path / "ddp"), "--json", *extra)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)  # one JSON object: only the main process prints
     # 8 rows over 2 processes x 2 per device: 2 steps make one epoch, which a single process would not.

@@ -218,6 +218,22 @@ def test_each_loss_trains_on_each_layout(tmp_path, tiny_models, text_data, loss,
     assert any(line.startswith(f"{loss}:") for line in lines), lines
 
 
+def test_dataloader_workers_train_the_same_reranker(tmp_path, tiny_models, text_data):
+    # The workers build the batches (pairs through the tokenizer); the losses and weights are the same.
+    results = [
+        train_reranker(
+            _options(tmp_path / str(workers), tiny_models["bert"], text_data["pairs"], eval_data=None, max_steps=2,
+                     loss="cmnrl", dataloader_workers=workers),
+            log=lambda line: None,
+        )
+        for workers in (0, 2)
+    ]  # fmt: skip
+    curves = [result.summary["train"]["loss_curve"] for result in results]
+    assert len(curves[0]) == 2 and curves[1] == curves[0]
+    trained = results[1].model.state_dict()
+    assert all(torch.equal(trained[name], tensor) for name, tensor in results[0].model.state_dict().items())
+
+
 def test_lora_on_pooling_dense_keeps_the_head_trainable_and_saves_merged(tmp_path, tiny_models, text_data):
     data = text_data["pointwise"]
     lines: list[str] = []

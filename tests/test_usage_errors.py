@@ -11,7 +11,7 @@ from tests.helpers import assert_one_line_error, run_mmst
     ("args", "fragments"),
     [
         (("train-embed", "--bogus"), ("No such option: --bogus", "see 'mmst train-embed --help'")),
-        (("encode",), ("Missing argument", "see 'mmst encode --help'")),
+        (("encode", "-o", "x.npy"), ("Missing argument 'INPUTS'", "see 'mmst encode --help'")),
         (("train-rerank", "--epochs", "abc"), ("'--epochs'", "see 'mmst train-rerank --help'")),
         (("no-such-command",), ("No such command", "--help")),
         (("evaluate", "--fail-under"), ("requires an argument", "--help")),

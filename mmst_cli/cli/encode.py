@@ -22,9 +22,14 @@ Examples:
 
     # A multi-vector (ColBERT / ColPali-style) model: a flat token matrix plus row offsets
     $ mmst encode ./docs --model ./colqwen --task document --token-pool-factor 2 -o pages.safetensors
+    $ mmst encode ./docs --model ./colqwen --task document --device cuda:0,cuda:1 -o pages.npz
 
     # A Hub dataset split on two GPUs; continue it after an interruption
     $ mmst encode user/dataset --split test --column image --device cuda:0,cuda:1 -o test.npy --resume
+
+    # Sharded over 8 GPUs (one shard per rank, rank 0 writes the output); after rerunning a dead rank alone:
+    $ torchrun --nproc_per_node 8 -m mmst_cli encode ./photos --model ./my-clip -o photos.parquet
+    $ RANK=3 WORLD_SIZE=8 mmst encode ./photos --model ./my-clip -o photos.parquet && mmst encode --merge -o photos.parquet
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ OUTPUT = "Output"
 
 
 def encode(
-    inputs: Annotated[str, typer.Argument(help="jsonl/csv/parquet/txt file, PDF file (report.pdf, report.pdf#page=2-5), folder of images, audio or PDFs, save_to_disk folder, Hub dataset id, or - for stdin (one text or media path per line).", show_default=False)],
+    inputs: Annotated[str | None, typer.Argument(help="jsonl/csv/parquet/txt file, PDF file (report.pdf, report.pdf#page=2-5), folder of images, audio or PDFs, save_to_disk folder, Hub dataset id, or - for stdin (one text or media path per line). Not needed with --merge.", show_default=False)] = None,
     column: InputColumnOption = None,
     id_column: InputIdColumnOption = None,
     split: InputSplitOption = None,
@@ -81,13 +86,14 @@ def encode(
     trust_remote_code: TrustRemoteCodeOption = False,
     token_pool_factor: TokenPoolFactorOption = None,
     decode_workers: DecodeWorkersOption = None,
-    output: Annotated[str, typer.Option("--output", "-o", help="Output file: .npy, .parquet, .jsonl or .safetensors (or see --format); - streams jsonl to stdout.", rich_help_panel=OUTPUT, show_default=False)] = ...,
-    output_format: Annotated[str | None, typer.Option("--format", help="npy, parquet, jsonl or safetensors. Default: the output's extension.", rich_help_panel=OUTPUT, show_default=False)] = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="Output file: .npy, .parquet, .jsonl, .safetensors or (multi-vector models) .npz (or see --format); - streams jsonl to stdout.", rich_help_panel=OUTPUT, show_default=False)] = ...,
+    output_format: Annotated[str | None, typer.Option("--format", help="npy, parquet, jsonl, safetensors or npz (multi-vector models). Default: the output's extension.", rich_help_panel=OUTPUT, show_default=False)] = None,
     dim: MatryoshkaDimOption = None,
     normalize: Annotated[bool, typer.Option(help="L2-normalise the vectors (after --dim).", rich_help_panel=OUTPUT)] = False,
     precision: Annotated[str, typer.Option(help="float32, float16 (cast), int8 (per-dimension ranges over this run) or ubinary (1 bit per dimension, packed into bytes).", rich_help_panel=OUTPUT)] = "float32",
     chunk_size: ChunkSizeOption = 4096,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run: finished chunks (kept in .<output>.parts/) are not recomputed.", rich_help_panel=OUTPUT)] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run: finished chunks (kept in .<output>.parts/) are not recomputed. Under torchrun / accelerate launch, finished shards are always reused.", rich_help_panel=OUTPUT)] = False,
+    merge: Annotated[bool, typer.Option("--merge", help="Write -o from the finished shards of a run under torchrun / accelerate launch (after a rank was run again alone); takes no INPUTS and loads no model; the run's own settings apply.", rich_help_panel=OUTPUT)] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Embed texts, images, audio and PDF pages with one model and write the vectors in input order."""
@@ -98,6 +104,15 @@ def encode(
     import sys
 
     from mmst_cli.core.encode.job import EncodeOptions, run_encode, summary_line
+
+    def show(summary) -> None:
+        emit(summary, as_json=json_output, render=lambda out, s: out.print(summary_line(s), markup=False, highlight=False))
+
+    if merge:
+        show(_merge(inputs, output))
+        return
+    if inputs is None:
+        raise MmstError("Missing argument 'INPUTS': name a file, folder, dataset or - for stdin; only --merge takes none (see 'mmst encode --help')")
 
     options = EncodeOptions(
         inputs=inputs,
@@ -137,8 +152,18 @@ def encode(
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         raise typer.Exit(141) from None
-    emit(
-        result.summary,
-        as_json=json_output,
-        render=lambda out, summary: out.print(summary_line(summary), markup=False, highlight=False),
-    )
+    if result.summary is not None:  # None on the ranks of a sharded run that leave the output to rank 0
+        show(result.summary)
+
+
+def _merge(inputs: str | None, output: str) -> dict:
+    """``--merge``: the output of a sharded run from its finished shards, in this one process."""
+    from mmst_cli.core.encode.shards import detect_launch, merge_shards
+
+    if inputs is not None:
+        raise MmstError(f"--merge writes -o from its shards and reads no INPUTS; drop {inputs!r}")
+    if output == "-":
+        raise MmstError("--merge needs the output file the sharded run wrote its shards for, not -")
+    if detect_launch() is not None:
+        raise MmstError("--merge runs in one process; run it without torchrun / accelerate launch")
+    return merge_shards(output, log=lambda line: console.print(line, markup=False, highlight=False))

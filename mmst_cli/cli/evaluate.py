@@ -26,6 +26,10 @@ Examples:
     # A multi-vector (ColBERT / ColPali-style) model by exact MaxSim; what pooling tokens by 2 costs
     $ mmst evaluate --model ./colbert --data ./scifact
     $ mmst evaluate --model ./colbert --data ./scifact --token-pool-factor 2
+    $ mmst evaluate --model ./colbert --data ./scifact --dims 128,64,32 --plot sweep.png
+
+    # The results page: worst queries first, their top 10 as thumbnails, relevant ones marked
+    $ mmst evaluate --model ./m --data ./vidore-folder --report report.html
 
     # Score an existing ranking, no model (the mean is trec_eval -c's; or skip unjudgeable queries)
     $ mmst evaluate --run run.trec --qrels qrels.tsv
@@ -50,6 +54,8 @@ from mmst_cli.cli.options import (
     PdfDpiOption,
     PdfPasswordOption,
     PdfTextOption,
+    ReportOption,
+    ReportQueriesOption,
     SkipBadOption,
     TokenPoolFactorOption,
     TrustRemoteCodeOption,
@@ -94,11 +100,13 @@ def evaluate(
     k: Annotated[list[str] | None, typer.Option("--k", help="Metric cut-offs: repeat or comma-separate (--k 1,10 --k 100). Default: 1,3,5,10,100.", rich_help_panel=METRICS, show_default=False)] = None,
     main_metric: Annotated[str | None, typer.Option(help="The metric reported as main_score (and plotted by --plot). Default: ndcg@10.", rich_help_panel=METRICS, show_default=False)] = None,
     skip_queries_without_relevant: Annotated[bool, typer.Option("--skip-queries-without-relevant", help="Leave qrels queries without a relevant document out of the means (default: they score 0, as in trec_eval -c and mteb).", rich_help_panel=METRICS)] = False,
-    dims: Annotated[str | None, typer.Option(help="Matryoshka sweep: comma-separated dimensions, one result table each.", rich_help_panel=METRICS, show_default=False)] = None,
+    dims: Annotated[str | None, typer.Option(help="Matryoshka sweep: comma-separated dimensions (of the embedding, or of each token vector of a multi-vector model), one result table each; one encoding.", rich_help_panel=METRICS, show_default=False)] = None,
     fail_under: Annotated[list[str] | None, typer.Option(help="METRIC=VALUE, e.g. ndcg@10=0.85: exit 1 when the metric is below. Repeatable.", rich_help_panel=METRICS, show_default=False)] = None,
     save_run: Annotated[str | None, typer.Option(help="Write the scored ranking (--depth documents per query) as a TREC run file.", rich_help_panel=OUTPUT, show_default=False)] = None,
     per_query: Annotated[str | None, typer.Option(help="Write per-query metrics as jsonl.", rich_help_panel=OUTPUT, show_default=False)] = None,
     plot: Annotated[str | None, typer.Option(help="With --dims: write a PNG of the main metric against dimension.", rich_help_panel=OUTPUT, show_default=False)] = None,
+    report: ReportOption = None,
+    report_queries: ReportQueriesOption = 50,
     mteb_results: Annotated[str | None, typer.Option(help="Write the scores as mteb result files below this folder (results/MODEL/REVISION/TASK.json).", rich_help_panel=OUTPUT, show_default=False)] = None,
     model_name: Annotated[str | None, typer.Option(help="Model name in --mteb-results. Default: the Hub id, or the model (or run) folder's name.", rich_help_panel=OUTPUT, show_default=False)] = None,
     task_name: Annotated[str | None, typer.Option(help="Task name in --mteb-results. Default: the name of --data.", rich_help_panel=OUTPUT, show_default=False)] = None,
@@ -152,15 +160,17 @@ def evaluate(
     options.validate()
     if plot and not options.dims:
         raise MmstError("--plot draws a Matryoshka sweep: add --dims")
+    if report_queries <= 0:
+        raise MmstError(f"--report-queries must be positive, got {report_queries}")
     from mmst_cli.core.outputs import ensure_writable_file, ensure_writable_folder
 
     if mteb_results:
         ensure_writable_folder(Path(mteb_results).expanduser(), "--mteb-results")
-    for flag, value in (("--save-run", save_run), ("--per-query", per_query), ("--plot", plot)):
+    for flag, value in (("--save-run", save_run), ("--per-query", per_query), ("--plot", plot), ("--report", report)):
         if value:
             ensure_writable_file(Path(value), flag)  # before the model loads
     with progress_bars(console) as track:
-        report, main = run_evaluation(options, track=track)
+        results, main, task = run_evaluation(options, track=track)
     if save_run:
         from mmst_cli.core.retrieval.metrics import write_trec_run
 
@@ -170,11 +180,17 @@ def evaluate(
     if plot:
         from mmst_cli.core.retrieval.reports import plot_matryoshka_sweep
 
-        plot_matryoshka_sweep(report["dims"], Path(plot), metric=report["main_metric"])
-    for warning in report.get("warnings", []):
+        plot_matryoshka_sweep(results["dims"], Path(plot), metric=results["main_metric"])
+    if report:
+        from mmst_cli.core.report.evaluation_page import write_evaluation_page
+
+        drawn = write_evaluation_page(Path(report), results, main, task, options, max_queries=report_queries)
+        results["results_page"] = {"path": report, **drawn}
+        console.print(f"results page: {report} ({drawn['queries_shown']} queries drawn, {drawn['queries_not_shown']} more not)", markup=False, highlight=False)
+    for warning in results.get("warnings", []):
         console.print(f"warning: {warning}", markup=False, highlight=False)
-    emit(report, as_json=json_output, render=render_report)
-    if not report["passed"]:
+    emit(results, as_json=json_output, render=render_report)
+    if not results["passed"]:
         raise typer.Exit(EXIT_FAILURE)
 
 
@@ -210,10 +226,9 @@ def render_report(console: Console, report: dict[str, Any]) -> None:
             f"{tokens['document_tokens']} document token vectors ({tokens['tokens_per_document']:.1f} per document)",
             markup=False, highlight=False,
         )  # fmt: skip
-    stages = [(stage["name"], stage["metrics"]) for stage in report["stages"]]
-    if "dims" in report:
-        stages = [(f"dim {entry['dim']}", entry["metrics"]) for entry in report["dims"]] + stages[1:]
-    for name, metrics in stages:
+    from mmst_cli.core.retrieval.reports import stage_metrics
+
+    for name, metrics in stage_metrics(report):
         for table in _metric_tables(name, metrics, console.width):
             console.print(table)
     console.print(f"main score: {report['main_metric']} {report['main_score']:.4f}", markup=False, highlight=False)

@@ -51,7 +51,7 @@ def _load_config_file(ctx: typer.Context, _param, value: str | None) -> str | No
 
 
 #: Options naming inputs that may be local paths; in a config file they resolve against its folder.
-_INPUT_PATHS = {"model", "text_encoder", "image_encoder", "audio_encoder", "data", "eval_data", "media_root"}
+_INPUT_PATHS = {"model", "text_encoder", "image_encoder", "audio_encoder", "data", "eval_data", "media_root", "fsdp_config"}
 
 
 def _relative_to_config(reference: str, folder) -> str:
@@ -210,6 +210,20 @@ TokenPoolFactorOption = Annotated[
     ),
 ]
 
+# evaluate and search: the HTML results page (core/report).
+ReportOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Write a self-contained HTML page of the results: metrics, and per query the top results as thumbnails, relevant ones marked, worst queries first.",
+        rich_help_panel="Output",
+        show_default=False,
+    ),
+]
+ReportQueriesOption = Annotated[
+    int,
+    typer.Option(help="Queries drawn on the --report page (the rest are counted).", rich_help_panel="Output"),
+]
+
 # Options that train-embed and train-rerank share, with the same meaning and default.
 MaxPixelsOption = Annotated[
     int | None,
@@ -267,6 +281,16 @@ SaveStepsOption = Annotated[
         help="Save a resumable checkpoint every N steps. Default: 500.", rich_help_panel=TRAINING_PANEL, show_default=False
     ),
 ]
+DataloaderWorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--dataloader-workers",
+        help="Processes that decode the media of the next batches and run the model's processor on them while "
+        "the model trains; 0 does it in the training process. Default: min(4, CPU cores - 1), 0 on 2 cores or fewer.",
+        rich_help_panel=TRAINING_PANEL,
+        show_default=False,
+    ),
+]
 ResumeOption = Annotated[
     bool, typer.Option(help="Continue from the latest checkpoint in --output-dir.", rich_help_panel=TRAINING_PANEL)
 ]
@@ -278,6 +302,39 @@ ForceOption = Annotated[
     ),
 ]
 ReportToOption = Annotated[str, typer.Option(help="none or tensorboard.", rich_help_panel=TRAINING_PANEL)]
+FsdpOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Shard weights, gradients and optimizer state across the processes of a torchrun / accelerate launch "
+        "(FSDP2, one transformer layer at a time): full_shard (least memory) or shard_grad_op.",
+        rich_help_panel=TRAINING_PANEL,
+        show_default=False,
+    ),
+]
+FsdpConfigOption = Annotated[
+    str | None,
+    typer.Option(
+        help="JSON file of the Trainer's fsdp_config keys (cpu_offload, activation_checkpointing, ...) for --fsdp; they win over mmst's.",
+        rich_help_panel=TRAINING_PANEL,
+        show_default=False,
+    ),
+]
+GpusOption = Annotated[
+    int | None,
+    typer.Option(
+        help="With --dry-run: also plan per-GPU memory for this many GPUs, under DDP and under FSDP, and find the smallest setup that fits.",
+        rich_help_panel="Output",
+        show_default=False,
+    ),
+]
+GpuMemoryOption = Annotated[
+    float | None,
+    typer.Option(
+        help="With --gpus: memory of each GPU in GiB, e.g. 80. Default: this machine's GPU's free memory (none: no fit verdict).",
+        rich_help_panel="Output",
+        show_default=False,
+    ),
+]
 DryRunOption = Annotated[
     bool,
     typer.Option(

@@ -7,8 +7,8 @@ is what the losses see (anchor, positive, then hard negatives).
 Every media reference is checked before any model work: a path that does not exist, escapes its
 root, or does not decode is reported with its row and column, and never silently becomes text.
 Relative paths resolve against the data file's folder, or ``media_root`` when given. Audio is
-decoded and resampled to the model's rate here, because bare feature extractors take arrays at
-their own rate and resample nothing.
+decoded and resampled to the model's rate (:mod:`mmst_cli.core.data.audio`), because bare feature
+extractors take arrays at their own rate and resample nothing.
 
 A video is a video file path, or a list of frames: image paths (a jsonl list) or an HF
 ``List(Image())`` column. Frame lists need no video decoder; they reach the model as
@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmst_cli.core.data.audio import prepare_audio_columns
 from mmst_cli.core.data.documents import RenderSettings
 from mmst_cli.core.data.frames import frame_list_problems, frames_as_videos, is_frame_list_feature
 from mmst_cli.core.data.media import (
-    audio_length_problem,
     check_media_file,
     classify_string,
     confinement_problem,
@@ -190,22 +190,6 @@ def select_columns(table, columns: list[str] | None, source: str):
     return table.select_columns(columns)
 
 
-def decode_audio(source, sampling_rate: int):
-    """Read an audio file (a path or a file-like object) as mono float32 at ``sampling_rate``."""
-    import numpy as np
-    import soundfile
-    from scipy.signal import resample_poly
-
-    samples, rate = soundfile.read(source if not isinstance(source, Path) else str(source), dtype="float32", always_2d=True)
-    samples = samples.mean(axis=1)
-    if rate != sampling_rate:
-        from math import gcd
-
-        divisor = gcd(rate, sampling_rate)
-        samples = resample_poly(samples, sampling_rate // divisor, rate // divisor).astype(np.float32)
-    return samples
-
-
 def _string_column_modality(
     values: list[Any], root: Path, remote_failures: dict[str, str], confine_to: Path | None, pdf: RenderSettings
 ) -> tuple[str, list[tuple[int, str, str]]]:
@@ -304,6 +288,13 @@ def _image_feature_problems(table, column: str, confine_to: Path | None) -> list
     return problems
 
 
+def media_folder(source: str, media_root: Path | None = None) -> Path:
+    """The folder relative media paths of data ``source`` resolve against, and stay in: ``media_root``
+    when given, else the data file's folder, the data folder, or the working folder (Hub data)."""
+    path = Path(source).expanduser()
+    return media_root or (path.parent if path.is_file() else path if path.is_dir() else Path.cwd())
+
+
 def prepare_media(
     table,
     source: str,
@@ -314,6 +305,7 @@ def prepare_media(
     allow_remote_media: bool = False,
     allow_outside_root: bool = False,
     pdf: RenderSettings = RenderSettings(),
+    lazy_audio: bool = False,
 ) -> PairData:
     """Find each column's modality, check every media reference, and make paths absolute.
 
@@ -327,14 +319,15 @@ def prepare_media(
         allow_outside_root: Accept media paths outside the data folder / ``media_root`` (absolute
             paths elsewhere, ``../..``); refused otherwise.
         pdf: How PDF pages (``report.pdf#page=3``) render: resolution and pixel budget (``--max-pixels``).
+        lazy_audio: Keep audio as references decoded whenever rows are read (in DataLoader
+            workers, for training) instead of storing decoded arrays; see :mod:`mmst_cli.core.data.audio`.
 
     Raises:
         MmstError: listing how many rows failed and the first few, when ``skip_bad`` is off.
     """
     import datasets
 
-    source_path = Path(source).expanduser()
-    root = media_root or (source_path.parent if source_path.is_file() else source_path if source_path.is_dir() else Path.cwd())
+    root = media_folder(source, media_root)
     confine_to = None if allow_outside_root else root
     column_modalities: dict[str, str] = {}
     frame_columns: list[str] = []
@@ -404,7 +397,8 @@ def prepare_media(
     if "audio" in column_modalities.values():
         if audio_sampling_rate is None:
             raise MmstError(f"data {source!r} has audio columns but the model takes no audio")
-        table = _decode_audio_columns(table, column_modalities, root, audio_sampling_rate, source)
+        audio_columns = [column for column, modality in column_modalities.items() if modality == "audio"]
+        table = prepare_audio_columns(table, audio_columns, root, audio_sampling_rate, source, lazy=lazy_audio)
     return PairData(table, column_modalities, source, skipped, notes=notes, frame_list_columns=frame_columns)
 
 
@@ -481,43 +475,6 @@ def _absolutise_paths(table, column_modalities: dict[str, str], root: Path, pdf:
     return table.map(absolute, batched=True, desc="resolving media paths")
 
 
-def _decode_audio_columns(table, column_modalities, root: Path, sampling_rate: int, source: str):
-    import io
-
-    import datasets
-    import soundfile
-
-    def decode(batch):
-        for column, modality in column_modalities.items():
-            if modality != "audio":
-                continue
-            decoded = []
-            for cell in batch[column]:
-                if isinstance(cell, dict):  # an undecoded HF Audio cell
-                    audio = io.BytesIO(cell["bytes"]) if cell.get("bytes") else Path(cell["path"])
-                else:
-                    audio = root / Path(cell).expanduser()
-                try:
-                    array = decode_audio(audio, sampling_rate)
-                except (RuntimeError, soundfile.LibsndfileError) as error:
-                    raise MmstError(
-                        f"data {source!r}: column {column!r}: audio does not decode ({first_line(error)})"
-                    ) from error
-                problem = audio_length_problem(array.size, sampling_rate)
-                if problem:
-                    shown = cell.get("path") or "<bytes>" if isinstance(cell, dict) else cell
-                    raise MmstError(f"data {source!r}: column {column!r}: {shown}: {problem}")
-                decoded.append({"array": array, "sampling_rate": sampling_rate})
-            batch[column] = decoded
-        return batch
-
-    audio_columns = [c for c, m in column_modalities.items() if m == "audio"]
-    features = table.features.copy()
-    for column in audio_columns:
-        features[column] = {"array": datasets.Sequence(datasets.Value("float32")), "sampling_rate": datasets.Value("int64")}
-    return table.map(decode, batched=True, batch_size=64, features=features, desc="decoding audio")
-
-
 def load_pair_data(
     reference: str,
     *,
@@ -530,6 +487,7 @@ def load_pair_data(
     allow_remote_media: bool = False,
     allow_outside_root: bool = False,
     pdf: RenderSettings = RenderSettings(),
+    lazy_audio: bool = False,
 ) -> PairData:
     """Load (anchor, positive[, negatives...]) data and validate its media: see the module docstring."""
     table = load_table(reference, config=config, split=split)
@@ -543,6 +501,7 @@ def load_pair_data(
         allow_remote_media=allow_remote_media,
         allow_outside_root=allow_outside_root,
         pdf=pdf,
+        lazy_audio=lazy_audio,
     )
 
 

@@ -137,7 +137,7 @@ class ReferenceInputs(EncodeInputs):
     def chunk(self, start: int, stop: int) -> list[Any]:
         if not self.audio_rows:
             return self.values[start:stop]
-        from mmst_cli.core.data.tables import decode_audio
+        from mmst_cli.core.data.audio import decode_audio
 
         batch: list[Any] = []
         for row in range(start, stop):

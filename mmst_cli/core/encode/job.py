@@ -14,9 +14,13 @@ The job runs in five steps; this module runs them, the ``encode`` wing's other m
    rows back in order), on one device or on a pool of processes (``--device cuda:0,cuda:1``);
 4. each finished chunk is saved (:mod:`mmst_cli.core.encode.parts`) as a float32 ``.npy`` part in ``.<output name>.parts/`` next to the
    output, with a ``manifest.json`` of the inputs and options, so ``--resume`` skips finished chunks;
-5. the parts are converted to the output precision and written (:mod:`mmst_cli.core.encode.writers`) to a temporary file in the output's
+5. the parts are converted to the output precision and written (:mod:`mmst_cli.core.encode.assemble`) to a temporary file in the output's
    folder, which is then renamed onto the output (never a truncated file under the final name), and
    the parts folder is deleted. ``-o -`` streams jsonl to stdout instead, chunk by chunk, with no parts.
+
+Under ``torchrun`` / ``accelerate launch`` (:mod:`mmst_cli.core.encode.shards`), steps 3 and 4 cover
+this rank's block of rows only, its parts go to a folder of its own, and step 5 waits for every rank
+and runs on rank 0, over every rank's parts.
 
 This module imports no ML library at module level; :mod:`mmst_cli.cli.encode` imports it inside
 the command.
@@ -26,8 +30,9 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -39,13 +44,12 @@ from mmst_cli.core.encode.writers import (
     Writer,
     convert_precision,
     output_width,
-    write_output,
 )
 from mmst_cli.core.errors import EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.outputs import ensure_writable_file
 
-#: Output formats, chosen by ``--format`` or by the output's extension.
-FORMATS = ("npy", "parquet", "jsonl", "safetensors")
+#: Output formats, chosen by ``--format`` or by the output's extension (``npz``: multi-vector models only).
+FORMATS = ("npy", "parquet", "jsonl", "safetensors", "npz")
 
 #: ``--precision`` values. ``int8`` and ``ubinary`` use Sentence Transformers' ``quantize_embeddings``.
 PRECISIONS = ("float32", "float16", "int8", "ubinary")
@@ -90,8 +94,8 @@ class EncodeOptions:
         dim: Keep the first ``dim`` dimensions (Matryoshka truncation); ``None`` keeps all.
         normalize: L2-normalise the vectors (after truncation); default off.
         precision: ``float32`` (default), ``float16``, ``int8`` or ``ubinary``.
-        format: ``npy``, ``parquet``, ``jsonl`` or ``safetensors``; ``None`` takes the output's
-            extension (``-o -`` is always jsonl).
+        format: ``npy``, ``parquet``, ``jsonl``, ``safetensors`` or (multi-vector models) ``npz``;
+            ``None`` takes the output's extension (``-o -`` is always jsonl).
         resume: Continue an interrupted run from its parts folder; default off (start over).
         device: ``None`` lets Sentence Transformers choose; one device (``cuda:0``, ``cpu``) runs
             in this process; several, comma-separated (``cuda:0,cuda:1`` or ``cpu,cpu``), start one
@@ -197,19 +201,6 @@ class EncodeOptions:
 # --------------------------------------------------------------------------------------------
 
 
-def int8_ranges(blocks) -> Any:
-    """Per-dimension ``(2, dim)`` min/max over every row of ``blocks`` (float32 arrays), as
-    ``quantize_embeddings`` computes them from the whole matrix, without holding it in memory."""
-    import numpy as np
-
-    minimum = maximum = None
-    for block in blocks:
-        low, high = np.min(block, axis=0), np.max(block, axis=0)
-        minimum = low if minimum is None else np.minimum(minimum, low)
-        maximum = high if maximum is None else np.maximum(maximum, high)
-    return np.vstack((minimum, maximum)).astype(np.float32)
-
-
 def split_devices(device: str | None) -> list[str]:
     """``--device`` (``cuda:0``, or several: ``cuda:0,cuda:1``, ``cpu,cpu``) split on commas; empty when ``None``."""
     return [item.strip() for item in device.split(",")] if device else []
@@ -261,12 +252,13 @@ class EncodeResult:
     """What a run did.
 
     Attributes:
-        summary: The JSON-ready summary (model, inputs, count, dim, output, precision, seconds, ...).
+        summary: The JSON-ready summary (model, inputs, count, dim, output, precision, seconds, ...);
+            ``None`` on a rank of a sharded run that did not write the output.
         encoded_chunks: Chunks encoded by this run.
         reused_chunks: Finished chunks taken from an earlier run (``--resume``).
     """
 
-    summary: dict[str, Any]
+    summary: dict[str, Any] | None
     encoded_chunks: int
     reused_chunks: int
 
@@ -286,10 +278,6 @@ def is_unit_length(vectors) -> bool:
 
     norms = np.linalg.norm(np.asarray(vectors, dtype=np.float32), axis=1)
     return bool(np.all(np.abs(norms - 1) <= UNIT_LENGTH_TOLERANCE))
-
-
-def _chunk_bounds(count: int, chunk_size: int) -> list[tuple[int, int]]:
-    return [(start, min(start + chunk_size, count)) for start in range(0, count, chunk_size)]
 
 
 def _model_identity(source) -> str:
@@ -332,9 +320,9 @@ def run_encode(
         MmstError: for bad options, inputs or media (exit 2) before anything is written;
             :class:`EncodeInterrupted` (exit 130) on Ctrl-C, keeping the finished parts.
     """
+    from mmst_cli.core.encode.assemble import int8_ranges, write_chunks
     from mmst_cli.core.encode.encoding import encode_inputs
     from mmst_cli.core.encode.multi_vector import (
-        TOKEN_WRITERS,
         TokenJsonlWriter,
         TokenParts,
         check_token_output,
@@ -344,6 +332,7 @@ def run_encode(
         token_pooling,
         vector_matrix,
     )
+    from mmst_cli.core.encode.shards import ShardedRun, chunk_bounds, detect_launch, refuse_unfinished_shards
     from mmst_cli.core.models.loading import load_model
     from mmst_cli.core.models.locate import locate_model
     from mmst_cli.core.progress import progress_bars
@@ -351,6 +340,12 @@ def run_encode(
     started = time.perf_counter()
     log = log or (lambda line: sys.stderr.write(line + "\n"))
     options.validate()
+    # torchrun / accelerate launch: this process encodes one shard of the inputs (core/encode/shards.py).
+    launch = detect_launch()
+    if launch is not None:
+        launch.check(options)
+        log = launch.logger(log)
+        show_progress = show_progress and launch.rank == 0
     source = locate_model(options.model)
     inputs = inputs or read_inputs(
         options.inputs,
@@ -372,8 +367,10 @@ def run_encode(
         raise MmstError(f"-o {options.output!r} is a folder; name a file such as {example}")
     if output is not None:
         ensure_writable_file(output, "-o")
+        if launch is None:
+            refuse_unfinished_shards(output)
 
-    devices = options.devices
+    devices = [launch.device(options.devices)] if launch is not None else options.devices
     if model is None:
         model = load_model(source, trust_remote_code=options.trust_remote_code, device=loading_device(devices))
     elif len(devices) == 1:
@@ -381,15 +378,18 @@ def run_encode(
     inputs.bind(model)
     multi_vector = is_multi_vector(model)
     if multi_vector:
-        check_token_output(options, devices)
+        check_token_output(options)
     elif options.token_pool_factor is not None:
         raise MmstError(f"--token-pool-factor pools token vectors, but {source.reference!r} gives one vector per input; drop it")
+    elif options.output_format == "npz":
+        raise MmstError(f"-o {options.output!r}: npz holds multi-vector output here; {source.reference!r} gives one vector per input: write npy, safetensors, parquet or jsonl")
     model_dim = model.get_embedding_dimension()
     if options.dim is not None and model_dim and options.dim > model_dim:
         raise MmstError(f"--dim {options.dim} is larger than the model's embedding dimension {model_dim}")
     dim = options.dim or model_dim
 
-    bounds = _chunk_bounds(inputs.count, options.chunk_size)
+    sharded = ShardedRun(output, launch, inputs.count, options.chunk_size) if launch is not None else None
+    bounds = sharded.bounds if sharded is not None else chunk_bounds(0, inputs.count, options.chunk_size)
     manifest = {
         "version": MANIFEST_VERSION,
         "inputs": options.inputs,
@@ -403,17 +403,6 @@ def run_encode(
         "chunk_size": options.chunk_size,
         "token_pool_factor": options.token_pool_factor,
     }
-    parts = None
-    done: dict[int, int] = {}
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        parts = (TokenParts if multi_vector else Parts)(output, manifest)
-        done = parts.open(resume=options.resume, chunk_rows=[stop - start for start, stop in bounds], log=log)
-        if done:
-            dim = next(iter(done.values()))
-            log(f"resuming: {len(done)} of {len(bounds)} chunks already encoded")
-    unit_length = all(is_unit_length(vector_matrix(parts.load(index))) for index in done)
-
     metadata = {
         "model": source.reference,
         "inputs": options.inputs,
@@ -424,6 +413,23 @@ def run_encode(
     }
     if inputs.pdf_pages:
         metadata["pdf"] = {"dpi": options.pdf_dpi, "text": options.pdf_text, "pages": inputs.pdf_pages}
+    parts = None
+    done: dict[int, int] = {}
+    if sharded is not None:
+        facts = {
+            "format": options.output_format, "precision": options.precision, "multi_vector": multi_vector,
+            "metadata": metadata, "summary": _summary_of_inputs(options, source, inputs),
+        }  # fmt: skip
+        parts, done = sharded.open(TokenParts if multi_vector else Parts, manifest, output_facts=facts, ids=inputs.ids, log=log)
+    elif output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        parts = (TokenParts if multi_vector else Parts)(output, manifest)
+        done = parts.open(resume=options.resume, chunk_rows=[stop - start for start, stop in bounds], log=log)
+    if done:
+        dim = next(iter(done.values()))
+        log(f"resuming: {len(done)} of {len(bounds)} chunks already encoded")
+    unit_length = all(is_unit_length(vector_matrix(parts.load(index))) for index in done)
+
     stream = stdout if stdout is not None else sys.stdout
     # -o - writes each chunk as soon as it is encoded, except int8, whose ranges need every row.
     held: list[Any] = []
@@ -440,16 +446,16 @@ def run_encode(
             # here, so the bar moves.
             inner = options.chunk_size if pool is not None else min(options.chunk_size, max(256, 8 * options.batch_size))
             with progress_bars(console, enabled=show_progress) as track:
-                advance = track("encoding", inputs.count)
+                advance = track("encoding", sum(stop - start for start, stop in bounds))
                 advance(sum(bounds[index][1] - bounds[index][0] for index in done))
                 for index, (start, stop) in enumerate(bounds):
                     if index in done:
                         continue
                     if multi_vector:
                         vectors = encode_token_block(
-                            encoder, inputs.chunk(start, stop), task=options.task, prompt=options.prompt,
+                            model, inputs.chunk(start, stop), task=options.task, prompt=options.prompt,
                             batch_size=options.batch_size, normalize=options.normalize, truncate_dim=options.dim,
-                            pooling=token_pooling(options.token_pool_factor), on_progress=advance,
+                            pooling=token_pooling(options.token_pool_factor), on_progress=advance, pool=pool,
                         )  # fmt: skip
                     else:
                         vectors = encode_inputs(
@@ -486,29 +492,24 @@ def run_encode(
 
         metadata["dim"] = dim
         metadata["unit_length"] = unit_length
-        ranges = None
-        if options.precision == "int8":
-            blocks = held if parts is None else (parts.load(index) for index in range(len(bounds)))
-            ranges = int8_ranges(vector_matrix(block) for block in blocks)
-        writer_kwargs = dict(
-            count=inputs.count, width=output_width(dim, options.precision), precision=options.precision,
-            ids=inputs.ids, metadata=metadata, ranges=ranges,
-        )  # fmt: skip
+        merged = None
         if parts is None:
             if held:
-                writer = (TokenJsonlWriter if multi_vector else JsonlWriter)(None, stream=stream, **writer_kwargs)
+                ranges = int8_ranges(vector_matrix(block) for block in held)
+                writer = (TokenJsonlWriter if multi_vector else JsonlWriter)(
+                    None, stream=stream, count=inputs.count, width=output_width(dim, options.precision),
+                    precision=options.precision, ids=inputs.ids, metadata=metadata, ranges=ranges,
+                )  # fmt: skip
                 for (start, _), vectors in zip(bounds, held):
                     writer.write(start, in_precision(vectors, options.precision, ranges))
+        elif sharded is not None:
+            merged = sharded.finish(dim=dim, unit_length=unit_length, log=log)
+            if merged is None:
+                return EncodeResult(None, encoded_chunks=encoded, reused_chunks=len(done))
         else:
-
-            def converted() -> Iterator[tuple[int, Any]]:
-                for index, (start, _) in enumerate(bounds):
-                    yield start, in_precision(parts.load(index), options.precision, ranges)
-
-            write_output(
-                output, options.output_format, converted, writer_kwargs=writer_kwargs,
-                **({"writers": TOKEN_WRITERS} if multi_vector else {}),
-            )  # fmt: skip
+            chunks = [(start, partial(parts.load, index)) for index, (start, _) in enumerate(bounds)]
+            write_chunks(output, options.output_format, chunks, precision=options.precision, ids=inputs.ids,
+                         metadata=metadata, multi_vector=multi_vector)  # fmt: skip
             parts.remove()
     except KeyboardInterrupt as error:
         hint = ""
@@ -516,27 +517,35 @@ def run_encode(
             hint = f"; {len(done) + encoded} of {len(bounds)} chunks are saved, rerun with --resume to continue"
         raise EncodeInterrupted(f"interrupted{hint}", exit_code=EXIT_INTERRUPTED) from error
 
-    counts = dict(sorted(inputs.modalities.items()))
     summary = {
-        "model": source.reference,
-        "inputs": options.inputs,
-        "column": inputs.column,
+        **_summary_of_inputs(options, source, inputs),
         "count": inputs.count,
-        "modalities": counts,
         "dim": dim,
         "output": options.output,
         "format": options.output_format,
         "precision": options.precision,
-        "normalize": options.normalize,
         "unit_length": unit_length,
-        "task": options.task,
         "chunks": len(bounds),
         "reused_chunks": len(done),
-        "skipped": inputs.skipped,
-        "pdf_pages": len(inputs.pdf_pages),
         "seconds": round(time.perf_counter() - started, 3),
     }
+    if merged is not None:  # the whole output's facts, and where its manifest is
+        summary.update({key: merged[key] for key in ("dim", "unit_length", "world_size", "manifest")})
     return EncodeResult(summary, encoded_chunks=encoded, reused_chunks=len(done))
+
+
+def _summary_of_inputs(options: EncodeOptions, source, inputs) -> dict[str, Any]:
+    """The summary's facts about what was read and how it is encoded (a sharded run's merge repeats them)."""
+    return {
+        "model": source.reference,
+        "inputs": options.inputs,
+        "column": inputs.column,
+        "modalities": dict(sorted(inputs.modalities.items())),
+        "normalize": options.normalize,
+        "task": options.task,
+        "skipped": inputs.skipped,
+        "pdf_pages": len(inputs.pdf_pages),
+    }
 
 
 def summary_line(summary: dict[str, Any]) -> str:
@@ -544,10 +553,11 @@ def summary_line(summary: dict[str, Any]) -> str:
     modalities = ", ".join(f"{count} {name}" for name, count in summary["modalities"].items())
     reused = f", {summary['reused_chunks']} of {summary['chunks']} chunks resumed" if summary["reused_chunks"] else ""
     skipped = f", {summary['skipped']} unusable rows left out" if summary["skipped"] else ""
+    shards = f", merged from {summary['world_size']} shards" if "world_size" in summary else ""
     where = "stdout (jsonl)" if summary["output"] == "-" else f"{summary['output']} ({summary['format']})"
     return (
         f"encoded {summary['count']} inputs ({modalities}) -> {summary['dim']}-d {summary['precision']} "
-        f"to {where} in {summary['seconds']:.1f} s{reused}{skipped}"
+        f"to {where} in {summary['seconds']:.1f} s{reused}{skipped}{shards}"
     )
 
 

@@ -7,6 +7,8 @@ row's vector count, so a chunk is two arrays whatever its rows' lengths. The out
 
 - safetensors: tensors ``embeddings`` ``[tokens, dim]`` and ``offsets`` ``[rows + 1]`` (int64: row
   ``i`` is ``embeddings[offsets[i]:offsets[i + 1]]``); metadata ``ids`` and the run facts;
+- npz: the same ``embeddings`` and ``offsets`` arrays, ``ids`` and ``metadata`` (the run facts as a
+  JSON string), none of which needs pickle to load;
 - parquet: columns ``id`` and ``embedding`` (``list<list<float>>``, one inner list per vector);
 - jsonl: ``{"id": ..., "embedding": [[...], ...]}`` per line.
 """
@@ -68,7 +70,7 @@ def token_pooling(pool_factor: float | None):
 
 def encode_tokens(
     model, inputs: Sequence[Any], *, task: str | None, prompt: str | None, batch_size: int, pooling=None,
-    normalize: bool = False, truncate_dim: int | None = None,
+    normalize: bool = False, truncate_dim: int | None = None, pool=None,
 ) -> list:
     """Token vectors (float32 CPU tensors ``[tokens, dim]``) of each input, in input order.
 
@@ -85,6 +87,9 @@ def encode_tokens(
         pooling: A token pooling module (see :func:`token_pooling`), or ``None`` for the model's own.
         normalize: L2-normalise each vector (the model's own Normalize usually already has).
         truncate_dim: Keep the first N dimensions of each vector (then normalised by the model).
+        pool: A multi-process pool (``model.start_multi_process_pool``) to encode in, or ``None``
+            for this process. Its workers get the batches one call here would make, so the vectors
+            are the same, bit for bit.
     """
     from mmst_cli.core.data.documents import PdfPage
     from mmst_cli.core.data.media import page_image_file
@@ -96,9 +101,17 @@ def encode_tokens(
     output: list = [None] * len(inputs)
     for indices in groups.values():
         values = [str(page_image_file(v)) if isinstance(v, PdfPage) else v for v in (inputs[i] for i in indices)]
+        in_pool = {}
+        if pool is not None:
+            # A batch's padding changes its vectors in the last bits, so workers must get the batches
+            # one call makes: its length order (computed as encode computes it, ties included), cut
+            # into one batch per worker task (a worker re-sorts only within its task).
+            order = np.argsort([-model._input_length(value) for value in values])
+            values, indices = [values[i] for i in order], [indices[i] for i in order]
+            in_pool = {"pool": pool, "chunk_size": batch_size}
         vectors = encode(
             values, prompt=prompt, batch_size=batch_size, show_progress_bar=False, token_pooling=pooling,
-            normalize_embeddings=normalize, truncate_dim=truncate_dim,
+            normalize_embeddings=normalize, truncate_dim=truncate_dim, **in_pool,
         )  # fmt: skip
         for index, tokens in zip(indices, vectors):
             output[index] = tokens.float().cpu()
@@ -145,7 +158,7 @@ class TokenParts(Parts):
 class TokenSafetensorsWriter(Writer):
     """safetensors: ``embeddings`` ``[tokens, width]`` and ``offsets`` ``[rows + 1]`` (see the module).
 
-    Written in one go at :meth:`close`, as single-vector safetensors output is.
+    Written in one go at :meth:`close` (by :meth:`save`), as single-vector safetensors output is.
     """
 
     def __init__(self, path, **kwargs) -> None:
@@ -160,14 +173,37 @@ class TokenSafetensorsWriter(Writer):
             return
         blocks = self.blocks or [TokenBlock(np.zeros((0, self.width), output_dtype(self.precision)), np.zeros(0, np.int64))]
         lengths = np.concatenate([block.lengths for block in blocks])
-        save_safetensors(self, {
+        self.save({
             "embeddings": np.ascontiguousarray(np.concatenate([block.tokens for block in blocks])),
             "offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
         })  # fmt: skip
         self.blocks = None
 
+    def save(self, arrays: dict[str, np.ndarray]) -> None:
+        """Write ``arrays`` (plus the ids and run facts) to the file."""
+        save_safetensors(self, arrays)
+
     def abort(self) -> None:
         self.blocks = None
+
+
+class TokenNpzWriter(TokenSafetensorsWriter):
+    """npz: the safetensors arrays plus ``ids`` and ``metadata``; ``np.load(allow_pickle=False)`` reads it.
+
+    ``ids`` is an int64 array for row-number ids and a fixed-width unicode array otherwise (ids of
+    other types are written as text), so no object array, which would need pickle, is stored.
+    """
+
+    def save(self, arrays: dict[str, np.ndarray]) -> None:
+        ids = np.asarray(_jsonable_ids(self.ids))
+        if ids.dtype.kind not in "iU":
+            ids = np.array([str(item) for item in self.ids], dtype=str)
+        if self.ranges is not None:
+            arrays = {**arrays, "int8_ranges": self.ranges.astype(np.float32)}
+        metadata = np.array(json.dumps(self.metadata, ensure_ascii=False))
+        # A file handle, not a name: np.savez would add ".npz" to the temporary file's name.
+        with open(self.path, "wb") as handle:
+            np.savez(handle, **arrays, ids=ids, metadata=metadata)
 
 
 class TokenParquetWriter(ParquetWriter):
@@ -205,7 +241,9 @@ class TokenJsonlWriter(JsonlWriter):
 
 
 #: Writers of multi-vector output, by format (``npy`` holds one matrix and has no room for offsets).
-TOKEN_WRITERS = {"safetensors": TokenSafetensorsWriter, "parquet": TokenParquetWriter, "jsonl": TokenJsonlWriter}
+TOKEN_WRITERS = {
+    "safetensors": TokenSafetensorsWriter, "npz": TokenNpzWriter, "parquet": TokenParquetWriter, "jsonl": TokenJsonlWriter,
+}
 
 
 def vector_matrix(vectors) -> np.ndarray:
@@ -220,12 +258,10 @@ def in_precision(vectors, precision: str, ranges=None):
     return convert_precision(vectors, precision, ranges)
 
 
-def check_token_output(options, devices: list[str]) -> None:
-    """Refuse what multi-vector output cannot do: one ``npy`` matrix, a pool of processes."""
+def check_token_output(options) -> None:
+    """Refuse what multi-vector output cannot do: one ``npy`` matrix."""
     if options.output_format not in TOKEN_WRITERS:
         raise MmstError(
             f"-o {options.output!r}: a multi-vector model gives a different number of vectors per input, which "
             f"{options.output_format} cannot hold; write {', '.join(TOKEN_WRITERS)} (a flat matrix plus offsets)"
         )
-    if len(devices) > 1:
-        raise MmstError("--device: a multi-vector model encodes on one device here; name one")

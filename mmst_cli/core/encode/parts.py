@@ -39,10 +39,12 @@ class Parts:
     Args:
         output: The final output file; the parts live in :func:`parts_folder` of it.
         manifest: What the parts were computed from (input count and hash, model, options).
+        folder: Where the parts live instead; ``None`` (the default) for :func:`parts_folder` of
+            ``output`` (a rank of a sharded run keeps its parts in a folder of its own under it).
     """
 
-    def __init__(self, output: Path, manifest: dict[str, Any]) -> None:
-        self.folder = parts_folder(output)
+    def __init__(self, output: Path, manifest: dict[str, Any], folder: Path | None = None) -> None:
+        self.folder = folder if folder is not None else parts_folder(output)
         self.manifest = manifest
 
     def path(self, index: int) -> Path:

@@ -343,9 +343,13 @@ def run_index(
     from mmst_cli.core.models.loading import load_model
     from mmst_cli.core.models.locate import locate_model
 
+    from mmst_cli.core.encode.shards import detect_launch
+
     started = time.perf_counter()
     log = log or (lambda line: sys.stderr.write(line + "\n"))
     options.validate()
+    if detect_launch() is not None:
+        raise MmstError("mmst index runs in one process (sharded index builds are not supported); run it without torchrun / accelerate launch")
     output = Path(options.output).expanduser()
     previous = layout.open_index(output, "--add") if options.add else None
     reference = options.model or (previous.settings["model_identity"] if previous else None)

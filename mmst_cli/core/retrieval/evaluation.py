@@ -43,13 +43,14 @@ def _no_progress(description: str, total: int) -> Callable[[int], None]:
 
 @dataclass
 class StageResult:
-    """The scored ranking of one stage: retrieval at one dimension, or reranking."""
+    """The scored ranking of one stage: retrieval (at one dimension: ``dim``), or reranking."""
 
     name: str
     run: Run
     metrics: dict[str, float]
     per_query: dict[str, dict[str, float]]
     counts: dict[str, int]
+    dim: int | None = None
 
 
 def embed_task(
@@ -129,11 +130,13 @@ def retrieve(
 
 
 def score_run(
-    name: str, run, task: RetrievalTask, ks: tuple[int, ...], *, skip_queries_without_relevant: bool = False
+    name: str, run, task: RetrievalTask, ks: tuple[int, ...], *, skip_queries_without_relevant: bool = False,
+    dim: int | None = None,
 ) -> StageResult:
-    """Score one stage's ranking against the task's qrels (see :func:`compute_metrics`)."""
+    """Score one stage's ranking against the task's qrels (see :func:`compute_metrics`); ``dim``: the
+    dimension a sweep ranked at."""
     result = compute_metrics(run, task.qrels, ks=ks, skip_queries_without_relevant=skip_queries_without_relevant)
-    return StageResult(name, run, result.means, result.per_query, result.counts())
+    return StageResult(name, run, result.means, result.per_query, result.counts(), dim)
 
 
 def evaluate_embedder(
@@ -179,7 +182,7 @@ def evaluate_embedder(
             query_ids, query_vectors[:, :dim], corpus_ids, corpus_vectors[:, :dim],
             k=depth, similarity=similarity, track=track,
         )  # fmt: skip
-        results.append(score_run(f"dim {dim}", run, task, ks, skip_queries_without_relevant=skip_queries_without_relevant))
+        results.append(score_run(f"dim {dim}", run, task, ks, skip_queries_without_relevant=skip_queries_without_relevant, dim=dim))
     return results
 
 
@@ -188,6 +191,7 @@ def evaluate_multi_vector(
     task: RetrievalTask,
     *,
     ks: tuple[int, ...] = (10,),
+    dims: tuple[int, ...] = (),
     batch_size: int = 32,
     search_depth: int = DEFAULT_DEPTH,
     skip_queries_without_relevant: bool = False,
@@ -195,21 +199,28 @@ def evaluate_multi_vector(
     document_prompt: str | None = None,
     token_pool_factor: float | None = None,
     track: Tracker = _no_progress,
-) -> tuple[StageResult, TokenCounts]:
+) -> tuple[list[StageResult], TokenCounts]:
     """Retrieval results of a multi-vector model by exact MaxSim (:mod:`~mmst_cli.core.retrieval.maxsim`).
 
-    Arguments as :func:`evaluate_embedder`'s; ``token_pool_factor`` pools document tokens
-    (``None``: the model's own pooling, if any). Returns the stage and the token vectors it took.
+    Arguments as :func:`evaluate_embedder`'s (``dims`` truncates every token vector, encoded once);
+    ``token_pool_factor`` pools document tokens (``None``: the model's own pooling, if any).
+    Returns one stage per dimension (one, at full size, without ``dims``) and the token vectors taken.
     """
     query_ids, corpus_ids = list(task.queries), list(task.corpus)
-    scores, indices, tokens = maxsim_search(
+    rankings, tokens = maxsim_search(
         model, [task.queries[i] for i in query_ids], [task.corpus[i] for i in corpus_ids],
-        max(max(ks), search_depth), batch_size=batch_size, query_prompt=query_prompt,
+        max(max(ks), search_depth), dims=dims or (None,), batch_size=batch_size, query_prompt=query_prompt,
         document_prompt=document_prompt, pooling=token_pooling(token_pool_factor), track=track,
     )  # fmt: skip
-    run = SearchRun(query_ids, corpus_ids, scores, indices)
     name = "maxsim" if token_pool_factor is None else f"maxsim, token pool factor {token_pool_factor:g}"
-    return score_run(name, run, task, ks, skip_queries_without_relevant=skip_queries_without_relevant), tokens
+    stages = [
+        score_run(
+            name if dim is None else f"{name}, dim {dim}", SearchRun(query_ids, corpus_ids, scores, indices), task, ks,
+            skip_queries_without_relevant=skip_queries_without_relevant, dim=dim,
+        )  # fmt: skip
+        for dim, (scores, indices) in zip(dims or (None,), rankings)
+    ]
+    return stages, tokens
 
 
 def rerank(
@@ -420,8 +431,8 @@ def check_thresholds(metrics: dict[str, float], thresholds: dict[str, float]) ->
     }
 
 
-def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -> tuple[dict[str, Any], StageResult]:
-    """The whole ``mmst evaluate`` job. Returns the JSON report and the main stage (for run files).
+def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -> tuple[dict[str, Any], StageResult, RetrievalTask]:
+    """The whole ``mmst evaluate`` job. Returns the JSON report, the main stage and the task (for result files).
 
     The main stage is the reranked ranking with ``--reranker``, else retrieval at the full (or the
     largest swept) dimension. ``--fail-under`` applies to the main stage.
@@ -453,8 +464,6 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
         if source.kind not in ("embedder", "multi-vector"):
             raise MmstError(f"--model {source.reference!r} is a {source.kind}; evaluate retrieves with an embedder or a multi-vector model")
         multi_vector = source.kind == "multi-vector"
-        if multi_vector and options.dims:
-            raise MmstError("--dims sweeps single-vector Matryoshka dimensions; drop it for the multi-vector --model")
         if not multi_vector and options.token_pool_factor is not None:
             raise MmstError(f"--token-pool-factor pools token vectors, but --model {source.reference!r} gives one vector per input; drop it")
         model = load_model(source, trust_remote_code=options.trust_remote_code)
@@ -495,8 +504,8 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
             else None
         )
         if multi_vector:
-            main, tokens = evaluate_multi_vector(
-                model, task, ks=options.ks, batch_size=options.batch_size, search_depth=options.depth,
+            stages, tokens = evaluate_multi_vector(
+                model, task, ks=options.ks, dims=options.dims, batch_size=options.batch_size, search_depth=options.depth,
                 skip_queries_without_relevant=options.skip_queries_without_relevant, query_prompt=query_prompt,
                 document_prompt=document_prompt, token_pool_factor=options.token_pool_factor, track=track,
             )  # fmt: skip
@@ -508,11 +517,11 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
                 skip_queries_without_relevant=options.skip_queries_without_relevant,
                 query_prompt=query_prompt, document_prompt=document_prompt, track=track,
             )  # fmt: skip
-            main = stages[-1] if not options.dims else max(stages, key=lambda stage: int(stage.name.split()[1]))
+        main = max(stages, key=lambda stage: stage.dim or 0)  # the full (or the largest swept) dimension
         report.update(model=source.reference, data=data, similarity=model_similarity(model), **task_summary(task))
         report["prompts"] = {"query": query_prompt, "document": document_prompt}
         if options.dims:
-            report["dims"] = [{"dim": int(stage.name.split()[1]), "metrics": stage.metrics} for stage in stages]
+            report["dims"] = [{"dim": stage.dim, "metrics": stage.metrics} for stage in stages]
         report["warnings"] = task.warnings
         report["stages"] = [_stage_report(main)]
         if reranker is not None:
@@ -538,7 +547,7 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
             model_name=options.model_name, task_name=options.task_name, split=options.split or "test",
             languages=list(options.task_languages), seconds=time.perf_counter() - started,
         ))  # fmt: skip
-    return report, main
+    return report, main, task
 
 
 def _stage_report(stage: StageResult) -> dict[str, Any]:
@@ -574,8 +583,8 @@ class RetrievalEvaluator(BaseEvaluator):
         """The metrics without a name prefix."""
         # The metrics read only the top max(ks) documents; a deeper search would only cost memory.
         if is_multi_vector(model):
-            stage, _ = evaluate_multi_vector(model, self.task, ks=self.ks, batch_size=self.batch_size, search_depth=max(self.ks))
-            return stage.metrics
+            stages, _ = evaluate_multi_vector(model, self.task, ks=self.ks, batch_size=self.batch_size, search_depth=max(self.ks))
+            return stages[-1].metrics
         stages = evaluate_embedder(model, self.task, ks=self.ks, batch_size=self.batch_size, search_depth=max(self.ks))
         return stages[-1].metrics
 

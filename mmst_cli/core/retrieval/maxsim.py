@@ -10,11 +10,13 @@ Scoring is Sentence Transformers' own (``util.maxsim`` or ``mean_maxsim``, from 
 
 Optional token pooling (``HierarchicalTokenPooling``) merges similar document tokens at encoding
 time; comparing metrics with and without it measures what the smaller index costs in quality.
+A Matryoshka sweep (``dims``) scores the same full-size token vectors truncated to each size in
+the same pass, so it costs one encoding and one running top-k per size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from mmst_cli.core.encode.multi_vector import encode_tokens
+from mmst_cli.core.errors import MmstError
 
 #: Documents encoded and scored at a time: bounds the token vectors held in memory.
 CORPUS_CHUNK = 1024
@@ -45,12 +48,45 @@ class TokenCounts:
         }
 
 
+class _RunningTopK:
+    """The best ``k`` documents per query seen so far, merged one scored corpus chunk at a time."""
+
+    def __init__(self, queries: int, k: int) -> None:
+        import torch
+
+        self.k = k
+        self.scores = torch.full((queries, 0), float("-inf"))
+        self.indices = torch.empty((queries, 0), dtype=torch.long)
+
+    def add(self, scores, start: int) -> None:
+        """Merge ``scores`` ``(queries, chunk)`` of documents ``start .. start + chunk``."""
+        import torch
+
+        merged_scores = torch.cat([self.scores, scores], dim=1)
+        chunk = torch.arange(start, start + scores.shape[1]).expand(scores.shape[0], -1)
+        merged_indices = torch.cat([self.indices, chunk], dim=1)
+        order = torch.topk(merged_scores, min(self.k, merged_scores.shape[1]), dim=1).indices
+        self.scores = torch.gather(merged_scores, 1, order)
+        self.indices = torch.gather(merged_indices, 1, order)
+
+
+def truncated(tokens: list, dim: int | None) -> list:
+    """Each input's token vectors cut to their first ``dim`` values and L2-normalised again, as
+    Sentence Transformers' ``truncate_dim`` and its multi-vector Matryoshka loss do; ``None`` keeps them."""
+    if dim is None:
+        return tokens
+    from sentence_transformers.sentence_transformer.losses.matryoshka import shrink
+
+    return [shrink(vectors, dim) for vectors in tokens]
+
+
 def maxsim_search(
     model,
     queries: Sequence[Any],
     corpus: Sequence[Any],
     k: int,
     *,
+    dims: Sequence[int | None] = (None,),
     batch_size: int = 32,
     query_prompt: str | None = None,
     document_prompt: str | None = None,
@@ -58,58 +94,82 @@ def maxsim_search(
     corpus_chunk: int = CORPUS_CHUNK,
     chunk_elements: int | None = None,
     track: Callable[[str, int], Callable[[int], None]] | None = None,
-) -> tuple[np.ndarray, np.ndarray, TokenCounts]:
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], TokenCounts]:
     """The ``k`` best documents per query by the model's MaxSim, encoding the corpus in chunks.
 
     Args:
         model: A MultiVectorEncoder.
         queries / corpus: Inputs of each side, in id order.
         k: Documents kept per query (all of them in a smaller corpus).
+        dims: Token vector sizes to rank at (a Matryoshka sweep, see :func:`truncated`); ``None``
+            is the full size. Every input is encoded once, at full size, and each chunk is scored at
+            every size, each with its own running top-k. Default: the full size only.
         batch_size: Inputs per forward pass.
         query_prompt / document_prompt: Replace the model's prompt of that side; ``None`` keeps it.
-        pooling: Token pooling for the documents (see :func:`token_pooling`).
+        pooling: Token pooling for the documents (see :func:`token_pooling`); pooling comes before
+            truncation, as in Sentence Transformers' ``encode``.
         corpus_chunk: Documents encoded and scored at a time. Default :data:`CORPUS_CHUNK`.
         chunk_elements: Element budget of Sentence Transformers' MaxSim intermediate; ``None``
             for its default (100 million, about 400 MB in float32).
         track: Progress tracker (see :func:`mmst_cli.core.progress.progress_bars`); ``None`` for none.
 
     Returns:
-        ``(scores, indices, tokens)``: two ``(queries, k')`` arrays, and the token vectors taken.
+        ``(rankings, tokens)``: per entry of ``dims``, ``(scores, indices)``, two ``(queries, k')``
+        arrays; and the token vectors taken.
+
+    Raises:
+        MmstError: a size in ``dims`` exceeds the model's token vectors (checked before the corpus is encoded).
     """
+    import torch
+
     track = track or (lambda description, total: lambda done: None)
+    score = _score_function(model, chunk_elements)
     query_tokens = encode_tokens(model, queries, task="query", prompt=query_prompt, batch_size=batch_size)
     track("encoding queries", len(queries))(len(queries))
-    advance = track("encoding and scoring corpus", len(corpus))
+    width = query_tokens[0].shape[1] if query_tokens else 0
+    too_large = [dim for dim in dims if dim is not None and dim > width]
+    if too_large:
+        raise MmstError(f"--dims {too_large} exceed the model's token vector size {width}")
+    # Zero rows added by padding match every document token with 0, so they add nothing to a sum.
+    padded_queries = [torch.nn.utils.rnn.pad_sequence(truncated(query_tokens, dim), batch_first=True) for dim in dims]
+    best = [_RunningTopK(len(queries), min(k, len(corpus))) for _ in dims]
     document_tokens = 0
-
-    def encoded_chunks() -> Iterator[list]:
-        nonlocal document_tokens
-        for start in range(0, len(corpus), corpus_chunk):
-            chunk = encode_tokens(
-                model, corpus[start : start + corpus_chunk], task="document", prompt=document_prompt,
-                batch_size=batch_size, pooling=pooling,
-            )  # fmt: skip
-            document_tokens += sum(tokens.shape[0] for tokens in chunk)
-            yield chunk
-            advance(len(chunk))
-
-    scores, indices = maxsim_top_k(model, query_tokens, encoded_chunks(), k, chunk_elements=chunk_elements)
+    advance = track("encoding and scoring corpus", len(corpus))
+    for start in range(0, len(corpus), corpus_chunk):
+        chunk = encode_tokens(
+            model, corpus[start : start + corpus_chunk], task="document", prompt=document_prompt,
+            batch_size=batch_size, pooling=pooling,
+        )  # fmt: skip
+        document_tokens += sum(tokens.shape[0] for tokens in chunk)
+        # Token vectors are kept on the CPU; each chunk is scored on the model's device (a GPU when
+        # the model runs on one), and the scores come back to the CPU.
+        for dim, queries_at_dim, top in zip(dims, padded_queries, best):
+            top.add(score(queries_at_dim, truncated(chunk, dim), device=getattr(model, "device", None)).float().cpu(), start)
+        advance(len(chunk))
     query_count = sum(tokens.shape[0] for tokens in query_tokens)
     pool_factor = getattr(pooling, "pool_factor", None)
     counts = TokenCounts(query_count, document_tokens, len(corpus), pool_factor)
-    return scores, indices, counts
+    return [(top.scores.numpy(), top.indices.numpy()) for top in best], counts
+
+
+def _score_function(model, chunk_elements: int | None):
+    """The model's MaxSim scoring function (``util.maxsim`` or ``mean_maxsim``), with its element budget."""
+    from sentence_transformers.util import SimilarityFunction
+
+    score = SimilarityFunction.to_similarity_fn(model.similarity_fn_name)
+    return score if chunk_elements is None else partial(score, chunk_elements=chunk_elements)
 
 
 def maxsim_top_k(
     model, query_tokens: Sequence[Any], document_chunks: Iterable[Sequence[Any]], k: int, *, chunk_elements: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best documents per query by the model's MaxSim, the documents coming a chunk at a time.
+    """The ``k`` best documents per query by the model's MaxSim, over token vectors already encoded.
 
     Args:
         model: The MultiVectorEncoder whose ``similarity_fn_name`` and device score.
         query_tokens: Each query's ``[tokens, dim]`` float tensor.
         document_chunks: Consecutive chunks of documents, each a list of ``[tokens, dim]`` tensors
-            (encoded on the fly by :func:`maxsim_search`, read from an index by ``mmst search``).
+            (``mmst search`` reads them from an index a chunk at a time, so memory holds one chunk).
         k: Documents kept per query (all of them in a smaller corpus).
         chunk_elements: As in :func:`maxsim_search`.
 
@@ -117,24 +177,13 @@ def maxsim_top_k(
         ``(scores, indices)``: two ``(queries, k')`` arrays, best first.
     """
     import torch
-    from sentence_transformers.util import SimilarityFunction
 
-    score = SimilarityFunction.to_similarity_fn(model.similarity_fn_name)
-    if chunk_elements is not None:
-        score = partial(score, chunk_elements=chunk_elements)
+    score = _score_function(model, chunk_elements)
     # Zero rows added by padding match every document token with 0, so they add nothing to a sum.
     padded_queries = torch.nn.utils.rnn.pad_sequence(list(query_tokens), batch_first=True)
-    best_scores = torch.full((len(query_tokens), 0), float("-inf"))
-    best_indices = torch.empty((len(query_tokens), 0), dtype=torch.long)
+    top = _RunningTopK(len(query_tokens), k)
     start = 0
     for chunk in document_chunks:
-        # Token vectors are kept on the CPU; each chunk is scored on the model's device (a GPU when
-        # the model runs on one), and the scores come back to the CPU.
-        scores = score(padded_queries, list(chunk), device=getattr(model, "device", None)).float().cpu()
-        merged_scores = torch.cat([best_scores, scores], dim=1)
-        merged_indices = torch.cat([best_indices, torch.arange(start, start + len(chunk)).expand(len(query_tokens), -1)], dim=1)
-        order = torch.topk(merged_scores, min(k, merged_scores.shape[1]), dim=1).indices
-        best_scores = torch.gather(merged_scores, 1, order)
-        best_indices = torch.gather(merged_indices, 1, order)
+        top.add(score(padded_queries, list(chunk), device=getattr(model, "device", None)).float().cpu(), start)
         start += len(chunk)
-    return best_scores.numpy(), best_indices.numpy()
+    return top.scores.numpy(), top.indices.numpy()

@@ -161,7 +161,7 @@ class MineOptions:
 def _materialised(values: list[Any], sampling_rate: int | None) -> list[Any]:
     """Values as ``model.encode`` takes them: audio file paths decoded at the model's rate."""
     from mmst_cli.core.data.media import string_modality
-    from mmst_cli.core.data.tables import decode_audio
+    from mmst_cli.core.data.audio import decode_audio
 
     out = []
     for value in values:

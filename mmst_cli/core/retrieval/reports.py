@@ -41,6 +41,15 @@ def write_jsonl_atomically(path: Path, rows: Iterable[dict[str, Any]]) -> None:
             out.write(json.dumps(row) + "\n")
 
 
+def stage_metrics(report: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
+    """``(name, metrics)`` of each table an ``mmst evaluate`` report shows: one per swept dimension
+    (or the retrieval stage), then the reranking stage if any."""
+    stages = [(stage["name"], stage["metrics"]) for stage in report["stages"]]
+    if "dims" in report:
+        stages = [(f"dim {entry['dim']}", entry["metrics"]) for entry in report["dims"]] + stages[1:]
+    return stages
+
+
 def plot_matryoshka_sweep(sweep: list[dict[str, Any]], path: Path, metric: str = "ndcg@10") -> None:
     """A PNG line plot of ``metric`` against embedding dimension (log scale)."""
     import matplotlib

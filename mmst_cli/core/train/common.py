@@ -31,6 +31,8 @@ from mmst_cli.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.models.lora import LoraOptions
 from mmst_cli.core.models.portable import save_model
 from mmst_cli.core.outputs import atomic_path, existing_ancestor
+from mmst_cli.core.train.dataloader_workers import dataloader_arguments
+from mmst_cli.core.train.fsdp import fsdp_training_arguments, full_weights_in_place, sharding_summary, validate_fsdp
 from mmst_cli.core.train.run_folder import latest_intact_checkpoint, owned_run_folder
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -48,7 +50,9 @@ class TrainingOptions:
     fp16), ``seed``, ``gradient_checkpointing``, ``attn_implementation``, ``lora``, ``eval_steps``,
     ``save_steps``, ``output_dir``, ``resume``, ``force`` (resume even when the options or data differ
     from the run's start), ``report_to``, ``dry_run`` (plan memory instead of
-    training); the data, ``data`` (``data_config``,
+    training), ``gpus`` and ``gpu_memory`` (GiB each: the GPUs ``--dry-run`` also plans for),
+    ``fsdp`` (a sharding strategy, see :mod:`mmst_cli.core.train.fsdp`) and ``fsdp_config`` (a JSON
+    file of the Trainer's ``fsdp_config`` keys); the data, ``data`` (``data_config``,
     ``split``, ``columns``) and ``eval_data`` (``eval_data_split``) or an ``eval_split`` fraction;
     and the data-safety switches ``media_root``, ``skip_bad``, ``allow_remote_media`` and
     ``allow_outside_root``.
@@ -83,6 +87,13 @@ class TrainingOptions:
     force: bool = False
     report_to: str = "none"
     dry_run: bool = False
+    gpus: int | None = None
+    gpu_memory: float | None = None
+    fsdp: str | None = None
+    fsdp_config: str | None = None
+    #: Processes that decode and preprocess media for training (``--dataloader-workers``); ``None``
+    #: takes :func:`~mmst_cli.core.train.dataloader_workers.default_dataloader_workers`.
+    dataloader_workers: int | None = None
 
     #: Names the default run folder: ``runs/<command>-<time>``.
     command = "train"
@@ -96,6 +107,10 @@ class TrainingOptions:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise MmstError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.dataloader_workers is not None and self.dataloader_workers < 0:
+            raise MmstError(
+                f"--dataloader-workers must be 0 (load in the training process) or more, got {self.dataloader_workers}"
+            )
         if self.max_steps == 0 or self.max_steps < -1:
             # transformers reads 0 as "use --epochs" and would train; -1 is the "off" default.
             raise MmstError(f"--max-steps must be a positive number of steps, got {self.max_steps}")
@@ -112,6 +127,11 @@ class TrainingOptions:
             raise MmstError("--force only applies to --resume (continue a run started with other settings)")
         if self.lora.enabled and self.resume:
             raise MmstError("--resume is not supported with --lora-r yet: checkpoints hold adapters only")
+        if self.gpus is not None and (self.gpus <= 0 or not self.dry_run):
+            raise MmstError(f"--gpus plans a --dry-run for that many GPUs; give a positive number with --dry-run, got {self.gpus}")
+        if self.gpu_memory is not None and (self.gpu_memory <= 0 or self.gpus is None):
+            raise MmstError(f"--gpu-memory is the GiB of each GPU --gpus plans for; give a positive number with --gpus, got {self.gpu_memory}")
+        validate_fsdp(self, distributed_launch=distributed_launch())
 
     def media_options(self, audio_sampling_rate: int | None) -> dict[str, Any]:
         """How the data loaders treat media (see :func:`mmst_cli.core.data.tables.prepare_media`)."""
@@ -139,6 +159,11 @@ class TrainingOptions:
 def world_size() -> int:
     """Number of processes in this launch (``torchrun`` / ``accelerate launch`` set WORLD_SIZE)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def distributed_launch() -> bool:
+    """Whether ``torchrun`` / ``accelerate launch`` started this process (they set LOCAL_RANK), even a launch of one."""
+    return "LOCAL_RANK" in os.environ
 
 
 def is_main_process() -> bool:
@@ -192,14 +217,23 @@ def _precision_placement(precision: str) -> dict[str, Any]:
     return {"use_cpu": True}
 
 
-def common_training_arguments(options: TrainingOptions, checkpoints: Path, *, rows: int, has_eval: bool) -> dict[str, Any]:
-    """Keyword arguments for a Sentence Transformers / Cross Encoder ``TrainingArguments``."""
+def _cpu_launch_placement() -> dict[str, Any]:
+    """A distributed launch on CPUs must say it trains on the CPU: otherwise accelerate sees no
+    accelerator, treats every process as a run of its own (each on its share of the data, with
+    nothing averaging their gradients) and the Trainer neither wraps DDP nor allows FSDP."""
+    return {"use_cpu": True} if distributed_launch() and not has_cuda() else {}
+
+
+def common_training_arguments(options: TrainingOptions, checkpoints: Path, *, rows: int, has_eval: bool, model) -> dict[str, Any]:
+    """Keyword arguments for a Sentence Transformers / Cross Encoder ``TrainingArguments``
+    (``model``, as it will train, names the layers ``--fsdp`` shards one by one)."""
     eval_steps = options.eval_steps if has_eval else None
     # Passed only when asked for: transformers warns about the old name whenever it is set.
     checkpointing = {"gradient_checkpointing": True} if options.gradient_checkpointing else {}
     return dict(
         **checkpointing,
-        **_precision_placement(options.precision),
+        **{**_precision_placement(options.precision), **_cpu_launch_placement()},
+        **fsdp_training_arguments(options, model),
         output_dir=str(checkpoints),
         num_train_epochs=options.epochs,
         max_steps=options.max_steps,
@@ -221,6 +255,7 @@ def common_training_arguments(options: TrainingOptions, checkpoints: Path, *, ro
         report_to=options.report_to,
         disable_tqdm=True,
         dataloader_pin_memory=has_cuda(),
+        **dataloader_arguments(options.dataloader_workers),
         dataloader_drop_last=world_size() > 1,
         # NCCL needs GPUs; a CPU launch under torchrun / accelerate uses gloo.
         ddp_backend=None if has_cuda() or world_size() == 1 else "gloo",
@@ -362,8 +397,10 @@ class _CheckpointOnInterrupt(TrainerCallback):
 
 
 def train_summary(trainer, output, runtime: float) -> dict[str, Any]:
-    """Steps, epochs, time, throughput and the loss curve of a finished run."""
+    """Steps, epochs, time, throughput and the loss curve of a finished run (and its sharding under FSDP)."""
+    sharding = sharding_summary(trainer)
     return {
+        **({"fsdp": sharding} if sharding else {}),
         "steps": trainer.state.global_step,
         "epochs": round(float(trainer.state.epoch or 0), 4),
         "runtime_s": round(runtime, 2),
@@ -375,14 +412,19 @@ def train_summary(trainer, output, runtime: float) -> dict[str, Any]:
     }
 
 
-def save_run(model, model_dir: Path, output_dir: Path, summary: dict[str, Any]) -> None:
+def save_run(model, model_dir: Path, output_dir: Path, summary: dict[str, Any], full_weights: dict[str, Any] | None = None) -> None:
     """Write the model (loadable without mmst: :func:`save_model`) and ``metrics.json`` under temporary
-    names, then rename (main process only)."""
+    names, then rename (main process only). ``full_weights``: the state dict gathered from an FSDP
+    run's shards (:func:`mmst_cli.core.train.fsdp.gathered_weights`), saved in place of the shards."""
     if not is_main_process():
         return
     # A full disk mid-save leaves neither a half-written model nor its temporary folder.
     with atomic_path(model_dir) as temporary:
-        save_model(model, temporary)
+        if full_weights is None:
+            save_model(model, temporary)
+        else:
+            with full_weights_in_place(model, full_weights):
+                save_model(model, temporary)
     with atomic_path(output_dir / "metrics.json") as pending:
         pending.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf8")
 

@@ -28,6 +28,8 @@ from mmst_cli.core.train.common import (
     train_with_progress,
     world_size,
 )
+from mmst_cli.core.train.dataloader_workers import preprocess_in_workers, training_rows
+from mmst_cli.core.train.fsdp import check_fsdp_model, fully_sharded_trainer, gathered_weights
 from mmst_cli.core.train.eval_record import load_pairs_with_eval_record, write_eval_record
 from mmst_cli.core.train.losses import LossOptions, build_loss
 from mmst_cli.core.train.multi_vector import (
@@ -144,8 +146,15 @@ def with_demo_recipe(options: TrainEmbedOptions, chosen: set[str]) -> tuple[Trai
 def _training_arguments(arguments_class, options: TrainEmbedOptions, checkpoints: Path, built, data: PairData, has_eval: bool):
     # Comparing decoded images or audio arrays row by row is slow: hash them once instead.
     batch_sampler = options.batch_sampler or ("no-duplicates-hashed" if data.media_columns else "no-duplicates")
+    # A plain loss runs one forward per column, then one backward: DDP's default search for unused
+    # parameters marks a tower that only some columns use (CLIP's, a Router's) ready twice and fails.
+    # The parameters a step uses are the same every step, which a static graph states. GradCache's
+    # forward and backward passes come in pairs per mini batch, which the default search follows.
+    static = {"ddp_find_unused_parameters": False, "ddp_static_graph": True}
+    ddp = static if world_size() > 1 and not options.fsdp and not options.loss.name.startswith("cached-") else {}
     return arguments_class(
-        **common_training_arguments(options, checkpoints, rows=len(data.dataset), has_eval=has_eval),
+        **common_training_arguments(options, checkpoints, rows=len(data.dataset), has_eval=has_eval, model=built.model),
+        **ddp,
         learning_rate_mapping=built.learning_rate_mapping or {},
         batch_sampler=BATCH_SAMPLERS[batch_sampler],
         prompts=options.prompts,
@@ -194,6 +203,7 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
     multi_vector = wants_multi_vector(options)
     built = build_multi_vector_model(options) if multi_vector else build_training_model(options)
     model = built.model
+    check_fsdp_model(options, model)
     if not options.dry_run:
         ensure_disk_space(output_dir, model)
     if built.attention:
@@ -240,19 +250,24 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
     name_training_data(model, train_data.source)
 
     trainer_class, arguments_class = trainer_classes(multi_vector)
+    if options.fsdp:
+        trainer_class = fully_sharded_trainer(trainer_class)
     output_dir.mkdir(parents=True, exist_ok=True)
+    train_rows, audio = training_rows(train_data.dataset)
     trainer = trainer_class(
         model=model,
         args=_training_arguments(
             arguments_class, options, output_dir / "checkpoints", built, train_data, evaluator is not None
         ),
-        train_dataset=train_data.dataset,
+        train_dataset=train_rows,
         loss=loss,
         evaluator=evaluator,
     )
+    preprocess_in_workers(trainer, audio)
     output, runtime = train_with_progress(trainer, options, progress_console, log)
     if options.lora.enabled:
         merge_lora(model)
+    full_weights = gathered_weights(trainer)  # every process takes part, before the main one saves
     final_metrics = evaluator.scores(model) if evaluator else {}
     if final_metrics:
         record_scores(model, evaluator, final_metrics, epoch=trainer.state.epoch or 0, step=trainer.state.global_step)
@@ -273,7 +288,7 @@ def _train(options: TrainEmbedOptions, output_dir: Path, progress_console, log) 
         "options": options.as_json(),
     }
     write_eval_record(output_dir, eval_record)  # what `mmst evaluate --model RUN` scores
-    save_run(model, model_dir, output_dir, summary)
+    save_run(model, model_dir, output_dir, summary, full_weights)
     return TrainingResult(summary, model)
 
 
@@ -310,7 +325,7 @@ def adopt_training_prompts(model, prompts: str | dict[str, str] | None, data: Pa
 def _dry_run(options: TrainEmbedOptions, built, train_data: PairData, *, multi_vector: bool) -> TrainingResult:
     """Plan the run's peak memory instead of training (``--dry-run``); a multi-vector run's GradCache
     keeps one vector per token of every input, not one per input."""
-    from mmst_cli.core.train.memory_plan import plan_training_memory, sample_inputs
+    from mmst_cli.core.train.memory_plan import gpu_plan_options, plan_training_memory, sample_inputs
 
     cached = options.loss.name.startswith("cached-")
     plan = plan_training_memory(
@@ -322,6 +337,7 @@ def _dry_run(options: TrainEmbedOptions, built, train_data: PairData, *, multi_v
         modalities=train_data.column_modalities.values(),
         gradient_checkpointing=options.gradient_checkpointing,
         gradcache_output=("token_embeddings" if multi_vector else "sentence_embedding") if cached else None,
+        **gpu_plan_options(options),
     )
     summary = {"model": built.description, "data": train_data.source, "dry_run": plan.as_json()}
     return TrainingResult(summary, built.model)

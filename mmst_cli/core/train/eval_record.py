@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mmst_cli.core.data.audio import decode_into_table
 from mmst_cli.core.data.tables import PairData, load_pair_data, split_off_eval
 from mmst_cli.core.outputs import atomic_path
 from mmst_cli.core.retrieval.run_eval_data import RECORD_NAME, eval_record
@@ -36,7 +37,10 @@ def load_pairs_with_eval_record(
     from mmst_cli.core.models.composition import EMOJI_EVAL, EMOJI_TRAIN
 
     def load(reference: str, **where) -> PairData:
-        return load_pair_data(reference, columns=options.columns, **where, **options.media_options(audio_rate))
+        # Audio stays undecoded until rows are read, so that DataLoader workers decode it.
+        return load_pair_data(
+            reference, columns=options.columns, **where, **options.media_options(audio_rate), lazy_audio=True
+        )
 
     split: dict[str, Any] = {}
 
@@ -53,6 +57,8 @@ def load_pairs_with_eval_record(
     train, evaluation = load_train_and_eval(options, load, split_off_recording)
     if evaluation is None:
         return train, None, None
+    # Evaluation rows are read several times (fingerprinted here, then scored): decode their audio once.
+    evaluation = replace(evaluation, dataset=decode_into_table(evaluation.dataset))
     if split:
         record = eval_record(
             "split", evaluation, reference=options.data, config=options.data_config, split=options.split, **split, **common

@@ -19,6 +19,9 @@ The estimate adds up, for the device the run would use:
 - **GradCache buffers** of a cached loss: every embedding of the batch and its gradient, in
   float32; a multi-vector model's embedding is one vector per token or image patch.
 
+With ``gpus`` the plan also spreads the run over that many GPUs under DDP and under FSDP and
+finds the smallest setup that fits (:mod:`.gpu_plan`).
+
 ``bench/memory_plan.py`` compares the estimate with measured peaks (docs/benchmarks.md).
 """
 
@@ -29,10 +32,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmst_cli.core.train.gpu_plan import CUDA_OVERHEAD_BYTES
+
 #: Rows sampled to find the largest inputs (longest texts, biggest images) of each column.
 SAMPLE_ROWS = 8
-#: What a CUDA context and the caching allocator's slack take on a GPU.
-CUDA_OVERHEAD_BYTES = 600 * 2**20
 #: The tasks of a multi-vector model's sides: its forward masks (and may expand queries) by them.
 RETRIEVAL_TASKS = ("query", "document")
 
@@ -47,6 +50,8 @@ class MemoryPlan:
         available: Bytes the device has for this run.
         samples_in_flight: Samples whose activations are alive at once.
         suggestions: Changes that would make it fit, most effective first (empty when it fits).
+        gpu_plan: Per-GPU memory for ``--gpus N`` under DDP and FSDP (:func:`.gpu_plan.plan_gpus`);
+            when the GPUs' memory is known, whether the run fits is decided there.
     """
 
     device: str
@@ -56,6 +61,7 @@ class MemoryPlan:
     per_sample_activation_bytes: int
     per_sample_forward_bytes: int = 0
     suggestions: list[str] = field(default_factory=list)
+    gpu_plan: dict[str, Any] | None = None
 
     @property
     def total(self) -> int:
@@ -63,6 +69,8 @@ class MemoryPlan:
 
     @property
     def fits(self) -> bool:
+        if self.gpu_plan and self.gpu_plan["fits"] is not None:
+            return self.gpu_plan["fits"]
         return self.total <= self.available
 
     def as_json(self) -> dict[str, Any]:
@@ -76,6 +84,7 @@ class MemoryPlan:
             "per_sample_activation_bytes": self.per_sample_activation_bytes,
             "per_sample_forward_bytes": self.per_sample_forward_bytes,
             "suggestions": self.suggestions,
+            "gpus": self.gpu_plan,
         }
 
 
@@ -218,9 +227,16 @@ def sample_inputs(data, *, is_router: bool, multi_vector: bool = False) -> list[
     ]
 
 
+def gpu_plan_options(options) -> dict[str, Any]:
+    """:func:`plan_training_memory`'s GPU arguments from a run's ``--gpus``, ``--gpu-memory`` (GiB) and ``--fsdp``."""
+    memory = int(options.gpu_memory * 2**30) if options.gpu_memory else None
+    return {"gpus": options.gpus, "gpu_memory": memory, "fsdp": bool(options.fsdp)}
+
+
 def plan_training_memory(model, inputs: list[tuple[Any, str | None]], *, batch_size: int, mini_batch_size: int | None,
                          precision: str, modalities: Iterable[str] = (), gradient_checkpointing: bool = False,
-                         gradcache_output: str | None = None) -> MemoryPlan:  # fmt: skip
+                         gradcache_output: str | None = None, gpus: int | None = None,
+                         gpu_memory: int | None = None, fsdp: bool = False) -> MemoryPlan:  # fmt: skip
     """Estimate the peak memory of training ``model`` (see the module docstring).
 
     Args:
@@ -239,6 +255,10 @@ def plan_training_memory(model, inputs: list[tuple[Any, str | None]], *, batch_s
             input of the batch: ``sentence_embedding``, or ``token_embeddings`` for a multi-vector
             model (one vector per token, so long documents and images weigh more); ``None``
             without GradCache.
+        gpus: Also plan per-GPU memory for this many GPUs under DDP and FSDP (``None``: not).
+        gpu_memory: Bytes each of those GPUs has. Default: this machine's GPU's free memory;
+            unknown (no fit verdict for the GPUs) on a machine without one.
+        fsdp: The run shards with FSDP, so its fit is the FSDP one.
     """
     import torch
 
@@ -269,9 +289,35 @@ def plan_training_memory(model, inputs: list[tuple[Any, str | None]], *, batch_s
     if gradcache_output:
         components["gradcache_buffers"] = 2 * 4 * batch_size * embedding_values
     plan = MemoryPlan(device, components, _available(device), in_flight, per_sample, forward_excess)
-    if not plan.fits:
-        visual = bool({"image", "video"} & set(modalities)) and model.supports("message")
-        plan.suggestions = _suggestions(plan, mini_batch_size, precision, gradient_checkpointing, visual)
+    if gpus:
+        from mmst_cli.core.train.fsdp import layer_classes_to_wrap
+        from mmst_cli.core.train.gpu_plan import ModelFigures, largest_gathered_unit, plan_gpus
+
+        figures = ModelFigures(
+            weight_bytes=weights,
+            trainable=trainable,
+            largest_unit_bytes=largest_gathered_unit(model, layer_classes_to_wrap(model)),
+            activation_bytes=per_sample,
+            forward_bytes=forward_excess,
+            in_flight=in_flight,
+            gradcache_bytes=components.get("gradcache_buffers", 0),
+        )
+        if gpu_memory is None and device.startswith("cuda"):
+            gpu_memory = plan.available
+        plan.gpu_plan = plan_gpus(figures, gpus, gpu_memory, chosen="fsdp" if fsdp else "ddp", cached_loss=bool(mini_batch_size))
+    if plan.fits:
+        return plan
+    if plan.gpu_plan and plan.gpu_plan["fits"] is not None:  # the verdict is the GPUs': so is the advice
+        smallest = plan.gpu_plan["smallest_fit"]
+        size = f"{plan.gpu_plan['gpu_memory_bytes'] / 2**30:.3g} GiB"
+        plan.suggestions = (
+            [f"{smallest['flags']} (the smallest setup that fits {size} GPUs)"]
+            if smallest
+            else [f"nothing up to 64 GPUs of {size} fits; lower --batch-size or --max-pixels, or use --bf16"]
+        )
+        return plan
+    visual = bool({"image", "video"} & set(modalities)) and model.supports("message")
+    plan.suggestions = _suggestions(plan, mini_batch_size, precision, gradient_checkpointing, visual)
     return plan
 
 

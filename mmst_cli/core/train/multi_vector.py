@@ -136,7 +136,15 @@ def trainer_classes(multi_vector: bool) -> tuple[type, type]:
     if multi_vector:
         from sentence_transformers import MultiVectorEncoderTrainer, MultiVectorEncoderTrainingArguments
 
-        return MultiVectorEncoderTrainer, MultiVectorEncoderTrainingArguments
+        class MultiVectorTrainer(MultiVectorEncoderTrainer):
+            def override_model_in_loss(self, loss, model):
+                # The multi-vector losses score with model.similarity (MaxSim), which the DDP wrapper
+                # the trainer hands them does not have; the wrapped model's own is the one to use.
+                if not hasattr(model, "similarity"):
+                    model.similarity = self.model.similarity
+                return super().override_model_in_loss(loss, model)
+
+        return MultiVectorTrainer, MultiVectorEncoderTrainingArguments
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
     return SentenceTransformerTrainer, SentenceTransformerTrainingArguments

@@ -45,7 +45,10 @@ from mmst_cli.core.train.common import (
     save_run,
     train_summary,
     train_with_progress,
+    world_size,
 )
+from mmst_cli.core.train.dataloader_workers import preprocess_in_workers
+from mmst_cli.core.train.fsdp import check_fsdp_model, fully_sharded_trainer, gathered_weights
 from mmst_cli.core.train.losses import gradcache_kwargs, validate_token_budget
 from mmst_cli.core.train.rerank_demo import DEFAULT_MODEL_NOTE, DEMO_EVAL, DEMO_TRAIN, default_reranker_start
 from mmst_cli.core.train.rerank_data import (
@@ -327,7 +330,7 @@ def _describe(data: RerankData) -> str:
 def _dry_run(options: TrainRerankOptions, built, train_dataset, data: RerankData) -> RerankResult:
     """Plan the run's peak memory instead of training (``--dry-run``): one (query, document) pair,
     the longest of a few training rows, is what each forward pass holds per sample."""
-    from mmst_cli.core.train.memory_plan import SAMPLE_ROWS, plan_training_memory
+    from mmst_cli.core.train.memory_plan import SAMPLE_ROWS, gpu_plan_options, plan_training_memory
 
     query, document = train_dataset.column_names[:2]
 
@@ -346,6 +349,7 @@ def _dry_run(options: TrainRerankOptions, built, train_dataset, data: RerankData
         precision=options.precision,
         modalities=data.column_modalities.values(),
         gradient_checkpointing=options.gradient_checkpointing,
+        **gpu_plan_options(options),
     )
     return RerankResult({"model": built.description, "data": data.source, "dry_run": plan.as_json()}, built.model)
 
@@ -391,6 +395,7 @@ def _train(options: TrainRerankOptions, output_dir: Path, progress_console, log)
         log=log,
     )
     model = built.model
+    check_fsdp_model(options, model)
     if not options.dry_run:
         ensure_disk_space(output_dir, model)
     log(f"reranker: {built.description}; attention: {built.attention}")
@@ -428,18 +433,29 @@ def _train(options: TrainRerankOptions, output_dir: Path, progress_console, log)
     # (hashing decoded media once instead of comparing it row by row).
     has_media = any(modality != "text" for modality in train_data.column_modalities.values())
     sampler = ("no_duplicates_hashed" if has_media else "no_duplicates") if options.loss == "cmnrl" else "batch_sampler"
+    # Every loss runs the model more than once before (or, GradCache, within) its backward; DDP's
+    # default search for unused parameters then marks parameters ready twice and fails. The
+    # parameters a step uses are the same every step, which a static graph states.
+    distributed = world_size() > 1 and not options.fsdp
+    static_ddp_graph = {"ddp_find_unused_parameters": False, "ddp_static_graph": True} if distributed else {}
     output_dir.mkdir(parents=True, exist_ok=True)
     args = CrossEncoderTrainingArguments(
-        **common_training_arguments(options, output_dir / "checkpoints", rows=len(train_dataset), has_eval=evaluator is not None),
+        **common_training_arguments(
+            options, output_dir / "checkpoints", rows=len(train_dataset), has_eval=evaluator is not None, model=model
+        ),
         batch_sampler=sampler,
+        **static_ddp_graph,
         # The loss sees the instruction only through the trainer: a model's default prompt applies to
         # predict(), not to training batches.
         prompts=instruction_of(model) or None,
     )
-    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator)
+    trainer_class = fully_sharded_trainer(CrossEncoderTrainer) if options.fsdp else CrossEncoderTrainer
+    trainer = trainer_class(model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator)
+    preprocess_in_workers(trainer)
     output, runtime = train_with_progress(trainer, options, progress_console, log)
     if options.lora.enabled:
         merge_lora(model)
+    full_weights = gathered_weights(trainer)  # every process takes part, before the main one saves
     final_metrics = evaluator.scores(model) if evaluator else {}
 
     summary = {
@@ -464,5 +480,5 @@ def _train(options: TrainRerankOptions, output_dir: Path, progress_console, log)
         "train": train_summary(trainer, output, runtime),
         "options": options.as_json(),
     }
-    save_run(model, model_dir, output_dir, summary)
+    save_run(model, model_dir, output_dir, summary, full_weights)
     return RerankResult(summary, model)

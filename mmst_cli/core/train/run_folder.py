@@ -32,7 +32,10 @@ RECORD_NAME = "run.json"
 
 #: Options that steer a run without changing what it learns from, so they may differ on ``--resume``.
 #: The length (``max_steps``, ``epochs``) may grow: that is how a finished run is trained further.
-RESUMABLE_CHANGES = {"output_dir", "resume", "force", "dry_run", "report_to", "save_steps", "eval_steps", "max_steps", "epochs"}
+RESUMABLE_CHANGES = {
+    "output_dir", "resume", "force", "dry_run", "gpus", "gpu_memory", "report_to", "save_steps", "eval_steps",
+    "max_steps", "epochs", "dataloader_workers",
+}
 
 
 def run_record(options) -> dict[str, Any]:
@@ -40,7 +43,8 @@ def run_record(options) -> dict[str, Any]:
     record = {
         "command": options.command,
         "options": {key: value for key, value in options.as_json().items() if key not in RESUMABLE_CHANGES},
-        "data_files": {"data": files_fingerprint(options.data), "eval_data": files_fingerprint(options.eval_data)},
+        # The --fsdp-config file's content counts too: a resume must shard as the checkpoints were.
+        "data_files": {key: files_fingerprint(getattr(options, key, None)) for key in ("data", "eval_data", "fsdp_config")},
     }
     return json.loads(json.dumps(record))  # as it reads back from run.json: tuples become lists
 
