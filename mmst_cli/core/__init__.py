@@ -8,6 +8,7 @@ From the ground up (each wing may import only the wings below it; see docs/archi
 - :mod:`~mmst_cli.core.models`: finding, loading, composing and describing models;
 - :mod:`~mmst_cli.core.encode`: inputs to embeddings, in memory or as an ``mmst encode`` job;
 - :mod:`~mmst_cli.core.retrieval`: retrieval tasks, exact search, metrics and evaluation;
+- :mod:`~mmst_cli.core.index`: search index folders (``mmst index`` / ``mmst search``);
 - :mod:`~mmst_cli.core.train`: the training commands' shared run logic, losses and the planner.
 
 Modules here may import the ML stack, but only inside functions or in modules that the CLI
