@@ -18,6 +18,9 @@ Examples:
     # Continue an interrupted build (finished chunks are not encoded again)
     $ mmst index --model ./my-clip ./photos -o photos.index --resume
 
+    # One shard per GPU: rank 0 builds the index once every rank is done (docs/scale.md#index)
+    $ torchrun --nproc_per_node 8 -m mmst_cli index --model ./my-clip ./photos -o photos.index
+
 Then: ``mmst search photos.index "a red dress"``. docs/search.md describes the folder.
 """
 
@@ -58,7 +61,7 @@ def index(
     corpora: Annotated[list[str], typer.Argument(help="One or more corpora, each in any form mmst encode reads: a folder of images, audio or PDFs, a jsonl/csv/parquet/txt file, a PDF, a save_to_disk folder or a Hub dataset.", show_default=False)],
     output: Annotated[str, typer.Option("--output", "-o", help="The index folder to write (with --add: to grow).", rich_help_panel=INDEX, show_default=False)] = ...,
     add: Annotated[bool, typer.Option(help="Add the corpora's documents that the index does not hold yet (by media file, or corpus and id), embedding only those.", rich_help_panel=INDEX)] = False,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted build: finished chunks (kept in .<index>.build/) are not encoded again.", rich_help_panel=INDEX)] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted build: finished chunks (kept in .<index>.build/) are not encoded again; after a torchrun build whose ranks were finished alone, merges their shards and builds the index.", rich_help_panel=INDEX)] = False,
     index_type: Annotated[str | None, typer.Option("--index", help="auto, flat (exact), ivf or hnsw (approximate). Default: auto, flat below 200,000 documents, ivf from there (with --add: the index's).", rich_help_panel=INDEX, show_default=False)] = None,
     quantize: Annotated[str | None, typer.Option(help="none, int8 (FAISS scalar quantiser) or binary (one bit per dimension, Hamming distance; search re-scores with the float vectors). Default: none.", rich_help_panel=INDEX, show_default=False)] = None,
     lists: Annotated[int | None, typer.Option(help="IVF lists (k-means cells). Default: the square root of the document count.", rich_help_panel=INDEX, show_default=False)] = None,
@@ -96,4 +99,6 @@ def index(
         token_pool_factor=token_pool_factor,
     )  # fmt: skip
     summary = run_index(options, console=console, log=lambda line: console.print(line, markup=False, highlight=False))
+    if summary is None:  # a rank of a launch that leaves the index to rank 0
+        return
     emit(summary, as_json=json_output, render=lambda out, data: out.print(summary_line(data), markup=False, highlight=False))

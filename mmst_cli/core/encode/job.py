@@ -296,6 +296,8 @@ def run_encode(
     on_chunk: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = None,
     inputs: EncodeInputs | None = None,
+    command: str = "mmst encode",
+    merge_hint: str | None = None,
 ) -> EncodeResult:
     """Run ``mmst encode``: read and check the inputs, encode them in chunks, write the output.
 
@@ -312,6 +314,10 @@ def run_encode(
         log: Where notes for the user go; default: stderr.
         inputs: Inputs already read (and perhaps narrowed, as ``mmst index --add`` does) to encode
             instead of reading ``options.inputs``, which then only names them; ``None`` reads them.
+        command: Under a launcher: the command the ranks run, named in the notes and errors of a
+            rank run alone; default ``mmst encode``.
+        merge_hint: Under a launcher: what writes the output once every rank is done, for a rank
+            run alone; ``None`` (the default) for ``mmst encode --merge -o OUTPUT``.
 
     Returns:
         An :class:`EncodeResult`.
@@ -503,7 +509,7 @@ def run_encode(
                 for (start, _), vectors in zip(bounds, held):
                     writer.write(start, in_precision(vectors, options.precision, ranges))
         elif sharded is not None:
-            merged = sharded.finish(dim=dim, unit_length=unit_length, log=log)
+            merged = sharded.finish(dim=dim, unit_length=unit_length, log=log, merge_hint=merge_hint, command=command)
             if merged is None:
                 return EncodeResult(None, encoded_chunks=encoded, reused_chunks=len(done))
         else:

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -265,13 +266,17 @@ class ShardedRun:
             shard_map.append({"rank": rank, "start": start, "stop": stop, "folder": folder.name, "parts": names})
         return shard_map
 
-    def finish(self, *, dim: int, unit_length: bool, log: Callable[[str], None]) -> dict[str, Any] | None:
+    def finish(self, *, dim: int, unit_length: bool, log: Callable[[str], None], merge_hint: str | None = None,
+               command: str = "mmst encode") -> dict[str, Any] | None:  # fmt: skip
         """Mark this rank's shard done, wait for the other ranks and, on rank 0, write the output.
 
         Args:
             dim: The shard's vector width.
             unit_length: Whether every vector of the shard has unit length.
             log: Where notes for the user go.
+            merge_hint: What writes the output once every rank is done, for the note of a rank run
+                alone; ``None`` (the default) for ``mmst encode --merge -o OUTPUT``.
+            command: The command the ranks run, named in the merge's errors; default ``mmst encode``.
 
         Returns:
             The merge's summary on the rank that wrote the output; ``None`` on the others.
@@ -285,41 +290,66 @@ class ShardedRun:
         if not waited:
             unfinished = [str(rank) for rank in range(self.launch.world_size)
                           if not (rank_folder(self.output, rank) / DONE_FILE).exists()]  # fmt: skip
-            merge = f"mmst encode --merge -o {self.output}"
+            merge = merge_hint or f"mmst encode --merge -o {self.output}"
             if unfinished:
                 log(f"{done}; rank(s) {', '.join(unfinished)} not finished yet: run them, then {merge}")
                 return None
             if self.launch.rank != 0:
                 log(f"{done}; every rank is done: write the output with {merge}")
                 return None
-        return merge_shards(str(self.output), log=log)
+        return merge_shards(str(self.output), log=log, command=command, then="--merge" if merge_hint is None else merge_hint)
 
 
-def wait_for_every_rank(launch: Launch) -> bool:
-    """Block at a gloo barrier until every rank is here; ``False`` at once for a rank that a torch
-    elastic agent (``torchrun``, ``accelerate launch``) did not start, such as one run alone by hand.
+def launched_by_agent() -> bool:
+    """Whether a torch elastic agent (``torchrun``, ``accelerate launch``) started this process, so
+    that its ranks can form a process group.
 
     The agent's ``TORCHELASTIC_RUN_ID`` is the sign, not ``MASTER_ADDR``, which a shell or a batch
     script may still export when a rank is rerun by hand: that rank would wait for a whole launch.
     """
-    if not all(os.environ.get(name) for name in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT")):
-        return False
+    return all(os.environ.get(name) for name in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT"))
+
+
+@contextmanager
+def rank_group(launch: Launch) -> Iterator[None]:
+    """Hold a gloo process group of the launch's ranks for the block, so that several barriers
+    (``mmst index``: one per corpus) share one group; nothing when the agent did not start this
+    process or a group exists already."""
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.barrier()
-        return True
+    if not launched_by_agent() or dist.is_initialized():
+        yield
+        return
     # gloo on any device: a barrier moves no tensors worth a GPU, and gloo needs none bound to the rank.
     dist.init_process_group("gloo", rank=launch.rank, world_size=launch.world_size, timeout=BARRIER_TIMEOUT)
     try:
-        dist.barrier()
+        yield
     finally:
         dist.destroy_process_group()
+
+
+def wait_for_every_rank(launch: Launch) -> bool:
+    """Block at a gloo barrier until every rank is here; ``False`` at once for a rank that a torch
+    elastic agent did not start (:func:`launched_by_agent`), such as one run alone by hand."""
+    if not launched_by_agent():
+        return False
+    import torch.distributed as dist
+
+    with rank_group(launch):
+        dist.barrier()
     return True
 
 
-def _finished_shard(parts: Parts, shard: dict[str, Any], bounds: list[tuple[int, int]], settings: dict[str, Any]) -> dict[str, Any]:
+def has_shards(output: Path) -> bool:
+    """Whether ``output``'s parts folder holds the shards of a sharded run (rank 0 recorded it)."""
+    return (parts_folder(output) / RECORD_FILE).exists()
+
+
+def _finished_shard(parts: Parts, shard: dict[str, Any], bounds: list[tuple[int, int]], settings: dict[str, Any], *,
+                    command: str, then: str) -> dict[str, Any]:  # fmt: skip
     """The ``done.json`` facts of a rank's shard, once every part is complete and made with the run's settings.
+
+    ``command`` (the command the ranks ran) and ``then`` (what writes the output) go into the errors.
 
     Raises:
         MmstError: naming the rank and how to finish or redo its shard.
@@ -331,7 +361,7 @@ def _finished_shard(parts: Parts, shard: dict[str, Any], bounds: list[tuple[int,
         raise MmstError(
             f"--merge: the shard of rank {rank} ({rows_text(shard['start'], shard['stop'])} of a {world_size}-rank run) "
             f"is unfinished, {missing} of {len(bounds)} parts missing in {str(parts.folder)!r}; run that rank again "
-            f"alone (RANK={rank} WORLD_SIZE={world_size} with the same mmst encode command), then --merge"
+            f"alone (RANK={rank} WORLD_SIZE={world_size} with the same {command} command), then {then}"
         )
     made_with = json.loads((parts.folder / "manifest.json").read_text(encoding="utf8"))
     for key in ("world_size", *RESUME_KEYS):  # a rank run alone before rank 0 recorded the run
@@ -339,17 +369,20 @@ def _finished_shard(parts: Parts, shard: dict[str, Any], bounds: list[tuple[int,
             raise MmstError(
                 f"--merge: the shard of rank {rank} was computed with another {key.replace('_', ' ')} "
                 f"({made_with.get(key)!r}, the run's is {settings.get(key)!r}); delete {str(parts.folder)!r} "
-                f"and run that rank again with the run's settings, then --merge"
+                f"and run that rank again with the run's settings, then {then}"
             )
     return json.loads(done.read_text(encoding="utf8"))
 
 
-def merge_shards(output: str, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def merge_shards(output: str, *, log: Callable[[str], None] | None = None, command: str = "mmst encode",
+                 then: str = "--merge") -> dict[str, Any]:  # fmt: skip
     """Write ``output`` from every rank's finished shard, in input order, with its manifest beside it.
 
     Args:
         output: The output file of the sharded run (as given to ``-o``).
         log: Where notes for the user go; default: none.
+        command: The command the ranks ran, for the errors; default ``mmst encode``.
+        then: What the user runs once an unfinished shard is done; default ``--merge``.
 
     Returns:
         The command's summary (as a single run's, plus ``world_size`` and ``manifest``).
@@ -374,7 +407,7 @@ def merge_shards(output: str, *, log: Callable[[str], None] | None = None) -> di
     for shard in record["shards"]:
         parts = parts_class(path, {}, folder=folder / shard["folder"])
         bounds = chunk_bounds(shard["start"], shard["stop"], settings["chunk_size"])
-        shard_facts.append(_finished_shard(parts, shard, bounds, settings))
+        shard_facts.append(_finished_shard(parts, shard, bounds, settings, command=command, then=then))
         chunks += [(start, partial(parts.load, index)) for index, (start, _) in enumerate(bounds)]
     dims = {facts["dim"] for facts in shard_facts}
     if len(dims) != 1:

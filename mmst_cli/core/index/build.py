@@ -11,6 +11,12 @@ written whole at the end (see :mod:`mmst_cli.core.index.layout`) and the staging
 document it already holds (by media file, or by corpus and id for rows without a file), embeds
 only the rest, and writes the folder again: the old vectors first, byte for byte, then the new
 ones, added to the existing FAISS index without retraining.
+
+Under ``torchrun`` / ``accelerate launch`` every rank embeds its block of each corpus through the
+encode job's sharded run (:mod:`mmst_cli.core.encode.shards`) into the same staging folder; rank 0
+merges each corpus once every rank is done and writes the index as one process would, and the
+other ranks end when their shards are. Ranks run alone by hand leave the merge to rank 0 or to
+``mmst index --resume`` in one process, which merges the finished shards it finds.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +38,9 @@ from mmst_cli.core.encode.inputs import EncodeInputs, PdfOptions, read_inputs
 from mmst_cli.core.errors import EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.index import layout, vector_index
 from mmst_cli.core.outputs import atomic_path, ensure_writable_folder
+
+#: What a rank run alone tells the user to run once every rank is done (also in the merge's errors).
+MERGE_HINT = "mmst index --resume (the same command in one process, without RANK / WORLD_SIZE)"
 
 #: Settings an ``--add`` must share with the index (a different value is refused, naming it).
 ADD_MUST_MATCH = ("model_identity", "prompt", "dim", "pdf_dpi", "pdf_text", "token_pool_factor", "index", "quantize",
@@ -235,20 +245,45 @@ def _model_settings(settings: dict[str, Any], model, multi_vector: bool) -> None
         vector_index.check_settings(similarity, "flat" if settings["index"] == "auto" else settings["index"], settings["quantize"], dim)
 
 
-def _encode_corpus(corpus: Corpus, stage: Path, options: IndexOptions, model, settings, *, multi_vector, console,
-                   show_progress, on_chunk, log) -> tuple[Any, int, int]:  # fmt: skip
-    """Embed one corpus with the encode job (its parts make it resumable); reuse a finished one.
+@dataclass
+class StagedCorpus:
+    """One corpus as the encode job left it in the staging folder.
 
-    Returns:
-        The vectors (float32 matrix, or ``(tokens, lengths)``), chunks encoded and chunks reused.
+    Attributes:
+        vectors: A float32 matrix, or ``(tokens, lengths)`` for a multi-vector model; ``None`` on a
+            rank of a launch that leaves the corpus to rank 0 (or to ``--resume``).
+        encoded: Chunks this process encoded.
+        reused: Chunks this process found finished.
+        world_size: Processes that embedded it (1 for a single process).
+    """
+
+    vectors: Any
+    encoded: int = 0
+    reused: int = 0
+    world_size: int = 1
+
+
+def _encode_corpus(corpus: Corpus, stage: Path, options: IndexOptions, model, settings, *, multi_vector, launch,
+                   console, show_progress, on_chunk, log) -> StagedCorpus:  # fmt: skip
+    """Embed one corpus with the encode job (its parts make it resumable; under a launcher each rank
+    embeds its shard); reuse a finished one, or merge the finished shards of an interrupted launch.
     """
     from mmst_cli.core.encode.job import EncodeOptions, run_encode
+    from mmst_cli.core.encode.shards import has_shards, manifest_path, merge_shards
 
     output = stage / f"corpus-{corpus.position:03d}.{'safetensors' if multi_vector else 'npy'}"
     note = output.with_suffix(".json")
     expected = {"fingerprint": corpus.inputs.fingerprint, "count": corpus.inputs.count, "settings": settings}
     encoded = reused = 0
-    if not (options.resume and note.exists() and json.loads(note.read_text(encoding="utf8")) == expected):
+    # Under a launcher finished work is reused without --resume, as mmst encode's ranks do.
+    reuse = options.resume or launch is not None
+    if reuse and note.exists() and json.loads(note.read_text(encoding="utf8")) == expected:
+        log(f"resuming: corpus {corpus.reference!r} was already encoded")
+    elif launch is None and options.resume and has_shards(output):
+        log(f"resuming: merging the shards of corpus {corpus.reference!r}")
+        merge_shards(str(output), log=log, command="mmst index", then="mmst index --resume")
+        _write_note(note, expected)
+    else:
         job = EncodeOptions(
             inputs=corpus.reference, output=str(output), model=settings["model_identity"], task="document",
             prompt=settings["prompt"], batch_size=options.batch_size, chunk_size=options.chunk_size, dim=settings["dim"],
@@ -257,18 +292,28 @@ def _encode_corpus(corpus: Corpus, stage: Path, options: IndexOptions, model, se
             pdf_password=options.pdf_password, pdf_text=options.pdf_text, token_pool_factor=settings["token_pool_factor"],
         )  # fmt: skip
         result = run_encode(job, model=model, inputs=corpus.inputs, console=console, show_progress=show_progress,
-                            on_chunk=on_chunk, log=log)  # fmt: skip
+                            on_chunk=on_chunk, log=log, command="mmst index", merge_hint=MERGE_HINT)  # fmt: skip
         encoded, reused = result.encoded_chunks, result.reused_chunks
-        with atomic_path(note) as temporary:
-            temporary.write_text(json.dumps(expected), encoding="utf8")
-    else:
-        log(f"resuming: corpus {corpus.reference!r} was already encoded")
+        if result.summary is None:  # a rank that left the merge to rank 0 or to --resume
+            return StagedCorpus(None, encoded, reused)
+        _write_note(note, expected)
+    if launch is not None and launch.rank != 0:
+        return StagedCorpus(None, encoded, reused)
+    # A merged corpus has the shards' manifest beside it, which names the world size.
+    merged = manifest_path(output)
+    world_size = json.loads(merged.read_text(encoding="utf8"))["world_size"] if merged.exists() else 1
     if not multi_vector:
-        return np.load(output), encoded, reused
+        return StagedCorpus(np.load(output), encoded, reused, world_size)
     from safetensors.numpy import load_file
 
     tensors = load_file(str(output))
-    return (tensors["embeddings"], np.diff(tensors["offsets"])), encoded, reused
+    return StagedCorpus((tensors["embeddings"], np.diff(tensors["offsets"])), encoded, reused, world_size)
+
+
+def _write_note(note: Path, expected: dict[str, Any]) -> None:
+    """Mark a corpus as completely encoded with what it was encoded from (``--resume`` compares it)."""
+    with atomic_path(note) as temporary:
+        temporary.write_text(json.dumps(expected), encoding="utf8")
 
 
 def _write_dense(folder: Path, previous: layout.IndexFolder | None, blocks: list[np.ndarray], settings: dict[str, Any]) -> int:
@@ -322,8 +367,11 @@ def run_index(
     model=None,
     on_chunk: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Run ``mmst index``: read the corpora, embed what is new, write the index folder whole.
+
+    Under ``torchrun`` / ``accelerate launch`` each rank embeds its shard of every corpus; rank 0
+    writes the index once every rank is done.
 
     Args:
         options: What to do; validated here.
@@ -333,23 +381,23 @@ def run_index(
         log: Where notes for the user go; default stderr.
 
     Returns:
-        The JSON-ready summary: index, kind, documents, added, already indexed, chunks, seconds.
+        The JSON-ready summary: index, kind, documents, added, already indexed, chunks, world size,
+        seconds; ``None`` on a rank of a launch that leaves the index to rank 0 (or to ``--resume``).
 
     Raises:
         MmstError: for bad options, corpora, an ``--add`` mismatch (exit 2); exit 130 on Ctrl-C,
             keeping the staging folder for ``--resume``.
     """
+    from mmst_cli.core.encode.job import split_devices
     from mmst_cli.core.encode.multi_vector import is_multi_vector
+    from mmst_cli.core.encode.shards import detect_launch, launched_by_agent, rank_group
     from mmst_cli.core.models.loading import load_model
     from mmst_cli.core.models.locate import locate_model
-
-    from mmst_cli.core.encode.shards import detect_launch
 
     started = time.perf_counter()
     log = log or (lambda line: sys.stderr.write(line + "\n"))
     options.validate()
-    if detect_launch() is not None:
-        raise MmstError("mmst index runs in one process (sharded index builds are not supported); run it without torchrun / accelerate launch")
+    launch = detect_launch()
     output = Path(options.output).expanduser()
     previous = layout.open_index(output, "--add") if options.add else None
     reference = options.model or (previous.settings["model_identity"] if previous else None)
@@ -361,34 +409,47 @@ def run_index(
         for record in previous.documents():
             known.add(_document_key(record))
             ids.add(record["id"])
-    corpora, already = _read_corpora(options, known, ids, log)
+    # Every rank reads every corpus (the rows decide where each shard starts); rank 0 says what it noticed.
+    quiet = launch is not None and launch.rank != 0
+    corpora, already = _read_corpora(options, known, ids, (lambda line: None) if quiet else log)
     if previous is not None and not corpora:
+        if quiet:
+            return None
         log(f"nothing to add: all {already} document(s) are in the index already; it is left as it was")
         manifest = previous.manifest
-        return _summary(options, manifest["kind"], manifest["settings"], previous.count, manifest["dim"], [], already,
-                        0, 0, started)  # fmt: skip
-    if model is None:
-        model = load_model(source, trust_remote_code=options.trust_remote_code)
+        summary = _summary(options, manifest["kind"], manifest["settings"], previous.count, manifest["dim"], [], already,
+                           0, 0, started)  # fmt: skip
+        return {**summary, "world_size": manifest.get("world_size", 1)}
+    if model is None:  # a rank loads straight onto its own device, not all onto the first GPU
+        device = launch.device(split_devices(options.device)) if launch is not None else None
+        model = load_model(source, trust_remote_code=options.trust_remote_code, device=device)
     multi_vector = is_multi_vector(model)
     if previous is None:
         _model_settings(settings, model, multi_vector)
 
     stage = staging_folder(output)
-    if stage.exists() and not options.resume:
+    # The ranks of a launch share the staging folder and keep what is finished in it, as mmst encode's do.
+    if stage.exists() and not options.resume and launch is None:
         log(f"discarding the staging folder of an earlier unfinished build, {stage} (--resume would continue it)")
         shutil.rmtree(stage)
     stage.mkdir(parents=True, exist_ok=True)
-    blocks, encoded, reused = [], 0, 0
+    staged: list[StagedCorpus] = []
     try:
-        for corpus in corpora:
-            vectors, done, kept = _encode_corpus(
-                corpus, stage, options, model, settings, multi_vector=multi_vector, console=console,
-                show_progress=show_progress, on_chunk=on_chunk, log=log,
-            )  # fmt: skip
-            blocks.append(vectors)
-            encoded, reused = encoded + done, reused + kept
+        with rank_group(launch) if launch is not None else nullcontext():  # one group for every corpus's barrier
+            for corpus in corpora:
+                staged.append(_encode_corpus(
+                    corpus, stage, options, model, settings, multi_vector=multi_vector, launch=launch, console=console,
+                    show_progress=show_progress, on_chunk=on_chunk, log=log,
+                ))  # fmt: skip
     except KeyboardInterrupt as error:
         raise MmstError(f"interrupted; rerun with --resume to continue from {stage}", EXIT_INTERRUPTED) from error
+    if any(corpus.vectors is None for corpus in staged):
+        then = "rank 0 builds the index" if launched_by_agent() else f"once every rank is done, {MERGE_HINT} builds the index"
+        launch.logger(log)(f"its shards of {len(staged)} corpus(es) are done; {then}")
+        return None
+    blocks = [corpus.vectors for corpus in staged]
+    encoded, reused = sum(corpus.encoded for corpus in staged), sum(corpus.reused for corpus in staged)
+    world_size = max([corpus.world_size for corpus in staged], default=1)
 
     records = [record for corpus in corpora for record in corpus.records]
     count = (previous.count if previous else 0) + len(records)
@@ -401,11 +462,11 @@ def run_index(
                                            *(_corpus_label(corpus) for corpus in options.corpora)]))  # fmt: skip
         layout.write_manifest(folder, {
             "kind": "multi_vector" if multi_vector else "dense", "count": count, "dim": dim,
-            "settings": settings, "corpora": corpora_seen,
+            "settings": settings, "corpora": corpora_seen, "world_size": world_size,
         })  # fmt: skip
     shutil.rmtree(stage, ignore_errors=True)
     kind = "multi_vector" if multi_vector else "dense"
-    return _summary(options, kind, settings, count, dim, records, already, encoded, reused, started)
+    return {**_summary(options, kind, settings, count, dim, records, already, encoded, reused, started), "world_size": world_size}
 
 
 def _summary(options, kind, settings, count, dim, records, already, encoded, reused, started) -> dict[str, Any]:
