@@ -107,3 +107,11 @@ def test_a_killed_rank_reruns_alone_and_resume_builds_the_index(tiny_models, tmp
     ids, vectors, world_size = index_rows(index)
     assert ids == [f"docs-{i}" for i in range(9)] and world_size == 2 and not staging_folder(index).exists()
     np.testing.assert_allclose(vectors, model.encode_document(WORDS[:9], normalize_embeddings=True), atol=1e-5)
+
+    # --add by ranks run alone: rank 1 first, then rank 0, which finds every shard done and writes the index.
+    corpus = write_corpus(tmp_path / "more.jsonl", WORDS[7:])
+    assert build(rank=1, add=True)[0] is None
+    summary, notes = build(rank=0, add=True)
+    assert (summary["documents"], summary["added"], summary["world_size"]) == (12, 3, 2), notes
+    ids, grown, _ = index_rows(index)
+    assert ids[9:] == ["more-0", "more-1", "more-2"] and np.array_equal(grown[:9], vectors)
