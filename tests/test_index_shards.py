@@ -95,7 +95,7 @@ def test_a_killed_rank_reruns_alone_and_resume_builds_the_index(tiny_models, tmp
         run_mmst("index", "--model", str(tiny_models["bert"]), str(corpus), "--id-column", "doc_id", "--chunk-size", "2",
                  "--resume", "-o", str(index)),
         2, "the shard of rank 1 (rows 6-9 of a 2-rank run) is unfinished, 1 of 2 parts missing",
-        "RANK=1 WORLD_SIZE=2 with the same mmst index command), then mmst index --resume",
+        "--resume: the shard", "RANK=1 WORLD_SIZE=2 with the same mmst index command), then --resume",
     )  # fmt: skip
 
     summary, notes = build(rank=1)  # the killed rank alone: only its missing chunk is encoded

@@ -296,8 +296,7 @@ def run_encode(
     on_chunk: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = None,
     inputs: EncodeInputs | None = None,
-    command: str = "mmst encode",
-    merge_hint: str | None = None,
+    merge_step: MergeStep | None = None,
 ) -> EncodeResult:
     """Run ``mmst encode``: read and check the inputs, encode them in chunks, write the output.
 
@@ -314,10 +313,8 @@ def run_encode(
         log: Where notes for the user go; default: stderr.
         inputs: Inputs already read (and perhaps narrowed, as ``mmst index --add`` does) to encode
             instead of reading ``options.inputs``, which then only names them; ``None`` reads them.
-        command: Under a launcher: the command the ranks run, named in the notes and errors of a
-            rank run alone; default ``mmst encode``.
-        merge_hint: Under a launcher: what writes the output once every rank is done, for a rank
-            run alone; ``None`` (the default) for ``mmst encode --merge -o OUTPUT``.
+        merge_step: Under a launcher: how the user writes the output once every rank is done,
+            named to a rank run alone; ``None`` (the default) for ``mmst encode --merge``.
 
     Returns:
         An :class:`EncodeResult`.
@@ -338,7 +335,7 @@ def run_encode(
         token_pooling,
         vector_matrix,
     )
-    from mmst_cli.core.encode.shards import ShardedRun, chunk_bounds, detect_launch, refuse_unfinished_shards
+    from mmst_cli.core.encode.shards import MergeStep, ShardedRun, chunk_bounds, detect_launch, refuse_unfinished_shards
     from mmst_cli.core.models.loading import load_model
     from mmst_cli.core.models.locate import locate_model
     from mmst_cli.core.progress import progress_bars
@@ -509,7 +506,7 @@ def run_encode(
                 for (start, _), vectors in zip(bounds, held):
                     writer.write(start, in_precision(vectors, options.precision, ranges))
         elif sharded is not None:
-            merged = sharded.finish(dim=dim, unit_length=unit_length, log=log, merge_hint=merge_hint, command=command)
+            merged = sharded.finish(dim=dim, unit_length=unit_length, log=log, step=merge_step or MergeStep())
             if merged is None:
                 return EncodeResult(None, encoded_chunks=encoded, reused_chunks=len(done))
         else:

@@ -58,6 +58,22 @@ BARRIER_TIMEOUT = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
+class MergeStep:
+    """How a user writes the output of a sharded run once every rank is done: named in the notes
+    of a rank run alone and in the merge's errors.
+
+    Attributes:
+        command: The command the ranks run; default ``mmst encode``.
+        flag: Its flag that writes the output in one process; default ``--merge``.
+        hint: The whole command line, for a rank run alone; ``None`` for ``COMMAND FLAG -o OUTPUT``.
+    """
+
+    command: str = "mmst encode"
+    flag: str = "--merge"
+    hint: str | None = None
+
+
+@dataclass(frozen=True)
 class Launch:
     """This process's place in a multi-process launch.
 
@@ -266,17 +282,15 @@ class ShardedRun:
             shard_map.append({"rank": rank, "start": start, "stop": stop, "folder": folder.name, "parts": names})
         return shard_map
 
-    def finish(self, *, dim: int, unit_length: bool, log: Callable[[str], None], merge_hint: str | None = None,
-               command: str = "mmst encode") -> dict[str, Any] | None:  # fmt: skip
+    def finish(self, *, dim: int, unit_length: bool, log: Callable[[str], None],
+               step: MergeStep = MergeStep()) -> dict[str, Any] | None:  # fmt: skip
         """Mark this rank's shard done, wait for the other ranks and, on rank 0, write the output.
 
         Args:
             dim: The shard's vector width.
             unit_length: Whether every vector of the shard has unit length.
             log: Where notes for the user go.
-            merge_hint: What writes the output once every rank is done, for the note of a rank run
-                alone; ``None`` (the default) for ``mmst encode --merge -o OUTPUT``.
-            command: The command the ranks run, named in the merge's errors; default ``mmst encode``.
+            step: How the user writes the output, for a rank run alone; default ``mmst encode --merge``.
 
         Returns:
             The merge's summary on the rank that wrote the output; ``None`` on the others.
@@ -290,14 +304,14 @@ class ShardedRun:
         if not waited:
             unfinished = [str(rank) for rank in range(self.launch.world_size)
                           if not (rank_folder(self.output, rank) / DONE_FILE).exists()]  # fmt: skip
-            merge = merge_hint or f"mmst encode --merge -o {self.output}"
+            merge = step.hint or f"{step.command} {step.flag} -o {self.output}"
             if unfinished:
                 log(f"{done}; rank(s) {', '.join(unfinished)} not finished yet: run them, then {merge}")
                 return None
             if self.launch.rank != 0:
                 log(f"{done}; every rank is done: write the output with {merge}")
                 return None
-        return merge_shards(str(self.output), log=log, command=command, then="--merge" if merge_hint is None else merge_hint)
+        return merge_shards(str(self.output), log=log, step=step)
 
 
 def launched_by_agent() -> bool:
@@ -345,11 +359,9 @@ def has_shards(output: Path) -> bool:
     return (parts_folder(output) / RECORD_FILE).exists()
 
 
-def _finished_shard(parts: Parts, shard: dict[str, Any], bounds: list[tuple[int, int]], settings: dict[str, Any], *,
-                    command: str, then: str) -> dict[str, Any]:  # fmt: skip
+def _finished_shard(parts: Parts, shard: dict[str, Any], bounds: list[tuple[int, int]], settings: dict[str, Any],
+                    step: MergeStep) -> dict[str, Any]:  # fmt: skip
     """The ``done.json`` facts of a rank's shard, once every part is complete and made with the run's settings.
-
-    ``command`` (the command the ranks ran) and ``then`` (what writes the output) go into the errors.
 
     Raises:
         MmstError: naming the rank and how to finish or redo its shard.
@@ -359,30 +371,28 @@ def _finished_shard(parts: Parts, shard: dict[str, Any], bounds: list[tuple[int,
     done = parts.folder / DONE_FILE
     if missing or not done.exists():
         raise MmstError(
-            f"--merge: the shard of rank {rank} ({rows_text(shard['start'], shard['stop'])} of a {world_size}-rank run) "
+            f"{step.flag}: the shard of rank {rank} ({rows_text(shard['start'], shard['stop'])} of a {world_size}-rank run) "
             f"is unfinished, {missing} of {len(bounds)} parts missing in {str(parts.folder)!r}; run that rank again "
-            f"alone (RANK={rank} WORLD_SIZE={world_size} with the same {command} command), then {then}"
+            f"alone (RANK={rank} WORLD_SIZE={world_size} with the same {step.command} command), then {step.flag}"
         )
     made_with = json.loads((parts.folder / "manifest.json").read_text(encoding="utf8"))
     for key in ("world_size", *RESUME_KEYS):  # a rank run alone before rank 0 recorded the run
         if made_with.get(key) != settings.get(key):
             raise MmstError(
-                f"--merge: the shard of rank {rank} was computed with another {key.replace('_', ' ')} "
+                f"{step.flag}: the shard of rank {rank} was computed with another {key.replace('_', ' ')} "
                 f"({made_with.get(key)!r}, the run's is {settings.get(key)!r}); delete {str(parts.folder)!r} "
-                f"and run that rank again with the run's settings, then {then}"
+                f"and run that rank again with the run's settings, then {step.flag}"
             )
     return json.loads(done.read_text(encoding="utf8"))
 
 
-def merge_shards(output: str, *, log: Callable[[str], None] | None = None, command: str = "mmst encode",
-                 then: str = "--merge") -> dict[str, Any]:  # fmt: skip
+def merge_shards(output: str, *, log: Callable[[str], None] | None = None, step: MergeStep = MergeStep()) -> dict[str, Any]:
     """Write ``output`` from every rank's finished shard, in input order, with its manifest beside it.
 
     Args:
         output: The output file of the sharded run (as given to ``-o``).
         log: Where notes for the user go; default: none.
-        command: The command the ranks ran, for the errors; default ``mmst encode``.
-        then: What the user runs once an unfinished shard is done; default ``--merge``.
+        step: How the user writes the output, named in the errors; default ``mmst encode --merge``.
 
     Returns:
         The command's summary (as a single run's, plus ``world_size`` and ``manifest``).
@@ -407,7 +417,7 @@ def merge_shards(output: str, *, log: Callable[[str], None] | None = None, comma
     for shard in record["shards"]:
         parts = parts_class(path, {}, folder=folder / shard["folder"])
         bounds = chunk_bounds(shard["start"], shard["stop"], settings["chunk_size"])
-        shard_facts.append(_finished_shard(parts, shard, bounds, settings, command=command, then=then))
+        shard_facts.append(_finished_shard(parts, shard, bounds, settings, step))
         chunks += [(start, partial(parts.load, index)) for index, (start, _) in enumerate(bounds)]
     dims = {facts["dim"] for facts in shard_facts}
     if len(dims) != 1:

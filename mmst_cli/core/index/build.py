@@ -39,8 +39,8 @@ from mmst_cli.core.errors import EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.index import layout, vector_index
 from mmst_cli.core.outputs import atomic_path, ensure_writable_folder
 
-#: What a rank run alone tells the user to run once every rank is done (also in the merge's errors).
-MERGE_HINT = "mmst index --resume (the same command in one process, without RANK / WORLD_SIZE)"
+#: What a rank run alone is told to run once every rank is done.
+RESUME_HINT = "mmst index --resume (the same command in one process, without RANK / WORLD_SIZE)"
 
 #: Settings an ``--add`` must share with the index (a different value is refused, naming it).
 ADD_MUST_MATCH = ("model_identity", "prompt", "dim", "pdf_dpi", "pdf_text", "token_pool_factor", "index", "quantize",
@@ -269,19 +269,20 @@ def _encode_corpus(corpus: Corpus, stage: Path, options: IndexOptions, model, se
     embeds its shard); reuse a finished one, or merge the finished shards of an interrupted launch.
     """
     from mmst_cli.core.encode.job import EncodeOptions, run_encode
-    from mmst_cli.core.encode.shards import has_shards, manifest_path, merge_shards
+    from mmst_cli.core.encode.shards import MergeStep, has_shards, manifest_path, merge_shards
 
     output = stage / f"corpus-{corpus.position:03d}.{'safetensors' if multi_vector else 'npy'}"
     note = output.with_suffix(".json")
     expected = {"fingerprint": corpus.inputs.fingerprint, "count": corpus.inputs.count, "settings": settings}
     encoded = reused = 0
+    step = MergeStep(command="mmst index", flag="--resume", hint=RESUME_HINT)
     # Under a launcher finished work is reused without --resume, as mmst encode's ranks do.
     reuse = options.resume or launch is not None
     if reuse and note.exists() and json.loads(note.read_text(encoding="utf8")) == expected:
         log(f"resuming: corpus {corpus.reference!r} was already encoded")
     elif launch is None and options.resume and has_shards(output):
         log(f"resuming: merging the shards of corpus {corpus.reference!r}")
-        merge_shards(str(output), log=log, command="mmst index", then="mmst index --resume")
+        merge_shards(str(output), log=log, step=step)
         _write_note(note, expected)
     else:
         job = EncodeOptions(
@@ -292,7 +293,7 @@ def _encode_corpus(corpus: Corpus, stage: Path, options: IndexOptions, model, se
             pdf_password=options.pdf_password, pdf_text=options.pdf_text, token_pool_factor=settings["token_pool_factor"],
         )  # fmt: skip
         result = run_encode(job, model=model, inputs=corpus.inputs, console=console, show_progress=show_progress,
-                            on_chunk=on_chunk, log=log, command="mmst index", merge_hint=MERGE_HINT)  # fmt: skip
+                            on_chunk=on_chunk, log=log, merge_step=step)  # fmt: skip
         encoded, reused = result.encoded_chunks, result.reused_chunks
         if result.summary is None:  # a rank that left the merge to rank 0 or to --resume
             return StagedCorpus(None, encoded, reused)
@@ -444,7 +445,7 @@ def run_index(
     except KeyboardInterrupt as error:
         raise MmstError(f"interrupted; rerun with --resume to continue from {stage}", EXIT_INTERRUPTED) from error
     if any(corpus.vectors is None for corpus in staged):
-        then = "rank 0 builds the index" if launched_by_agent() else f"once every rank is done, {MERGE_HINT} builds the index"
+        then = "rank 0 builds the index" if launched_by_agent() else f"once every rank is done, {RESUME_HINT} builds the index"
         launch.logger(log)(f"its shards of {len(staged)} corpus(es) are done; {then}")
         return None
     blocks = [corpus.vectors for corpus in staged]
