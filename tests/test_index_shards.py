@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 
+from mmst_cli.core.errors import MmstError
 from mmst_cli.core.index.build import IndexOptions, run_index, staging_folder
 from tests.helpers import assert_one_line_error, run_json, run_mmst, run_torchrun
 
@@ -102,6 +103,8 @@ def test_a_killed_rank_reruns_alone_and_resume_builds_the_index(tiny_models, tmp
     assert summary is None and any("resuming: 1 of 2 chunks already encoded" in note for note in notes), notes
     assert any("every rank is done: write the output with mmst index --resume" in note for note in notes), notes
 
+    with pytest.raises(MmstError, match="were embedded from other documents or with other options"):
+        build(resume=True, prompt="passage: ")  # would put vectors made without the prompt in its index
     summary, notes = build(resume=True)
     assert (summary["documents"], summary["world_size"], summary["encoded_chunks"]) == (9, 2, 0)
     ids, vectors, world_size = index_rows(index)

@@ -273,6 +273,8 @@ def _encode_corpus(corpus: Corpus, stage: Path, options: IndexOptions, model, se
 
     output = stage / f"corpus-{corpus.position:03d}.{'safetensors' if multi_vector else 'npy'}"
     note = output.with_suffix(".json")
+    # What a launch's shards were embedded with: a --resume that merges them must ask for the same.
+    shards_note = output.with_suffix(".shards.json")
     expected = {"fingerprint": corpus.inputs.fingerprint, "count": corpus.inputs.count, "settings": settings}
     encoded = reused = 0
     step = MergeStep(command="mmst index", flag="--resume", hint=RESUME_HINT)
@@ -281,10 +283,18 @@ def _encode_corpus(corpus: Corpus, stage: Path, options: IndexOptions, model, se
     if reuse and note.exists() and json.loads(note.read_text(encoding="utf8")) == expected:
         log(f"resuming: corpus {corpus.reference!r} was already encoded")
     elif launch is None and options.resume and has_shards(output):
+        if not shards_note.exists() or json.loads(shards_note.read_text(encoding="utf8")) != expected:
+            raise MmstError(
+                f"--resume: the shards of corpus {corpus.reference!r} in {str(stage)!r} were embedded from other "
+                "documents or with other options (--model, --prompt, --dim, ...); resume with the launch's corpora "
+                "and options, or drop --resume to start over"
+            )
         log(f"resuming: merging the shards of corpus {corpus.reference!r}")
         merge_shards(str(output), log=log, step=step)
         _write_note(note, expected)
     else:
+        if launch is not None and launch.rank == 0:
+            _write_note(shards_note, expected)
         job = EncodeOptions(
             inputs=corpus.reference, output=str(output), model=settings["model_identity"], task="document",
             prompt=settings["prompt"], batch_size=options.batch_size, chunk_size=options.chunk_size, dim=settings["dim"],
