@@ -86,6 +86,8 @@ def test_a_killed_rank_reruns_alone_and_resume_builds_the_index(tiny_models, tmp
     # Rank 1 (rows 6-9, 2 chunks) is killed after its first chunk; rank 0 (rows 1-5) finishes.
     with pytest.raises(Interrupt):
         build(rank=1, on_chunk=kill)
+    with pytest.raises(MmstError, match=r"rank 0 of the 2-rank run .* has not run yet .*RANK=0 WORLD_SIZE=2 with the same mmst index"):
+        build(resume=True)
     summary, notes = build(rank=0)
     assert summary is None and not index.exists()
     assert any("rank(s) 1 not finished yet: run them, then mmst index --resume" in note for note in notes), notes

@@ -355,8 +355,10 @@ def wait_for_every_rank(launch: Launch) -> bool:
 
 
 def has_shards(output: Path) -> bool:
-    """Whether ``output``'s parts folder holds the shards of a sharded run (rank 0 recorded it)."""
-    return (parts_folder(output) / RECORD_FILE).exists()
+    """Whether ``output``'s parts folder holds the shards of a sharded run: rank 0's record of the
+    run, or the folder of a rank run before rank 0."""
+    folder = parts_folder(output)
+    return (folder / RECORD_FILE).exists() or any(folder.glob("rank-*/manifest.json"))
 
 
 def _finished_shard(parts: Parts, shard: dict[str, Any], bounds: list[tuple[int, int]], settings: dict[str, Any],
@@ -410,6 +412,13 @@ def merge_shards(output: str, *, log: Callable[[str], None] | None = None, step:
     folder = parts_folder(path)
     record = _read_record(folder)
     if record is None:
+        ranks = sorted(folder.glob("rank-*/manifest.json"))
+        if ranks:  # ranks run alone before rank 0, which records the run
+            world_size = json.loads(ranks[0].read_text(encoding="utf8"))["world_size"]
+            raise MmstError(
+                f"{step.flag}: rank 0 of the {world_size}-rank run in {str(folder)!r} has not run yet (it records the run); "
+                f"run it alone (RANK=0 WORLD_SIZE={world_size} with the same {step.command} command), then {step.flag}"
+            )
         raise MmstError(f"--merge: no shards for -o {output} ({str(folder / RECORD_FILE)!r} not found); "
                         "run mmst encode under torchrun or accelerate launch with this output first")  # fmt: skip
     settings, parts_class = record["settings"], TokenParts if record["multi_vector"] else Parts

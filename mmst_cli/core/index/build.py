@@ -273,7 +273,8 @@ def _encode_corpus(corpus: Corpus, stage: Path, options: IndexOptions, model, se
 
     output = stage / f"corpus-{corpus.position:03d}.{'safetensors' if multi_vector else 'npy'}"
     note = output.with_suffix(".json")
-    # What a launch's shards were embedded with: a --resume that merges them must ask for the same.
+    # What a launch's shards were embedded with (every rank writes it, the same): a --resume that
+    # merges them must ask for the same.
     shards_note = output.with_suffix(".shards.json")
     expected = {"fingerprint": corpus.inputs.fingerprint, "count": corpus.inputs.count, "settings": settings}
     encoded = reused = 0
@@ -293,7 +294,7 @@ def _encode_corpus(corpus: Corpus, stage: Path, options: IndexOptions, model, se
         merge_shards(str(output), log=log, step=step)
         _write_note(note, expected)
     else:
-        if launch is not None and launch.rank == 0:
+        if launch is not None:
             _write_note(shards_note, expected)
         job = EncodeOptions(
             inputs=corpus.reference, output=str(output), model=settings["model_identity"], task="document",
