@@ -11,11 +11,16 @@ written whole at the end (see :mod:`mmst_cli.core.index.layout`) and the staging
 document it already holds (by media file, or by corpus and id for rows without a file), embeds
 only the rest, and writes the folder again: the old vectors first, byte for byte, then the new
 ones, added to the existing FAISS index without retraining.
+
+Media a dataset holds in its cells (HF ``Image`` / ``Audio`` columns, images in a parquet) has no
+file to refer to, so the index writes each item once into its own ``media/`` folder and its
+documents refer to it there (``media/<sha1>.png``); ``--add`` carries the old files over.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -127,8 +132,12 @@ def staging_folder(output: Path) -> Path:
 
 
 def _document_key(record: dict[str, Any]) -> str:
-    """What makes two documents the same: the media file, or the corpus and id of a row without one."""
-    return record["ref"] or json.dumps([record["corpus"], record["id"]], ensure_ascii=False)
+    """What makes two documents the same: the corpus's media file, or the corpus and id of a row
+    without one (text, and media held in a dataset: rows with equal bytes share one stored file
+    but stay two documents)."""
+    if record["ref"] and not layout.is_stored_media(record["ref"]):
+        return record["ref"]
+    return json.dumps([record["corpus"], record["id"]], ensure_ascii=False)
 
 
 def _corpus_label(reference: str) -> str:
@@ -178,6 +187,28 @@ def _read_corpora(options: IndexOptions, known: set[str], ids: set, log) -> tupl
             chosen = inputs if len(keep) == inputs.count else inputs.subset(keep)
             corpora.append(Corpus(position, reference, chosen, records))
     return corpora, already
+
+
+def _store_embedded_media(corpus: Corpus, media: Path) -> None:
+    """Write the images and audio a dataset corpus holds in its cells into the index's ``media/``
+    folder (once per content, by hash) and point the corpus's records at them, so search can show them.
+    Video frame lists and raw bytes columns keep ``ref`` ``null``."""
+    from mmst_cli.core.encode.inputs import FeatureInputs
+    from mmst_cli.core.retrieval.mining_media import write_embedded_media
+
+    if not isinstance(corpus.inputs, FeatureInputs) or corpus.records[0]["modality"] not in ("image", "audio"):
+        return
+    for record, path in zip(corpus.records, write_embedded_media(corpus.inputs, media, readable=False), strict=True):
+        record["ref"] = f"{layout.MEDIA}/{Path(path).name}"
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """Hard-link a file of the old index into the new one (no second copy of its media); copy
+    where the file system has no hard links."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def model_identity(source) -> str | None:
@@ -394,6 +425,10 @@ def run_index(
     count = (previous.count if previous else 0) + len(records)
     with atomic_path(output) as folder:
         folder.mkdir()
+        if previous is not None and (previous.path / layout.MEDIA).is_dir():
+            shutil.copytree(previous.path / layout.MEDIA, folder / layout.MEDIA, copy_function=_link_or_copy)
+        for corpus in corpora:
+            _store_embedded_media(corpus, folder / layout.MEDIA)
         old_records = previous.documents() if previous else iter(())
         layout.write_documents(folder / layout.DOCUMENTS, [*old_records, *records])
         dim = _write_tokens(folder, previous, blocks) if multi_vector else _write_dense(folder, previous, blocks, settings)
