@@ -295,6 +295,13 @@ def test_media_held_in_a_parquet_is_written_into_the_index_once_and_search_shows
     assert sorted(f"media/{path.name}" for path in (index / "media").iterdir()) == sorted({stored[0], stored[1], stored[3]})
     assert set(json.loads((index / "manifest.json").read_text())["files"]) >= {stored[0], stored[1], stored[3]}
 
+    # A cell that names a file instead of holding its bytes keeps ref null, as before: no copy, no error.
+    named = tmp_path / "named.parquet"
+    features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image()})
+    datasets.Dataset.from_dict({"id": ["e"], "image": [str(photos / "004.png")]}, features=features).to_parquet(named)
+    build(clip, tiny_models["clip"], [named], index, column="image", id_column="id", add=True)
+    assert [record["ref"] for record in layout.open_index(index).documents()][-1] is None
+
     page = tmp_path / "held.html"
     result = run_mmst("search", str(index), "-i", str(photos / "003.png"), "-k", "1", "--json", "--report", str(page))
     assert result.returncode == 0, result.stderr

@@ -192,14 +192,16 @@ def _read_corpora(options: IndexOptions, known: set[str], ids: set, log) -> tupl
 def _store_embedded_media(corpus: Corpus, media: Path) -> None:
     """Write the images and audio a dataset corpus holds in its cells into the index's ``media/``
     folder (once per content, by hash) and point the corpus's records at them, so search can show them.
-    Video frame lists and raw bytes columns keep ``ref`` ``null``."""
+    Video frame lists, raw bytes columns and cells that name a file instead of holding its bytes
+    keep ``ref`` ``null``."""
     from mmst_cli.core.encode.inputs import FeatureInputs
     from mmst_cli.core.retrieval.mining_media import write_embedded_media
 
     if not isinstance(corpus.inputs, FeatureInputs) or corpus.records[0]["modality"] not in ("image", "audio"):
         return
-    for record, path in zip(corpus.records, write_embedded_media(corpus.inputs, media, readable=False), strict=True):
-        record["ref"] = f"{layout.MEDIA}/{Path(path).name}"
+    stored = write_embedded_media(corpus.inputs, media, readable=False, bytes_required=False)
+    for record, path in zip(corpus.records, stored, strict=True):
+        record["ref"] = f"{layout.MEDIA}/{Path(path).name}" if path else None
 
 
 def _link_or_copy(source: str, target: str) -> None:

@@ -45,7 +45,7 @@ def _cell_bytes(cell: Any) -> bytes | None:
     return cell if isinstance(cell, (bytes, bytearray)) else None
 
 
-def write_embedded_media(inputs: Any, folder: Path, *, readable: bool = True) -> list[str]:
+def write_embedded_media(inputs: Any, folder: Path, *, readable: bool = True, bytes_required: bool = True) -> list[str | None]:
     """Write each media item of a dataset column once into ``folder``; return the checked file paths.
 
     Args:
@@ -57,9 +57,11 @@ def write_embedded_media(inputs: Any, folder: Path, *, readable: bool = True) ->
             converted copy in the media cache, as :func:`~mmst_cli.core.encode.inputs.read_inputs`
             gives media paths (default); ``False`` returns the file written in ``folder`` (an
             index keeps its media inside its own folder).
+        bytes_required: Refuse a cell that holds no bytes (default); ``False`` gives ``None`` for
+            its row instead (a cell naming a file on disk: an index keeps such rows by id).
 
     Returns:
-        One absolute path per row, in row order.
+        One absolute path per row, in row order (``None`` for a row without bytes when allowed).
 
     Raises:
         MmstError: naming the row, for a video frame list, a cell without bytes, or bytes that are
@@ -76,9 +78,12 @@ def write_embedded_media(inputs: Any, folder: Path, *, readable: bool = True) ->
         table = table.cast_column(column, datasets.Audio(decode=False))
     elif not (isinstance(feature, datasets.Value) and feature.dtype in ("binary", "large_binary")):
         raise MmstError(f"{where} holds video frames; only images and audio are written out as files, so give video as file paths")
-    paths: list[str] = []
+    paths: list[str | None] = []
     for row, cell in enumerate(table[column]):
         data = _cell_bytes(cell)
+        if not data and not bytes_required:
+            paths.append(None)
+            continue
         if not data:
             raise MmstError(
                 f"{where}, row {row + 1}: the cell holds no bytes; give media that lives in files as file paths in a text column"
