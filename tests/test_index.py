@@ -317,3 +317,35 @@ def test_search_report_path_errors_are_one_line_before_the_model_loads(tiny_mode
     assert_one_line_error(run_mmst("search", str(index), "red", "--model", "nowhere", "--report", str(tmp_path)), 2, "--report", "is a folder")
     zero = run_mmst("search", str(index), "red", "--model", "nowhere", "--report", "r.html", "--report-queries", "0")
     assert_one_line_error(zero, 2, "--report-queries must be positive")
+
+
+def test_audio_held_in_a_parquet_is_stored_as_written_before_encoding_decodes_it(tiny_models, tmp_path):
+    import hashlib
+    import io
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import soundfile
+
+    clips = []
+    for period in (3, 5):
+        buffer = io.BytesIO()
+        soundfile.write(buffer, np.sin(np.arange(8000) / period).astype("float32"), 8000, format="WAV")
+        clips.append(buffer.getvalue())
+    # Written by hand: datasets' own Audio writer needs torchcodec.
+    features = datasets.Features({"id": datasets.Value("string"), "audio": datasets.Audio()})
+    cells = pa.array([{"bytes": clip, "path": None} for clip in clips], pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    table = pa.table({"id": ["low", "high"], "audio": cells})
+    pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features.to_dict()}})}),
+                   tmp_path / "clips.parquet")  # fmt: skip
+    index = tmp_path / "clips.index"
+    run_json("index", "--model", str(tiny_models["wav2vec2"]), str(tmp_path / "clips.parquet"), "--column", "audio",
+             "--id-column", "id", "-o", str(index))  # fmt: skip
+    stored = index / "media" / f"{hashlib.sha1(clips[1]).hexdigest()}.wav"
+    assert stored.read_bytes() == clips[1]  # the cell's own bytes, not the model-rate decoded array
+    page = tmp_path / "clips.html"
+    result = run_mmst("search", str(index), "-i", str(stored), "-k", "2", "--json", "--report", str(page))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["results"][0]["ref"] == str(stored.resolve())
+    assert page.read_text().count("<audio ") == 3  # the query and both hits

@@ -190,8 +190,9 @@ def _read_corpora(options: IndexOptions, known: set[str], ids: set, log) -> tupl
 
 
 def _store_embedded_media(corpus: Corpus, media: Path) -> None:
-    """Write the images and audio a dataset corpus holds in its cells into the index's ``media/``
-    folder (once per content, by hash) and point the corpus's records at them, so search can show them.
+    """Write the images and audio a dataset corpus holds in its cells into ``media`` (the staging
+    folder's, once per content, by hash; the index takes the files its records name) and point the
+    corpus's records at them, so search can show them.
     Video frame lists, raw bytes columns and cells that name a file instead of holding its bytes
     keep ``ref`` ``null``."""
     from mmst_cli.core.encode.inputs import FeatureInputs
@@ -205,8 +206,8 @@ def _store_embedded_media(corpus: Corpus, media: Path) -> None:
 
 
 def _link_or_copy(source: str, target: str) -> None:
-    """Hard-link a file of the old index into the new one (no second copy of its media); copy
-    where the file system has no hard links."""
+    """Hard-link a media file of the old index or the staging folder into the new index (no second
+    copy of its bytes); copy where the file system has no hard links."""
     try:
         os.link(source, target)
     except OSError:
@@ -411,6 +412,8 @@ def run_index(
         log(f"discarding the staging folder of an earlier unfinished build, {stage} (--resume would continue it)")
         shutil.rmtree(stage)
     stage.mkdir(parents=True, exist_ok=True)
+    for corpus in corpora:  # before encoding binds the inputs, which decodes audio cells into arrays
+        _store_embedded_media(corpus, stage / layout.MEDIA)
     blocks, encoded, reused = [], 0, 0
     try:
         for corpus in corpora:
@@ -429,8 +432,10 @@ def run_index(
         folder.mkdir()
         if previous is not None and (previous.path / layout.MEDIA).is_dir():
             shutil.copytree(previous.path / layout.MEDIA, folder / layout.MEDIA, copy_function=_link_or_copy)
-        for corpus in corpora:
-            _store_embedded_media(corpus, folder / layout.MEDIA)
+        for name in sorted({record["ref"] for record in records if layout.is_stored_media(record["ref"])}):
+            if not (folder / name).exists():
+                (folder / layout.MEDIA).mkdir(exist_ok=True)
+                _link_or_copy(str(stage / name), str(folder / name))
         old_records = previous.documents() if previous else iter(())
         layout.write_documents(folder / layout.DOCUMENTS, [*old_records, *records])
         dim = _write_tokens(folder, previous, blocks) if multi_vector else _write_dense(folder, previous, blocks, settings)
