@@ -231,3 +231,121 @@ def test_cli_processes_exit_2_with_one_line(tmp_path):
     assert not (tmp_path / "x.index").exists()
     search = run_mmst_process("search", str(tmp_path / "missing.index"), "a red dress")
     assert_one_line_error(search, 2, "missing.index", "does not exist")
+
+
+def test_search_report_shows_each_querys_hits_as_thumbnails_in_the_order_given_without_marks(clip, tiny_models, photos, tmp_path):
+    from PIL import Image
+
+    from tests.report_pages import data_uri_image, read_page
+
+    index = tmp_path / "photos.index"
+    build(clip, tiny_models["clip"], [photos], index)
+    query = tmp_path / "query.png"
+    shutil.copy(photos / "002.png", query)
+    colours = {path.name: np.asarray(Image.open(path).convert("RGB"), dtype=float).mean(axis=(0, 1)) for path in photos.iterdir()}
+    (photos / "005.png").unlink()  # gone since indexing: the page notes it, the search goes on
+    page = tmp_path / "out" / "search.html"
+    result = run_mmst("search", str(index), "a colourful photo", "-i", str(query), "-k", "6", "--json", "--report", str(page))
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert all(line["results_page"] == str(page) for line in lines)
+    html, content = read_page(page)
+    assert [query.query_id for query in content.queries] == ["q1", "q2"] and "2 of 2 queries." in html
+    for line, shown in zip(lines, content.queries):
+        assert [hit.doc_id for hit in shown.hits] == [hit["id"] for hit in line["results"]]
+        for hit in shown.hits:
+            assert hit.marks == {"unjudged"} and not hit.missed
+            if hit.doc_id == "005.png":
+                assert hit.images == []
+                continue
+            (uri,) = hit.images  # the indexed file itself, embedded (40 px: below the thumbnail size)
+            thumbnail = data_uri_image(uri).convert("RGB")
+            assert thumbnail.size == (40, 40)
+            assert np.abs(np.asarray(thumbnail, dtype=float).mean(axis=(0, 1)) - colours[hit.doc_id]).max() < 8
+    assert html.count("005.png: cannot be previewed") == 2  # once per query: the corpus file is gone
+
+
+def test_media_held_in_a_parquet_is_written_into_the_index_once_and_search_shows_it(clip, tiny_models, photos, tmp_path):
+    import hashlib
+
+    import datasets
+
+    from tests.report_pages import read_page
+
+    pictures = [(photos / f"00{n}.png").read_bytes() for n in range(4)]
+    stored = [f"media/{hashlib.sha1(picture).hexdigest()}.png" for picture in pictures]
+
+    def parquet(name, ids, items):
+        features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image()})
+        cells = [{"bytes": item, "path": None} for item in items]
+        datasets.Dataset.from_dict({"id": ids, "image": cells}, features=features).to_parquet(tmp_path / name)
+        return tmp_path / name
+
+    index = tmp_path / "held.index"
+    first = parquet("a.parquet", ["a", "b", "c"], [pictures[0], pictures[1], pictures[0]])  # c repeats a's picture
+    build(clip, tiny_models["clip"], [first], index, column="image", id_column="id")
+    records = list(layout.open_index(index).documents())
+    assert [(record["id"], record["ref"]) for record in records] == [("a", stored[0]), ("b", stored[1]), ("c", stored[0])]
+    manifest = json.loads((index / "manifest.json").read_text())
+    assert manifest["files"][stored[0]]["sha256"] == hashlib.sha256(pictures[0]).hexdigest()
+
+    second = parquet("b.parquet", ["d"], [pictures[3]])
+    summary, _ = build(clip, tiny_models["clip"], [first, second], index, column="image", id_column="id", add=True)
+    assert (summary["added"], summary["already_indexed"]) == (1, 3)  # the rows of a.parquet by corpus and id
+    assert sorted(f"media/{path.name}" for path in (index / "media").iterdir()) == sorted({stored[0], stored[1], stored[3]})
+    assert set(json.loads((index / "manifest.json").read_text())["files"]) >= {stored[0], stored[1], stored[3]}
+
+    # A cell that names a file instead of holding its bytes keeps ref null, as before: no copy, no error.
+    named = tmp_path / "named.parquet"
+    features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image()})
+    datasets.Dataset.from_dict({"id": ["e"], "image": [str(photos / "004.png")]}, features=features).to_parquet(named)
+    build(clip, tiny_models["clip"], [named], index, column="image", id_column="id", add=True)
+    assert [record["ref"] for record in layout.open_index(index).documents()][-1] is None
+
+    page = tmp_path / "held.html"
+    result = run_mmst("search", str(index), "-i", str(photos / "003.png"), "-k", "1", "--json", "--report", str(page))
+    assert result.returncode == 0, result.stderr
+    top = json.loads(result.stdout)["results"][0]
+    assert (top["id"], top["ref"]) == ("d", str(index.resolve() / stored[3])) and top["modality"] == "image"
+    assert len(read_page(page)[1].queries[0].hits[0].images) == 1
+
+
+def test_search_report_path_errors_are_one_line_before_the_model_loads(tiny_models, photos, tmp_path):
+    index = tmp_path / "photos.index"
+    run_json("index", "--model", str(tiny_models["clip"]), str(photos), "-o", str(index))
+    # --model nowhere: the model would fail to load, so the report check must come first
+    assert_one_line_error(run_mmst("search", str(index), "red", "--model", "nowhere", "--report", str(tmp_path)), 2, "--report", "is a folder")
+    zero = run_mmst("search", str(index), "red", "--model", "nowhere", "--report", "r.html", "--report-queries", "0")
+    assert_one_line_error(zero, 2, "--report-queries must be positive")
+
+
+def test_audio_held_in_a_parquet_is_stored_as_written_before_encoding_decodes_it(tiny_models, tmp_path):
+    import hashlib
+    import io
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import soundfile
+
+    clips = []
+    for period in (3, 5):
+        buffer = io.BytesIO()
+        soundfile.write(buffer, np.sin(np.arange(8000) / period).astype("float32"), 8000, format="WAV")
+        clips.append(buffer.getvalue())
+    # Written by hand: datasets' own Audio writer needs torchcodec.
+    features = datasets.Features({"id": datasets.Value("string"), "audio": datasets.Audio()})
+    cells = pa.array([{"bytes": clip, "path": None} for clip in clips], pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    table = pa.table({"id": ["low", "high"], "audio": cells})
+    pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features.to_dict()}})}),
+                   tmp_path / "clips.parquet")  # fmt: skip
+    index = tmp_path / "clips.index"
+    run_json("index", "--model", str(tiny_models["wav2vec2"]), str(tmp_path / "clips.parquet"), "--column", "audio",
+             "--id-column", "id", "-o", str(index))  # fmt: skip
+    stored = index / "media" / f"{hashlib.sha1(clips[1]).hexdigest()}.wav"
+    assert stored.read_bytes() == clips[1]  # the cell's own bytes, not the model-rate decoded array
+    page = tmp_path / "clips.html"
+    result = run_mmst("search", str(index), "-i", str(stored), "-k", "2", "--json", "--report", str(page))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["results"][0]["ref"] == str(stored.resolve())
+    assert page.read_text().count("<audio ") == 3  # the query and both hits

@@ -214,7 +214,7 @@ TokenPoolFactorOption = Annotated[
 ReportOption = Annotated[
     str | None,
     typer.Option(
-        help="Write a self-contained HTML page of the results: metrics, and per query the top results as thumbnails, relevant ones marked, worst queries first.",
+        help="Write a self-contained HTML page of the results: per query the top results as thumbnails (evaluate: with metrics, relevant ones marked, worst queries first).",
         rich_help_panel="Output",
         show_default=False,
     ),

@@ -13,6 +13,9 @@ Examples:
     $ mmst search docs.index --queries queries.jsonl -k 100 --trec run.trec
     $ mmst evaluate --run run.trec --qrels qrels.tsv
 
+    # An HTML page of the first 20 queries' hits as thumbnails (opens offline, no script)
+    $ mmst search photos.index --queries queries.jsonl --report results.html --report-queries 20
+
     # JSON lines for other tools; rerank the top 50 with a cross-encoder; show where the time goes
     $ mmst search docs.index "how do magnets work" --reranker ./my-reranker --json --timing | jq .results[0]
 """
@@ -23,7 +26,7 @@ from typing import Annotated
 
 import typer
 
-from mmst_cli.cli.options import AllowOutsideRootOption, TrustRemoteCodeOption
+from mmst_cli.cli.options import AllowOutsideRootOption, ReportOption, ReportQueriesOption, TrustRemoteCodeOption
 from mmst_cli.cli.output import console
 
 QUERIES = "Queries"
@@ -84,6 +87,8 @@ def search(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON line per query on stdout instead of tables on stderr.", rich_help_panel=OUTPUT)] = False,
     trec: Annotated[str | None, typer.Option(help="Also write the results as a TREC run file.", rich_help_panel=OUTPUT, show_default=False)] = None,
     timing: Annotated[bool, typer.Option(help="Print the query latency, encoding and search per query (also in --json lines), after one untimed warm-up query.", rich_help_panel=OUTPUT)] = False,
+    report: ReportOption = None,
+    report_queries: ReportQueriesOption = 50,
 ) -> None:
     """Search an index folder with text, image, audio or PDF page queries; print the top k."""
     import json
@@ -96,8 +101,11 @@ def search(
 
     if k <= 0:
         raise MmstError(f"-k must be a positive whole number, got {k}")
-    if trec is not None:
-        ensure_writable_file(Path(trec).expanduser(), "--trec")
+    if report_queries <= 0:
+        raise MmstError(f"--report-queries must be positive, got {report_queries}")
+    for flag, value in (("--trec", trec), ("--report", report)):
+        if value is not None:
+            ensure_writable_file(Path(value).expanduser(), flag)
     opened = open_index(index)
 
     from mmst_cli.core.index.searching import as_run, read_queries, search_index
@@ -111,6 +119,13 @@ def search(
         from mmst_cli.core.retrieval.metrics import write_trec_run
 
         write_trec_run(as_run(outcome.results), Path(trec).expanduser())
+    if report is not None:
+        from mmst_cli.core.report.search_page import write_search_page
+
+        drawn = write_search_page(Path(report).expanduser(), outcome, opened, k=k, max_queries=report_queries,
+                                  allow_outside_root=allow_outside_root)  # fmt: skip
+        console.print(f"results page: {report} ({drawn['queries_shown']} queries drawn, {drawn['queries_not_shown']} more not)",
+                      markup=False, highlight=False)  # fmt: skip
     if json_output:
         for result in outcome.results:
             line = {
@@ -122,6 +137,8 @@ def search(
             }  # fmt: skip
             if timing:
                 line["timing"] = outcome.timing
+            if report is not None:
+                line["results_page"] = report
             sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
         sys.stdout.flush()
     else:

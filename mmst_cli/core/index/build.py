@@ -12,6 +12,10 @@ document it already holds (by media file, or by corpus and id for rows without a
 only the rest, and writes the folder again: the old vectors first, byte for byte, then the new
 ones, added to the existing FAISS index without retraining.
 
+Media a dataset holds in its cells (HF ``Image`` / ``Audio`` columns, images in a parquet) has no
+file to refer to, so the index writes each item once into its own ``media/`` folder and its
+documents refer to it there (``media/<sha1>.png``); ``--add`` carries the old files over.
+
 Under ``torchrun`` / ``accelerate launch`` every rank embeds its block of each corpus through the
 encode job's sharded run (:mod:`mmst_cli.core.encode.shards`) into the same staging folder; rank 0
 merges each corpus once every rank is done and writes the index as one process would, and the
@@ -22,6 +26,7 @@ other ranks end when their shards are. Ranks run alone by hand leave the merge t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -137,8 +142,12 @@ def staging_folder(output: Path) -> Path:
 
 
 def _document_key(record: dict[str, Any]) -> str:
-    """What makes two documents the same: the media file, or the corpus and id of a row without one."""
-    return record["ref"] or json.dumps([record["corpus"], record["id"]], ensure_ascii=False)
+    """What makes two documents the same: the corpus's media file, or the corpus and id of a row
+    without one (text, and media held in a dataset: rows with equal bytes share one stored file
+    but stay two documents)."""
+    if record["ref"] and not layout.is_stored_media(record["ref"]):
+        return record["ref"]
+    return json.dumps([record["corpus"], record["id"]], ensure_ascii=False)
 
 
 def _corpus_label(reference: str) -> str:
@@ -188,6 +197,31 @@ def _read_corpora(options: IndexOptions, known: set[str], ids: set, log) -> tupl
             chosen = inputs if len(keep) == inputs.count else inputs.subset(keep)
             corpora.append(Corpus(position, reference, chosen, records))
     return corpora, already
+
+
+def _store_embedded_media(corpus: Corpus, media: Path) -> None:
+    """Write the images and audio a dataset corpus holds in its cells into ``media`` (the staging
+    folder's, once per content, by hash; the index takes the files its records name) and point the
+    corpus's records at them, so search can show them.
+    Video frame lists, raw bytes columns and cells that name a file instead of holding its bytes
+    keep ``ref`` ``null``."""
+    from mmst_cli.core.encode.inputs import FeatureInputs
+    from mmst_cli.core.retrieval.mining_media import write_embedded_media
+
+    if not isinstance(corpus.inputs, FeatureInputs) or corpus.records[0]["modality"] not in ("image", "audio"):
+        return
+    stored = write_embedded_media(corpus.inputs, media, readable=False, bytes_required=False)
+    for record, path in zip(corpus.records, stored, strict=True):
+        record["ref"] = f"{layout.MEDIA}/{Path(path).name}" if path else None
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """Hard-link a media file of the old index or the staging folder into the new index (no second
+    copy of its bytes); copy where the file system has no hard links."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def model_identity(source) -> str | None:
@@ -445,6 +479,9 @@ def run_index(
         log(f"discarding the staging folder of an earlier unfinished build, {stage} (--resume would continue it)")
         shutil.rmtree(stage)
     stage.mkdir(parents=True, exist_ok=True)
+    if not quiet:  # rank 0 writes the index, so it alone stores the media its documents refer to
+        for corpus in corpora:  # before encoding binds the inputs, which decodes audio cells into arrays
+            _store_embedded_media(corpus, stage / layout.MEDIA)
     staged: list[StagedCorpus] = []
     try:
         with rank_group(launch) if launch is not None else nullcontext():  # one group for every corpus's barrier
@@ -467,6 +504,12 @@ def run_index(
     count = (previous.count if previous else 0) + len(records)
     with atomic_path(output) as folder:
         folder.mkdir()
+        if previous is not None and (previous.path / layout.MEDIA).is_dir():
+            shutil.copytree(previous.path / layout.MEDIA, folder / layout.MEDIA, copy_function=_link_or_copy)
+        for name in sorted({record["ref"] for record in records if layout.is_stored_media(record["ref"])}):
+            if not (folder / name).exists():
+                (folder / layout.MEDIA).mkdir(exist_ok=True)
+                _link_or_copy(str(stage / name), str(folder / name))
         old_records = previous.documents() if previous else iter(())
         layout.write_documents(folder / layout.DOCUMENTS, [*old_records, *records])
         dim = _write_tokens(folder, previous, blocks) if multi_vector else _write_dense(folder, previous, blocks, settings)

@@ -6,8 +6,11 @@ Every file of the folder (see docs/search.md):
   document count, vector width, the model (as given and resolved), its similarity, the build
   settings, the corpora indexed, and the size and sha256 of every other file;
 - ``documents.jsonl``: one line per row, in row order: ``id``, ``corpus``, ``modality``, ``ref``
-  (the media file, absolute, ``/a/b.pdf#page=3`` for a page; ``null`` for text) and ``text`` (the
-  document's text; ``null`` for media), so search shows results without reading the corpus again;
+  (the media file, absolute, ``/a/b.pdf#page=3`` for a page; ``media/<sha1>.png`` relative to the
+  index for media held inside a dataset; ``null`` for text) and ``text`` (the document's text;
+  ``null`` for media), so search shows results without reading the corpus again;
+- ``media/``: the images and audio a dataset held in its cells (no file to refer to), written once
+  each, named by the SHA-1 of their bytes; absent when there were none;
 - dense models: ``vectors.npy`` (float32 ``[rows, dim]``, as encoded: unit length for cosine
   models) and ``index.faiss`` (the FAISS index built over them);
 - multi-vector models: ``tokens.npy`` (float32 ``[tokens, dim]``, every row's token vectors
@@ -38,6 +41,8 @@ VECTORS = "vectors.npy"
 FAISS_INDEX = "index.faiss"
 TOKENS = "tokens.npy"
 OFFSETS = "offsets.npy"
+#: The folder of media the corpora held inside their datasets (relative ``ref`` values point here).
+MEDIA = "media"
 
 #: The files of each kind of index besides the manifest.
 FILES = {"dense": (DOCUMENTS, VECTORS, FAISS_INDEX), "multi_vector": (DOCUMENTS, TOKENS, OFFSETS)}
@@ -60,15 +65,22 @@ def write_documents(path: Path, records: Iterable[dict[str, Any]]) -> None:
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Add the size and sha256 of every file of ``folder`` to ``manifest`` and write it there."""
+    """Add the size and sha256 of every file of ``folder`` (``media/`` files by their relative
+    path, ``media/<sha1>.png``) to ``manifest`` and write it there."""
     manifest = dict(manifest, format=FORMAT, version=FORMAT_VERSION)
     manifest["files"] = {
-        path.name: {"bytes": path.stat().st_size, "sha256": file_digest(path)}
-        for path in sorted(folder.iterdir())
-        if path.name != MANIFEST
+        path.relative_to(folder).as_posix(): {"bytes": path.stat().st_size, "sha256": file_digest(path)}
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf8")
     return manifest
+
+
+def is_stored_media(ref: str | None) -> bool:
+    """Whether a document's ``ref`` names a file of the index's ``media/`` folder: the only relative
+    references an index holds (corpus files are recorded absolute)."""
+    return ref is not None and not Path(ref).is_absolute()
 
 
 @dataclass
@@ -103,6 +115,11 @@ class IndexFolder:
         with (self.path / DOCUMENTS).open(encoding="utf8") as handle:
             for line in handle:
                 yield json.loads(line)
+
+    def media_reference(self, ref: str | None) -> str | None:
+        """A document's ``ref`` as a path to open: a ``media/`` file of the index made absolute,
+        any other reference (a corpus file, already absolute) unchanged."""
+        return str(self.path.resolve() / ref) if is_stored_media(ref) else ref
 
     def vectors(self):
         """``vectors.npy`` as a read-only memory map (dense indexes)."""

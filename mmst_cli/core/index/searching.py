@@ -6,7 +6,8 @@ media gate as every input of mmst) or a queries file (jsonl / csv / parquet with
 They are encoded by the index's model as queries, searched in the index's FAISS index (or by exact
 MaxSim for a multi-vector index), optionally re-scored by a reranker, and returned as
 :class:`QueryResult` lists that any view (table, JSON lines, TREC run, HTML page) can render:
-each hit carries the document id, its score and the media reference or text the index stored.
+each hit carries the document id, its score and the media reference or text the index stored
+(a file of the index's ``media/`` folder made absolute).
 """
 
 from __future__ import annotations
@@ -273,7 +274,7 @@ def search_index(
     started = time.perf_counter()
     if model is None or isinstance(model, str):
         model = load_index_model(index, model, device=device, trust_remote_code=trust_remote_code)
-    documents = list(index.documents())
+    documents = [dict(record, ref=index.media_reference(record["ref"])) for record in index.documents()]
     faiss_index = vector_index.load(index.path / layout.FAISS_INDEX, index.settings) if index.kind == "dense" else None
     values = queries.values(model)
     depth = max(k, rerank_top) if reranker else k

@@ -1,4 +1,4 @@
-"""Embedded media written out as files, so that ``mmst mine``'s rows can name it.
+"""Embedded media written out as files, so that ``mmst mine``'s rows and ``mmst index``'s documents can name it.
 
 Mined rows reference media (paths relative to the output) rather than carry bytes, so a table or
 dataset that embeds its images or audio (HF ``Image`` / ``Audio`` cells with bytes, or a binary
@@ -45,7 +45,7 @@ def _cell_bytes(cell: Any) -> bytes | None:
     return cell if isinstance(cell, (bytes, bytearray)) else None
 
 
-def write_embedded_media(inputs: Any, folder: Path) -> list[str]:
+def write_embedded_media(inputs: Any, folder: Path, *, readable: bool = True, bytes_required: bool = True) -> list[str | None]:
     """Write each media item of a dataset column once into ``folder``; return the checked file paths.
 
     Args:
@@ -53,10 +53,15 @@ def write_embedded_media(inputs: Any, folder: Path) -> list[str]:
         folder: Where the files go (created when missing); each is named ``<sha1 of its bytes><ext>``,
             written to a temporary name and renamed, and left alone when it is already there. The
             names are hashes, so nothing is written outside ``folder``.
+        readable: Return, for an image a model's processor cannot read (TIFF, BMP, ...), its
+            converted copy in the media cache, as :func:`~mmst_cli.core.encode.inputs.read_inputs`
+            gives media paths (default); ``False`` returns the file written in ``folder`` (an
+            index keeps its media inside its own folder).
+        bytes_required: Refuse a cell that holds no bytes (default); ``False`` gives ``None`` for
+            its row instead (a cell naming a file on disk: an index keeps such rows by id).
 
     Returns:
-        One absolute path per row, in row order, as :func:`~mmst_cli.core.encode.inputs.read_inputs`
-        gives media paths (images a processor cannot read are converted as everywhere else).
+        One absolute path per row, in row order (``None`` for a row without bytes when allowed).
 
     Raises:
         MmstError: naming the row, for a video frame list, a cell without bytes, or bytes that are
@@ -72,10 +77,13 @@ def write_embedded_media(inputs: Any, folder: Path) -> list[str]:
     elif isinstance(feature, datasets.Audio):
         table = table.cast_column(column, datasets.Audio(decode=False))
     elif not (isinstance(feature, datasets.Value) and feature.dtype in ("binary", "large_binary")):
-        raise MmstError(f"{where} holds video frames; mmst mine writes images and audio only, so give video as file paths")
-    paths: list[str] = []
+        raise MmstError(f"{where} holds video frames; only images and audio are written out as files, so give video as file paths")
+    paths: list[str | None] = []
     for row, cell in enumerate(table[column]):
         data = _cell_bytes(cell)
+        if not data and not bytes_required:
+            paths.append(None)
+            continue
         if not data:
             raise MmstError(
                 f"{where}, row {row + 1}: the cell holds no bytes; give media that lives in files as file paths in a text column"
@@ -83,7 +91,7 @@ def write_embedded_media(inputs: Any, folder: Path) -> list[str]:
         extension = media_extension(data)
         if extension is None:
             raise MmstError(f"{where}, row {row + 1}: the bytes are neither an image nor audio mmst reads (png, jpeg, wav, flac, ...)")
-        paths.append(_store(data, extension, folder, f"{where}, row {row + 1}"))
+        paths.append(_store(data, extension, folder, f"{where}, row {row + 1}", readable=readable))
     return paths
 
 
@@ -118,7 +126,7 @@ def write_decoded_media(value: Any, folder: Path, where: str) -> str:
     return _store(buffer.getvalue(), extension, folder, where)
 
 
-def _store(data: bytes, extension: str, folder: Path, where: str) -> str:
+def _store(data: bytes, extension: str, folder: Path, where: str, *, readable: bool = True) -> str:
     """``data`` as ``folder/<sha1><extension>`` (written atomically once), passed through mmst's media checks."""
     from mmst_cli.core.data.media import classify_string, processor_readable_image
     from mmst_cli.core.outputs import atomic_path
@@ -132,4 +140,4 @@ def _store(data: bytes, extension: str, folder: Path, where: str) -> str:
     report = classify_string(str(path))  # the checks every media path passes (it decodes, audio is long enough)
     if report.problem:
         raise MmstError(f"{where}: {report.problem}")
-    return str(processor_readable_image(path) if report.modality == "image" else path)
+    return str(processor_readable_image(path) if readable and report.modality == "image" else path)
