@@ -183,10 +183,11 @@ def evaluate(
         plot_matryoshka_sweep(results["dims"], Path(plot), metric=results["main_metric"])
     if report:
         from mmst_cli.core.report.evaluation_page import write_evaluation_page
+        from mmst_cli.core.report.page import results_page_line
 
         drawn = write_evaluation_page(Path(report), results, main, task, options, max_queries=report_queries)
         results["results_page"] = {"path": report, **drawn}
-        console.print(f"results page: {report} ({drawn['queries_shown']} queries drawn, {drawn['queries_not_shown']} more not)", markup=False, highlight=False)
+        console.print(results_page_line(report, drawn), markup=False, highlight=False)
     for warning in results.get("warnings", []):
         console.print(f"warning: {warning}", markup=False, highlight=False)
     emit(results, as_json=json_output, render=render_report)

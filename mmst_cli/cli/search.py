@@ -22,6 +22,7 @@ Examples:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -37,9 +38,18 @@ OUTPUT = "Output"
 SNIPPET_CHARS = 90
 
 
+def _shown_reference(ref: str) -> str:
+    """A media reference as the table shows it: relative to the current folder when it lies below it
+    (shorter, and what a user would type); ``--json`` keeps the absolute reference."""
+    try:
+        return str(Path(ref).relative_to(Path.cwd()))
+    except ValueError:
+        return ref
+
+
 def _snippet(hit) -> str:
     if hit.text is None:
-        return hit.ref or f"({hit.modality} held in the corpus's dataset)"
+        return _shown_reference(hit.ref) if hit.ref else f"({hit.modality} held in the corpus's dataset)"
     text = " ".join(hit.text.split())
     return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1] + "…"
 
@@ -120,12 +130,11 @@ def search(
 
         write_trec_run(as_run(outcome.results), Path(trec).expanduser())
     if report is not None:
+        from mmst_cli.core.report.page import results_page_line
         from mmst_cli.core.report.search_page import write_search_page
 
         drawn = write_search_page(Path(report).expanduser(), outcome, opened, k=k, max_queries=report_queries,
                                   allow_outside_root=allow_outside_root)  # fmt: skip
-        console.print(f"results page: {report} ({drawn['queries_shown']} queries drawn, {drawn['queries_not_shown']} more not)",
-                      markup=False, highlight=False)  # fmt: skip
     if json_output:
         for result in outcome.results:
             line = {
@@ -145,3 +154,5 @@ def search(
         _print_tables(outcome.results)
     if timing:
         console.print(_timing_line(outcome.timing), markup=False, highlight=False)
+    if report is not None:
+        console.print(results_page_line(report, drawn), markup=False, highlight=False)

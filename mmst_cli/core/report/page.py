@@ -138,6 +138,12 @@ def write_results_page(path: Path, page: ResultsPage, access: MediaAccess) -> di
     return {"queries_shown": len(shown), "queries_not_shown": total - len(shown)}
 
 
+def results_page_line(path: str, drawn: dict[str, int]) -> str:
+    """The one line a command prints after writing a page: where it is and how many queries it shows."""
+    rest = f", {drawn['queries_not_shown']} more not shown" if drawn["queries_not_shown"] else ""
+    return f"results page: {path} ({drawn['queries_shown']} queries drawn{rest})"
+
+
 def _settings(settings: Mapping[str, Any]) -> str:
     rows = "".join(f"<dt>{escaped(label)}</dt><dd>{escaped(value)}</dd>" for label, value in settings.items() if value is not None)
     return f'<dl class="settings">{rows}</dl>' if rows else ""
