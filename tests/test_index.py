@@ -349,3 +349,33 @@ def test_audio_held_in_a_parquet_is_stored_as_written_before_encoding_decodes_it
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["results"][0]["ref"] == str(stored.resolve())
     assert page.read_text().count("<audio ") == 3  # the query and both hits
+
+
+def _valid_manifest() -> dict:
+    settings = {"index": "flat", "quantize": "none", "model": "m", "model_identity": "/m", "similarity": "cosine",
+                "normalize": True, "dim": None, "pdf_dpi": 144.0}  # fmt: skip
+    return {"kind": "dense", "count": 1, "dim": 4, "settings": settings, "corpora": ["/c.jsonl"]}
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda m: m.pop("settings"), "no usable 'settings' (an object expected, found None)"),
+        (lambda m: m.update(count="x"), "no usable 'count'"),
+        (lambda m: m.update(dim=True), "no usable 'dim'"),
+        (lambda m: m.update(kind="sparse"), "kind 'sparse'"),
+        (lambda m: m.update(count=-1), "count -1"),
+        (lambda m: m["settings"].pop("similarity"), "no setting(s) 'similarity'"),
+        (lambda m: m["files"].update({"vectors.npy": 5}), "vectors.npy has"),
+    ],
+)
+def test_an_edited_manifest_is_refused_by_field_before_any_search(tmp_path, edit, expected):
+    """A manifest of the right version with a field removed or mistyped is named, not a KeyError mid-search."""
+    index = tmp_path / "x.index"
+    index.mkdir()
+    for name in layout.FILES["dense"]:
+        (index / name).write_bytes(b"0123")
+    manifest = layout.write_manifest(index, _valid_manifest())
+    edit(manifest)
+    (index / layout.MANIFEST).write_text(json.dumps(manifest))
+    assert_one_line_error(run_mmst("search", str(index), "red"), 2, expected)

@@ -46,6 +46,11 @@ MEDIA = "media"
 
 #: The files of each kind of index besides the manifest.
 FILES = {"dense": (DOCUMENTS, VECTORS, FAISS_INDEX), "multi_vector": (DOCUMENTS, TOKENS, OFFSETS)}
+#: The manifest fields search and ``--add`` read, with the type each must have; a manifest edited by
+#: hand or written by a broken tool is refused by name here instead of failing deep inside a search.
+MANIFEST_FIELDS = {"kind": str, "count": int, "dim": int, "settings": dict, "corpora": list, "files": dict}
+_JSON_TYPES = {str: "a string", int: "a whole number", dict: "an object", list: "a list"}
+SETTINGS_FIELDS = ("index", "quantize", "model", "model_identity", "similarity", "normalize", "dim", "pdf_dpi")
 
 
 def file_digest(path: Path) -> str:
@@ -134,6 +139,21 @@ class IndexFolder:
         return np.load(self.path / TOKENS, mmap_mode="r"), np.load(self.path / OFFSETS)
 
 
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What makes a manifest of the current version unusable (a missing or mistyped field), or ``None``."""
+    for field, kind in MANIFEST_FIELDS.items():
+        value = manifest.get(field)
+        # bool is an int to Python, but never a count or a width
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"has no usable {field!r} ({_JSON_TYPES[kind]} expected, found {value!r})"
+    if manifest["kind"] not in FILES:
+        return f"has kind {manifest['kind']!r}, not one of {sorted(FILES)}"
+    if manifest["count"] < 0 or manifest["dim"] < 1:
+        return f"has count {manifest['count']} and dim {manifest['dim']}, which no index has"
+    missing = [field for field in SETTINGS_FIELDS if field not in manifest["settings"]]
+    return f"has no setting(s) {', '.join(map(repr, missing))}" if missing else None
+
+
 def open_index(reference: str | Path, flag: str = "index") -> IndexFolder:
     """Read an index folder's manifest and check that its files are there, whole.
 
@@ -161,8 +181,12 @@ def open_index(reference: str | Path, flag: str = "index") -> IndexFolder:
             f"{flag} {str(reference)!r} has index format version {manifest.get('version')!r}, this mmst reads "
             f"version {FORMAT_VERSION}; rebuild it with this mmst"
         )
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise MmstError(f"{flag} {str(reference)!r}: {MANIFEST} {problem}; the index is damaged, rebuild it")
     for name in FILES[manifest["kind"]]:
-        expected = manifest["files"].get(name, {}).get("bytes")
+        entry = manifest["files"].get(name)
+        expected = entry.get("bytes") if isinstance(entry, dict) else None
         actual = (path / name).stat().st_size if (path / name).is_file() else None
         if actual is None or actual != expected:
             state = "is missing" if actual is None else f"has {actual} bytes, the manifest says {expected}"
