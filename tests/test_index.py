@@ -220,6 +220,9 @@ def test_bad_index_folders_and_queries_are_one_line_errors(tiny_models, photos, 
     assert_one_line_error(run_mmst("search", str(index), "  "), 2, "query 1 is empty")
     assert_one_line_error(run_mmst("search", str(index)), 2, "give a query")
     assert_one_line_error(run_mmst("search", str(index), "-i", "notes.txt"), 2, "-i 'notes.txt'")
+    (tmp_path / "empty.txt").write_text("")
+    assert_one_line_error(run_mmst("search", str(index), "--queries", str(tmp_path / "empty.txt")), 2, "empty.txt' has nothing to embed")
+    assert_one_line_error(run_mmst("search", str(index), "--queries", str(not_an_index)), 2, "folder without queries.jsonl")
     with (index / "vectors.npy").open("ab") as handle:
         handle.write(b"\0")
     assert_one_line_error(run_mmst("search", str(index), "red"), 2, "vectors.npy has", "damaged")

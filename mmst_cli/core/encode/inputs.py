@@ -349,7 +349,7 @@ def _reference_inputs(
     skip_bad: bool = False,
 ) -> ReferenceInputs:
     if not values:
-        raise MmstError(f"input {source!r} has no inputs")
+        raise MmstError(f"input {source!r} has nothing to embed (no lines, rows or files); give it at least one")
     inputs = _check_references(ids, values, labels, root, source, confine_to, pdf, skip_bad)
     inputs.values, cut = cut_long_texts(inputs.values)
     inputs.fingerprint = _fingerprint(inputs.ids, inputs.values)

@@ -86,10 +86,15 @@ class Queries:
 
 def _queries_file(reference: str, allow_outside_root: bool) -> EncodeInputs:
     path = Path(reference).expanduser()
-    if path.is_dir() and (path / "queries.jsonl").is_file():
-        path = path / "queries.jsonl"
     if not path.exists():
         raise MmstError(f"--queries {reference!r} does not exist; check the path")
+    if path.is_dir():
+        if not (path / "queries.jsonl").is_file():
+            raise MmstError(
+                f"--queries {reference!r} is a folder without queries.jsonl; give a queries file "
+                "(.txt, .tsv, .jsonl, .csv, .parquet) or a BEIR folder that holds queries.jsonl"
+            )
+        path = path / "queries.jsonl"
     if path.suffix.lower() == ".tsv":
         rows = []
         for number, line in enumerate(path.read_text(encoding="utf8").splitlines(), start=1):
