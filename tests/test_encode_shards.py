@@ -57,6 +57,23 @@ def test_shards_are_contiguous_blocks_and_the_launch_comes_from_the_environment(
         detect_launch({"WORLD_SIZE": "2"})
 
 
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"WORLD_SIZE": "0", "RANK": "0"}, "WORLD_SIZE=0 is not a number of processes"),
+        ({"WORLD_SIZE": "-2"}, "WORLD_SIZE=-2 is not a number of processes"),
+        ({"RANK": "1"}, "RANK=1 is outside WORLD_SIZE=1"),
+        ({"RANK": "-1", "WORLD_SIZE": "2"}, "RANK=-1 is outside WORLD_SIZE=2"),
+        ({"RANK": "one", "WORLD_SIZE": "2"}, "RANK='one' is not a whole number"),
+    ],
+)
+def test_impossible_rank_and_world_size_values_are_refused_before_any_work(environ, expected):
+    with pytest.raises(MmstError, match=expected):
+        detect_launch(environ)
+    assert detect_launch({"RANK": "0"}) is None
+
+
 def test_torchrun_two_cpu_ranks_write_what_one_process_writes(clip, tiny_models, tmp_path):
     pairs = write_colour_pairs(tmp_path, count=3)
     rows = [json.loads(line) for line in pairs.read_text().splitlines()]

@@ -134,12 +134,20 @@ def detect_launch(environ: Mapping[str, str] | None = None) -> Launch | None:
         environ: The environment to read; ``None`` (the default) for ``os.environ``.
 
     Raises:
-        MmstError: when ``WORLD_SIZE`` or ``RANK`` is not a whole number, or ``RANK`` is out of range.
+        MmstError: when ``WORLD_SIZE`` or ``RANK`` is not a whole number, ``WORLD_SIZE`` is below 1,
+            or ``RANK`` is out of range (a ``RANK`` without ``WORLD_SIZE`` is a rank of a 1-process run).
     """
     environ = os.environ if environ is None else environ
-    if "WORLD_SIZE" not in environ or _whole_number(environ, "WORLD_SIZE") <= 1:
+    if "WORLD_SIZE" not in environ and "RANK" not in environ:
         return None
-    world_size, rank = _whole_number(environ, "WORLD_SIZE"), _whole_number(environ, "RANK")
+    world_size = _whole_number(environ, "WORLD_SIZE") if "WORLD_SIZE" in environ else 1
+    if world_size < 1:
+        raise MmstError(f"WORLD_SIZE={world_size} is not a number of processes; set it to 1 or more, or unset it")
+    # A lone RANK=0 (or WORLD_SIZE=1 with it) is a single process; any other rank of one process is
+    # a mistyped launch that would write the whole output from a rank that expects to share it.
+    rank = _whole_number(environ, "RANK") if world_size > 1 or "RANK" in environ else 0
+    if world_size == 1 and rank == 0:
+        return None
     if not 0 <= rank < world_size:
         raise MmstError(f"RANK={rank} is outside WORLD_SIZE={world_size} (ranks 0 to {world_size - 1}); fix RANK")
     local_rank = _whole_number(environ, "LOCAL_RANK") if "LOCAL_RANK" in environ else 0
