@@ -104,11 +104,12 @@ def test_fsdp_reranker_with_gradcache_in_a_launch_of_one(tmp_path, tiny_reranker
         (["--fsdp", "full_shard"], ["torchrun --nproc_per_node N -m mmst_cli"]),
         (["--fsdp", "full_shard", "--fsdp-config", "{bad_json}"], ["is not valid JSON"]),
         (["--fsdp", "full_shard", "--fsdp-config", "{version_1}"], ["FSDP2 only"]),
+        (["--fsdp", "full_shard", "--fsdp-config", "{config}.missing"], ["cannot read it", "name a JSON file"]),
         (["--gpus", "2"], ["--gpus plans a --dry-run"]),
         (["--dry-run", "--gpu-memory", "80"], ["give a positive number with --gpus"]),
         (["ACCELERATE_USE_FSDP=true"], ["accelerate launch turns on FSDP", "add --fsdp full_shard"]),
     ],
-    ids=["hybrid", "unknown", "config-alone", "lora", "checkpointing", "no-launch", "bad-json", "fsdp1", "gpus-alone",
+    ids=["hybrid", "unknown", "config-alone", "lora", "checkpointing", "no-launch", "bad-json", "fsdp1", "missing-config", "gpus-alone",
          "memory-alone", "accelerate-fsdp"],
 )  # fmt: skip
 def test_impossible_fsdp_and_planner_flags_fail_before_any_work(tmp_path, tiny_models, flags, fragments):

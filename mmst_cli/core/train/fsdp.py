@@ -94,7 +94,7 @@ def read_fsdp_config(path: str) -> dict[str, Any]:
     try:
         loaded = json.loads(file.read_text(encoding="utf8"))
     except OSError as error:
-        raise MmstError(f"--fsdp-config {path}: cannot read it ({error.strerror})") from error
+        raise MmstError(f"--fsdp-config {path}: cannot read it ({error.strerror}); name a JSON file of fsdp_config keys") from error
     except ValueError as error:
         raise MmstError(f"--fsdp-config {path} is not valid JSON ({error}); see docs/train-embed.md for an example") from error
     if not isinstance(loaded, dict):
