@@ -223,6 +223,12 @@ def test_bad_index_folders_and_queries_are_one_line_errors(tiny_models, photos, 
     (tmp_path / "empty.txt").write_text("")
     assert_one_line_error(run_mmst("search", str(index), "--queries", str(tmp_path / "empty.txt")), 2, "empty.txt' has nothing to embed")
     assert_one_line_error(run_mmst("search", str(index), "--queries", str(not_an_index)), 2, "folder without queries.jsonl")
+    for name in ("documents.jsonl", "vectors.npy", "index.faiss"):  # bytes changed in place: sizes still match
+        damaged = tmp_path / f"damaged-{name}.index"
+        shutil.copytree(index, damaged)
+        with (damaged / name).open("r+b") as handle:
+            handle.write(b"X" * 8)
+        assert_one_line_error(run_mmst("search", str(damaged), "red"), 2, f"{name}", "does not read", "rebuild it")
     with (index / "vectors.npy").open("ab") as handle:
         handle.write(b"\0")
     assert_one_line_error(run_mmst("search", str(index), "red"), 2, "vectors.npy has", "damaged")

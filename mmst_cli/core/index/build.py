@@ -383,7 +383,7 @@ def _write_dense(folder: Path, previous: layout.IndexFolder | None, blocks: list
         vector_index.check_settings(settings["similarity"], settings["index"], settings["quantize"], dim)
         index = vector_index.build(matrix, settings)
     else:
-        index = vector_index.load(previous.path / layout.FAISS_INDEX, settings)
+        index = previous.faiss_index()
         if new is not None:
             vector_index.add(index, new, settings)
     vector_index.save(index, folder / layout.FAISS_INDEX, settings)

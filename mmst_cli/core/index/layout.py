@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmst_cli.core.errors import MmstError
+from mmst_cli.core.errors import MmstError, first_line
 
 FORMAT = "mmst-index"
 #: Bumped when the layout changes, so an older mmst never misreads a newer index.
@@ -115,11 +115,22 @@ class IndexFolder:
         """Documents in the index."""
         return int(self.manifest["count"])
 
+    def damaged(self, name: str, problem: BaseException | str) -> MmstError:
+        """The error for a file of the index whose size matches the manifest but whose content does
+        not read (bytes changed in place): the one-line message ``open_index`` gives for a wrong size."""
+        return MmstError(f"index {str(self.path)!r}: {name} does not read ({problem if isinstance(problem, str) else first_line(problem)}); the index is damaged, rebuild it")
+
     def documents(self) -> Iterator[dict[str, Any]]:
         """The rows of ``documents.jsonl``, in row order."""
-        with (self.path / DOCUMENTS).open(encoding="utf8") as handle:
-            for line in handle:
-                yield json.loads(line)
+        with (self.path / DOCUMENTS).open(encoding="utf8", errors="strict") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    record = json.loads(line)
+                except ValueError as error:  # also UnicodeDecodeError
+                    raise self.damaged(f"{DOCUMENTS} line {number}", error) from None
+                if not isinstance(record, dict):
+                    raise self.damaged(f"{DOCUMENTS} line {number}", "not a JSON object")
+                yield record
 
     def media_reference(self, ref: str | None) -> str | None:
         """A document's ``ref`` as a path to open: a ``media/`` file of the index made absolute,
@@ -130,13 +141,28 @@ class IndexFolder:
         """``vectors.npy`` as a read-only memory map (dense indexes)."""
         import numpy as np
 
-        return np.load(self.path / VECTORS, mmap_mode="r")
+        try:
+            return np.load(self.path / VECTORS, mmap_mode="r")
+        except ValueError as error:  # a header edited in place, or pickled data numpy refuses
+            raise self.damaged(VECTORS, error) from None
 
     def token_vectors(self):
         """``(tokens, offsets)`` as read-only memory maps (multi-vector indexes)."""
         import numpy as np
 
-        return np.load(self.path / TOKENS, mmap_mode="r"), np.load(self.path / OFFSETS)
+        try:
+            return np.load(self.path / TOKENS, mmap_mode="r"), np.load(self.path / OFFSETS)
+        except ValueError as error:
+            raise self.damaged(f"{TOKENS} or {OFFSETS}", error) from None
+
+    def faiss_index(self):
+        """``index.faiss`` as FAISS reads it (dense indexes)."""
+        from mmst_cli.core.index import vector_index
+
+        try:
+            return vector_index.load(self.path / FAISS_INDEX, self.settings)
+        except RuntimeError as error:  # FAISS reports an unreadable file as a C++ exception
+            raise self.damaged(FAISS_INDEX, error) from None
 
 
 def _manifest_problem(manifest: dict[str, Any]) -> str | None:

@@ -280,7 +280,7 @@ def search_index(
     if model is None or isinstance(model, str):
         model = load_index_model(index, model, device=device, trust_remote_code=trust_remote_code)
     documents = [dict(record, ref=index.media_reference(record["ref"])) for record in index.documents()]
-    faiss_index = vector_index.load(index.path / layout.FAISS_INDEX, index.settings) if index.kind == "dense" else None
+    faiss_index = index.faiss_index() if index.kind == "dense" else None
     values = queries.values(model)
     depth = max(k, rerank_top) if reranker else k
     if warm_up:
