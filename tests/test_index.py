@@ -223,6 +223,9 @@ def test_bad_index_folders_and_queries_are_one_line_errors(tiny_models, photos, 
     (tmp_path / "empty.txt").write_text("")
     assert_one_line_error(run_mmst("search", str(index), "--queries", str(tmp_path / "empty.txt")), 2, "empty.txt' has nothing to embed")
     assert_one_line_error(run_mmst("search", str(index), "--queries", str(not_an_index)), 2, "folder without queries.jsonl")
+    (tmp_path / "blank.jsonl").write_text('{"id": "q7", "text": " "}\n')
+    assert_one_line_error(run_mmst("search", str(index), "--queries", str(tmp_path / "blank.jsonl")), 2, "query 'q7' is empty")
+    assert_one_line_error(run_mmst("index", str(photos), "-o", ""), 2, "-o is empty")
     for name in ("documents.jsonl", "vectors.npy", "index.faiss"):  # bytes changed in place: sizes still match
         damaged = tmp_path / f"damaged-{name}.index"
         shutil.copytree(index, damaged)

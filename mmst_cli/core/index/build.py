@@ -118,6 +118,8 @@ class IndexOptions:
         for flag, value in (("--lists", self.lists), ("--hnsw-m", self.hnsw_m), ("--dim", self.dim)):
             if value is not None and value <= 0:
                 raise MmstError(f"{flag} must be a positive whole number, got {value}")
+        if not self.output.strip():  # Path("") is the current folder, which always exists
+            raise MmstError("-o is empty; name the index folder to write, such as -o docs.index")
         output = Path(self.output).expanduser()
         if self.add and not output.exists():
             raise MmstError(f"--add: {self.output!r} does not exist; build it first without --add")

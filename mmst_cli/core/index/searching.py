@@ -146,6 +146,9 @@ def read_queries(texts: list[str], media: list[str], queries_file: str | None, *
         labels.extend(media)
     if queries_file is not None:
         inputs = _queries_file(queries_file, allow_outside_root)
+        for query_id, (ref, text, _) in zip(inputs.ids, inputs.sources()):
+            if ref is None and text is not None and not text.strip():
+                raise MmstError(f"--queries {queries_file!r}: query {str(query_id)!r} is empty; give its text or drop the row")
         ids.extend(str(item) for item in inputs.ids)
         labels.extend(ref or text or "" for ref, text, _ in inputs.sources())
         parts.append(inputs)
