@@ -112,6 +112,61 @@ def test_text_index_finds_the_matching_document_and_writes_a_trec_run_and_rerank
     assert top["ref"] == f"{(tmp_path / 'pdfs' / 'report.pdf').resolve()}#page=3"
 
 
+def _retrieval_folder(folder, kind):
+    """A BEIR folder of titled texts, or of PDF pages (in corpus/), with one query per document."""
+    keys = list(TEXTS)
+    queries = [f"{TEXTS[key]} ({key})" for key in keys]
+    folder.joinpath("qrels").mkdir(parents=True)
+    if kind == "beir-pdf":
+        write_text_pdf(folder / "corpus" / "2024" / "report.pdf", [TEXTS[key] for key in keys])
+        doc_ids = [f"2024/report.pdf#page={number}" for number in range(1, len(keys) + 1)]
+    else:
+        doc_ids = [f"doc-{key}" for key in keys]
+        folder.joinpath("corpus.jsonl").write_text("".join(
+            json.dumps({"_id": doc_id, "title": key, "text": TEXTS[key]}) + "\n" for doc_id, key in zip(doc_ids, keys)
+        ))  # fmt: skip
+    folder.joinpath("queries.jsonl").write_text("".join(
+        json.dumps({"_id": f"q-{key}", "text": query}) + "\n" for key, query in zip(keys, queries)
+    ))  # fmt: skip
+    folder.joinpath("qrels", "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q-{key}\t{doc_id}\t1\n" for key, doc_id in zip(keys, doc_ids))
+    )
+    return doc_ids
+
+
+@pytest.mark.parametrize(("kind", "model"), [("beir", "bert"), ("beir-pdf", "clip"), ("beir", "multi-vector")])
+def test_a_retrieval_folder_indexed_and_searched_scores_as_evaluate_scores_it(kind, model, tiny_models, tiny_multi_vector, tmp_path):
+    # index takes the folder's corpus with its own ids (and BEIR's title + text), search takes its
+    # queries, and the TREC run scores against its qrels exactly as evaluate scores the model.
+    folder = tmp_path / "beir"
+    doc_ids = _retrieval_folder(folder, kind)
+    model_path = str(tiny_multi_vector if model == "multi-vector" else tiny_models[model])
+    index, run = tmp_path / "beir.index", tmp_path / "run.trec"
+    run_json("index", "--model", model_path, str(folder), "-o", str(index))
+    documents = [json.loads(line) for line in (index / "documents.jsonl").read_text().splitlines()]
+    assert [document["id"] for document in documents] == doc_ids
+    if kind == "beir":
+        assert documents[0]["text"] == f"cake {TEXTS['cake']}"
+    searched = run_mmst("search", str(index), "--queries", str(folder), "-k", "5", "--trec", str(run))
+    assert searched.returncode == 0, searched.stderr
+    from_run = run_json("evaluate", "--run", str(run), "--qrels", str(folder), "--k", "1,5")
+    from_model = run_json("evaluate", "--model", model_path, "--data", str(folder), "--k", "1,5")
+    assert from_run["warnings"] == [] and from_run["metrics"]["recall@5"] == 1.0
+    assert from_run["metrics"] == pytest.approx(from_model["metrics"], abs=1e-6)
+
+
+def test_a_run_that_shares_no_ids_with_the_qrels_is_scored_with_a_warning(tmp_path):
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    run = tmp_path / "run.trec"
+    run.write_text("q1 Q0 1 1 0.9 mmst\n")  # row numbers where the qrels name documents
+    result = run_json("evaluate", "--run", str(run), "--qrels", str(qrels))
+    assert result["main_score"] == 0.0 and "no document of the run is judged in the qrels (run: '1'" in result["warnings"][0]
+    run.write_text("1 Q0 d1 1 0.9 mmst\n")
+    assert "no query of the run is in the qrels" in run_json("evaluate", "--run", str(run), "--qrels", str(qrels))["warnings"][0]
+    assert_one_line_error(run_mmst("evaluate", "--run", str(tmp_path), "--qrels", str(qrels)), 2, "--run ", "is a folder; name the file itself")
+
+
 def test_ivf_with_every_list_probed_and_rescored_quantised_indexes_equal_flat():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(20, 32)).astype(np.float32)

@@ -67,7 +67,7 @@ OUTPUT = "Output"
 
 
 def encode(
-    inputs: Annotated[str | None, typer.Argument(help="jsonl/csv/parquet/txt file, PDF file (report.pdf, report.pdf#page=2-5), folder of images, audio or PDFs, save_to_disk folder, Hub dataset id, or - for stdin (one text or media path per line). Not needed with --merge.", show_default=False)] = None,
+    inputs: Annotated[str | None, typer.Argument(help="jsonl/csv/parquet/txt file, PDF file (report.pdf, report.pdf#page=2-5), folder of images, audio or PDFs, save_to_disk folder, BEIR / mteb folder (its corpus), Hub dataset id, or - for stdin (one text or media path per line). Not needed with --merge.", show_default=False)] = None,
     column: InputColumnOption = None,
     id_column: InputIdColumnOption = None,
     split: InputSplitOption = None,

@@ -96,7 +96,7 @@ def evaluate(
     pdf_text: PdfTextOption = False,
     strict: Annotated[bool, typer.Option(help="Fail when qrels name queries or documents that do not exist (default: warn with counts).", rich_help_panel=DATA)] = False,
     run: Annotated[str | None, typer.Option(help="Score this TREC run file instead of a model (needs --qrels).", rich_help_panel=DATA, show_default=False)] = None,
-    qrels: Annotated[str | None, typer.Option(help="Relevance judgements for --run: TREC qrels or BEIR tsv.", rich_help_panel=DATA, show_default=False)] = None,
+    qrels: Annotated[str | None, typer.Option(help="Relevance judgements for --run: TREC qrels, BEIR tsv, or a BEIR / mteb folder (its qrels of --split).", rich_help_panel=DATA, show_default=False)] = None,
     k: Annotated[list[str] | None, typer.Option("--k", help="Metric cut-offs: repeat or comma-separate (--k 1,10 --k 100). Default: 1,3,5,10,100.", rich_help_panel=METRICS, show_default=False)] = None,
     main_metric: Annotated[str | None, typer.Option(help="The metric reported as main_score (and plotted by --plot). Default: ndcg@10.", rich_help_panel=METRICS, show_default=False)] = None,
     skip_queries_without_relevant: Annotated[bool, typer.Option("--skip-queries-without-relevant", help="Leave qrels queries without a relevant document out of the means (default: they score 0, as in trec_eval -c and mteb).", rich_help_panel=METRICS)] = False,

@@ -58,7 +58,7 @@ INDEX = "Index"
 
 
 def index(
-    corpora: Annotated[list[str], typer.Argument(help="One or more corpora, each in any form mmst encode reads: a folder of images, audio or PDFs, a jsonl/csv/parquet/txt file, a PDF, a save_to_disk folder or a Hub dataset.", show_default=False)],
+    corpora: Annotated[list[str], typer.Argument(help="One or more corpora, each in any form mmst encode reads: a folder of images, audio or PDFs, a jsonl/csv/parquet/txt file, a PDF, a save_to_disk folder, a Hub dataset, or a BEIR / mteb folder (its corpus, ids as in its qrels).", show_default=False)],
     output: Annotated[str, typer.Option("--output", "-o", help="The index folder to write (with --add: to grow).", rich_help_panel=INDEX, show_default=False)] = ...,
     add: Annotated[bool, typer.Option(help="Add the corpora's documents that the index does not hold yet (by media file, or corpus and id), embedding only those.", rich_help_panel=INDEX)] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted build: finished chunks (kept in .<index>.build/) are not encoded again; after a torchrun build whose ranks were finished alone, merges their shards and builds the index.", rich_help_panel=INDEX)] = False,

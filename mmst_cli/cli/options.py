@@ -153,7 +153,7 @@ InputColumnOption = Annotated[
 ]
 InputIdColumnOption = Annotated[
     str | None,
-    typer.Option(help="Table column of ids. Default: the 0-based row number (folders: relative paths; line inputs: 0-based position).", rich_help_panel=INPUT_PANEL, show_default=False),
+    typer.Option(help="Table column of ids. Default: a BEIR / mteb corpus's own (_id, corpus-id), else the 0-based row number (folders: relative paths; line inputs: 0-based position).", rich_help_panel=INPUT_PANEL, show_default=False),
 ]
 InputSplitOption = Annotated[
     str | None,

@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, BinaryIO, TextIO
 
 from mmst_cli.core.data.audio import prepare_audio_columns
 from mmst_cli.core.data.documents import RenderSettings
@@ -521,3 +522,18 @@ def split_off_eval(data: PairData, fraction: float, seed: int) -> tuple[PairData
         frame_list_columns=data.frame_list_columns,
     )  # fmt: skip
     return train, held_out
+
+
+def utf8_lines(source: str, stream: TextIO | BinaryIO) -> Iterator[tuple[int, str]]:
+    """Numbered lines of a text or binary stream (``input SOURCE`` in messages), decoded one at a
+    time so that a line that is not UTF-8 is named exactly."""
+    for number, line in enumerate(getattr(stream, "buffer", stream), start=1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf8")
+            except UnicodeDecodeError as error:
+                raise MmstError(
+                    f"input {source!r}: line {number} is not UTF-8 text (byte {line[error.start]:#04x} at "
+                    f"position {error.start + 1}); convert the file first, e.g. iconv -f latin1 -t utf-8"
+                ) from error
+        yield number, line

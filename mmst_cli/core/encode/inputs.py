@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -23,7 +23,10 @@ from mmst_cli.core.data.media import (
     media_modality_of_name,
     processor_readable_image,
 )
-from mmst_cli.core.data.tables import DATA_FILE_BUILDERS, NON_CONTENT_COLUMNS, PROBLEMS_SHOWN, cut_long_texts, cut_note
+from mmst_cli.core.data import retrieval_folders
+from mmst_cli.core.data.tables import (
+    DATA_FILE_BUILDERS, NON_CONTENT_COLUMNS, PROBLEMS_SHOWN, cut_long_texts, cut_note, utf8_lines,
+)
 from mmst_cli.core.errors import MmstError
 
 #: Column names taken as the input, in this order, when a table has several content columns.
@@ -358,27 +361,13 @@ def _reference_inputs(
     return inputs
 
 
-def _utf8_lines(source: str, stream: TextIO | BinaryIO) -> Iterator[tuple[int, str]]:
-    """Numbered lines, decoded one at a time so that a line that is not UTF-8 is named exactly."""
-    for number, line in enumerate(getattr(stream, "buffer", stream), start=1):
-        if isinstance(line, bytes):
-            try:
-                line = line.decode("utf8")
-            except UnicodeDecodeError as error:
-                raise MmstError(
-                    f"input {source!r}: line {number} is not UTF-8 text (byte {line[error.start]:#04x} at "
-                    f"position {error.start + 1}); convert the file first, e.g. iconv -f latin1 -t utf-8"
-                ) from error
-        yield number, line
-
-
 def _line_inputs(
     source: str, stream: TextIO | BinaryIO, root: Path, confine_to: Path | None, pdf: PdfOptions, skip_bad: bool
 ) -> ReferenceInputs:
     """One input per non-blank line; ids are the 0-based positions, messages name line numbers."""
     values: list[str] = []
     line_numbers: list[int] = []
-    for number, line in _utf8_lines(source, stream):
+    for number, line in utf8_lines(source, stream):
         text = line.rstrip("\r\n")
         if text.strip():
             values.append(text)
@@ -475,9 +464,15 @@ def _table_inputs(
     names = list(table.column_names)
     if id_column is not None and id_column not in names:
         raise MmstError(f"input {source!r} has no column {id_column!r}; its columns are {names}; fix --id-column")
+    # A BEIR / mteb corpus's ids are what its qrels and any TREC run name (row numbers would match nothing).
+    id_column = id_column or next((name for name in retrieval_folders.CORPUS_ID_COLUMNS if name in names), None)
     chosen = pick_column(names, column, id_column, source)
     notes = []
     others = [name for name in _content_columns(names, id_column) if name != chosen]
+    if id_column == "_id" and chosen == "text" and "title" in others:
+        # What mmst evaluate embeds for a BEIR document, so an index of it holds the same vectors.
+        table = retrieval_folders.join_title_and_text(table)
+        others.remove("title")
     if column is None and others:
         notes.append(f"embedding column {chosen!r} (other columns: {', '.join(others)}); pick another with --column")
     ids = _scalar_ids(list(table[id_column]), id_column, source) if id_column else list(range(len(table)))
@@ -524,11 +519,13 @@ def read_inputs(
         reference: ``-`` for stdin; a ``.txt`` file (one input per line); a jsonl / json / csv /
             parquet file; a PDF file (every page; ``report.pdf#page=2-5`` for some; ids are page
             ids, ``report.pdf#page=3``); a folder with ``save_to_disk`` files or data files at its
-            top level (a dataset); any other folder (its image and audio files and the pages of its
-            PDF files, recursively, sorted by relative path; ids are the relative paths and page
-            ids); or a Hub dataset id.
+            top level (a dataset); a retrieval folder (BEIR, mteb / ViDoRe, BEIR of PDFs: its corpus,
+            read as ``mmst evaluate`` reads it); any other folder (its image and audio files and
+            the pages of its PDF files, recursively, sorted by relative path; ids are the relative
+            paths and page ids); or a Hub dataset id.
         column: The table column to embed; ``None`` picks one with :func:`pick_column`.
-        id_column: The table column of ids; ``None`` (default) for 0-based row numbers.
+        id_column: The table column of ids; ``None`` (default) for the corpus id column of a BEIR
+            or mteb table (``_id``, ``corpus-id``) when it has one, else 0-based row numbers.
         split: Dataset split; ``None`` for ``train``.
         data_config: Hub dataset configuration; ``None`` for the default.
         media_root: Folder relative media paths resolve against; ``None`` for the input file's
@@ -572,7 +569,11 @@ def read_inputs(
         except PdfProblem as error:
             raise MmstError(f"input {reference!r}: {error}") from error
         return _reference_inputs(reference, ids, ids, labels, path.parent, confined(path.parent), pdf, skip_bad)
-    if path.is_dir() and not _is_dataset_folder(path):
+    pdf_corpus = False
+    if retrieval_folders.is_retrieval_folder(path):  # a BEIR / mteb folder: its corpus, as mmst evaluate reads it
+        path, pdf_corpus = retrieval_folders.corpus_input(path, reference)
+        reference = str(path)
+    if path.is_dir() and (pdf_corpus or not _is_dataset_folder(path)):
         if column is not None or id_column is not None:
             raise MmstError(f"--column and --id-column apply to tables; {reference!r} is a folder of media files")
         files = _folder_media(path)

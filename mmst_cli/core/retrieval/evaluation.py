@@ -441,24 +441,18 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
     from mmst_cli.core.models.composition import EMOJI_EVAL
     from mmst_cli.core.models.loading import load_model
     from mmst_cli.core.models.locate import locate_model
-    from mmst_cli.core.retrieval.metrics import read_qrels, read_trec_run
+    from mmst_cli.core.retrieval.metrics import read_trec_run, unmatched_run_ids
     from mmst_cli.core.retrieval.run_eval_data import run_eval_task
-    from mmst_cli.core.retrieval.tasks import (
-        MediaOptions,
-        load_retrieval_task,
-        task_summary,
-    )
+    from mmst_cli.core.retrieval.tasks import MediaOptions, judgements_task, load_retrieval_task, task_summary
 
     options.validate()
     thresholds = parse_thresholds(options.fail_under, options.ks)
     report: dict[str, Any] = {"ks": list(options.ks)}
     if options.run:
-        task = RetrievalTask({}, {}, read_qrels(options.qrels), options.qrels)
-        main = score_run(
-            "run", read_trec_run(options.run), task, options.ks,
-            skip_queries_without_relevant=options.skip_queries_without_relevant,
-        )  # fmt: skip
+        task, run = judgements_task(options.qrels, options.split), read_trec_run(options.run, "--run")
+        main = score_run("run", run, task, options.ks, skip_queries_without_relevant=options.skip_queries_without_relevant)
         report.update(run=options.run, qrels=options.qrels, stages=[_stage_report(main)])
+        report["warnings"] = unmatched_run_ids(run, task.qrels)
     else:
         source = locate_model(options.model)
         if source.kind not in ("embedder", "multi-vector"):

@@ -249,7 +249,7 @@ def _query_metrics(
 # TREC files
 
 
-def read_trec_run(path: str | os.PathLike) -> dict[str, dict[str, float]]:
+def read_trec_run(path: str | os.PathLike, flag: str = "") -> dict[str, dict[str, float]]:
     """Read a TREC run file: one ``qid Q0 docid rank score tag`` line per retrieved document.
 
     Columns are separated by whitespace; blank lines are skipped. The ``Q0``, ``rank`` and
@@ -258,6 +258,7 @@ def read_trec_run(path: str | os.PathLike) -> dict[str, dict[str, float]]:
 
     Args:
         path: The run file.
+        flag: The option that named it (``--run``), put before the file in messages; default none.
 
     Returns:
         Query id -> document id -> score.
@@ -268,7 +269,7 @@ def read_trec_run(path: str | os.PathLike) -> dict[str, dict[str, float]]:
             query. Messages give ``file:line``.
     """
     run: dict[str, dict[str, float]] = {}
-    for where, fields in _data_lines(path):
+    for where, fields in _data_lines(path, flag):
         if len(fields) != 6:
             raise MmstError(
                 f"{where}: expected 6 columns 'qid Q0 docid rank score tag', found {len(fields)}"
@@ -321,7 +322,7 @@ def write_trec_run(run: Run, path: str | os.PathLike, tag: str = "mmst") -> None
         raise MmstError(f"cannot write run file {destination}: {error.strerror or error}", EXIT_FAILURE) from None
 
 
-def read_qrels(path: str | os.PathLike) -> Qrels:
+def read_qrels(path: str | os.PathLike, flag: str = "") -> Qrels:
     """Read relevance judgements in TREC or BEIR/mteb format; the format is told by column count.
 
     * TREC qrels: ``qid iteration docid relevance`` (4 columns; the iteration is ignored).
@@ -333,6 +334,7 @@ def read_qrels(path: str | os.PathLike) -> Qrels:
 
     Args:
         path: The qrels file.
+        flag: The option that named it (``--qrels``), put before the file in messages; default none.
 
     Returns:
         Query id -> document id -> integer relevance.
@@ -344,7 +346,7 @@ def read_qrels(path: str | os.PathLike) -> Qrels:
     """
     qrels: Qrels = {}
     columns = None
-    for where, fields in _data_lines(path):
+    for where, fields in _data_lines(path, flag):
         if columns is None:
             columns = len(fields)
             if columns not in (3, 4):
@@ -365,28 +367,56 @@ def read_qrels(path: str | os.PathLike) -> Qrels:
             raise MmstError(f"{where}: document {doc_id!r} is judged twice for query {query_id!r}")
         judgements[doc_id] = int(relevance)
     if not qrels:
-        raise MmstError(f"{path}: no relevance judgements in the file")
+        raise MmstError(f"{_named(path, flag)}: no relevance judgements in the file")
     return qrels
 
 
-def _data_lines(path: str | os.PathLike) -> Iterator[tuple[str, list[str]]]:
-    """``("file:line", fields)`` for each non-blank line of a UTF-8 file, errors as MmstError."""
+def _named(path: str | os.PathLike, flag: str) -> str:
+    return f"{flag} {path}" if flag else str(path)
+
+
+def _data_lines(path: str | os.PathLike, flag: str = "") -> Iterator[tuple[str, list[str]]]:
+    """``("file:line", fields)`` for each non-blank line of a UTF-8 file, errors as MmstError
+    (``flag``, the option that named the file, goes first)."""
+    name = _named(path, flag)
+    if Path(path).is_dir():
+        raise MmstError(f"{name} is a folder; name the file itself")
     try:
         stream = open(path, "rb")  # decoded line by line, so that a bad byte gets its line number
     except FileNotFoundError:
-        raise MmstError(f"{path}: file not found") from None
+        raise MmstError(f"{name}: file not found; check the path") from None
     except OSError as error:
-        raise MmstError(f"{path}: cannot read ({error.strerror or error})") from None
+        raise MmstError(f"{name}: cannot read ({error.strerror or error})") from None
     with stream:
         for number, raw in enumerate(stream, start=1):
             try:
                 fields = raw.decode("utf8").split()
             except UnicodeDecodeError:
-                raise MmstError(f"{path}:{number}: not UTF-8 text") from None
+                raise MmstError(f"{name}:{number}: not UTF-8 text") from None
             if fields:
-                yield f"{path}:{number}", fields
+                yield f"{name}:{number}", fields
 
 
 def _check_token(what: str, value: str) -> None:
     if not value or any(character.isspace() for character in value):
         raise MmstError(f"{what} {value!r} cannot be written to a TREC file: it is empty or contains whitespace")
+
+
+def unmatched_run_ids(run: dict[str, dict[str, float]], qrels: Qrels) -> list[str]:
+    """Warnings for a run whose ids do not meet the qrels' at all, so that every query scores 0:
+    no query id in common, or no retrieved document ever judged (a corpus indexed with other ids)."""
+    shared = [query for query in run if query in qrels]
+    if run and not shared:
+        return [
+            f"no query of the run is in the qrels (run: {next(iter(run))!r}, qrels: {next(iter(qrels))!r}), so every "
+            "query scores 0; were the queries numbered differently? (mmst search --queries takes a BEIR folder's _id)"
+        ]
+    judged = {document for judgements in qrels.values() for document in judgements}
+    retrieved = [document for query in shared for document in run[query]]
+    if retrieved and not judged.intersection(retrieved):
+        return [
+            f"no document of the run is judged in the qrels (run: {retrieved[0]!r}, qrels: {sorted(judged)[0]!r}), so "
+            "every query scores 0; was the corpus indexed with other ids? (mmst index takes a BEIR folder's _id)"
+        ]
+    return []
+

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from mmst_cli.core.data.retrieval_folders import is_retrieval_folder
 from mmst_cli.core.encode.job import PooledModel, check_devices, loading_device, split_devices
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.retrieval.mining_data import (
@@ -387,7 +388,6 @@ def run_mining(options: MineOptions, *, track: Tracker = _no_progress) -> dict[s
     from mmst_cli.core.models.locate import locate_model
     from mmst_cli.core.outputs import atomic_path, ensure_writable_file
     from mmst_cli.core.retrieval.evaluation import load_reranker_for
-    from mmst_cli.core.retrieval.tasks import is_retrieval_folder
     from mmst_cli.core.retrieval.search import FAISS_MIN_DOCUMENTS, faiss_search, model_similarity, pair_scores, search
 
     options.validate()
@@ -396,7 +396,7 @@ def run_mining(options: MineOptions, *, track: Tracker = _no_progress) -> dict[s
     source = locate_model(options.model)
     if source.kind != "embedder":
         raise MmstError(f"--model {source.reference!r} is a {source.kind}; mmst mine ranks with an embedder")
-    retrieval_folder = is_retrieval_folder(options.data)
+    retrieval_folder = is_retrieval_folder(Path(options.data).expanduser())
     if retrieval_folder and options.group_column:
         raise MmstError("--group-column applies to pair tables and corpus tables, not to BEIR or mteb folders")
     # Tables and corpora are checked before the weights load; a BEIR folder's audio needs the model's rate.

@@ -27,9 +27,9 @@ from typing import Any
 
 from mmst_cli.core.data.documents import RenderSettings, page_of, pdf_files
 from mmst_cli.core.data.media import classify_string, expand_pdf
+from mmst_cli.core.data.retrieval_folders import find_part, is_retrieval_folder, join_title_and_text, pdf_corpus_folder
 from mmst_cli.core.data.tables import (
     PROBLEMS_SHOWN,
-    DATA_FILE_BUILDERS,
     PairData,
     load_pair_data,
     load_table,
@@ -131,14 +131,6 @@ class MediaOptions:
     pdf_text: bool = False
 
 
-def _find_part(folder: Path, name: str) -> Path | None:
-    """``corpus``, ``queries`` or ``qrels`` as a file with a data extension or a sub-folder."""
-    for extension in DATA_FILE_BUILDERS:
-        if (folder / f"{name}{extension}").is_file():
-            return folder / f"{name}{extension}"
-    return folder / name if (folder / name).is_dir() else None
-
-
 def _unique_ids(table, id_column: str, part: str, source: str) -> list[str]:
     if id_column not in table.column_names:
         raise MmstError(f"{part} of {source!r} has no {id_column!r} column; its columns are {table.column_names}")
@@ -200,26 +192,38 @@ def _beir_qrels(folder: Path, split: str) -> dict[str, dict[str, int]]:
     return read_qrels(qrels_path)
 
 
+def judgements_task(qrels: str, split: str | None) -> RetrievalTask:
+    """The task of ``mmst evaluate --run``: judgements alone.
+
+    Args:
+        qrels: ``--qrels``: a TREC or BEIR qrels file, or a retrieval folder's qrels (BEIR
+            ``qrels/<split>.tsv``, or the ``qrels`` part of an mteb / ViDoRe folder).
+        split: The qrels split of a folder; ``None`` for ``test``.
+    """
+    from mmst_cli.core.retrieval.metrics import read_qrels
+
+    path = Path(qrels).expanduser()
+    if not path.is_dir():
+        return RetrievalTask({}, {}, read_qrels(path, "--qrels"), qrels)
+    if (path / "qrels").is_dir() and any((path / "qrels").glob("*.tsv")):
+        return RetrievalTask({}, {}, _beir_qrels(path, split or "test"), qrels)
+    part = find_part(path, "qrels")
+    if part is None:
+        raise MmstError(
+            f"--qrels {qrels!r} is a folder without qrels; give a qrels file (TREC, or BEIR's tsv) or a BEIR / mteb "
+            "folder that holds them"
+        )
+    return RetrievalTask({}, {}, _qrels_from_table(load_table(str(part), split=split or "test"), qrels), qrels)
+
+
 def _beir_task(folder: Path, split: str, media: MediaOptions) -> RetrievalTask:
     source = str(folder)
     corpus_table = load_table(str(folder / "corpus.jsonl"))
     queries_table = load_table(str(folder / "queries.jsonl"))
     qrels = _beir_qrels(folder, split)
-    if "text" in corpus_table.column_names and "title" in corpus_table.column_names:
-        # BEIR's convention: a document is its title and text joined by a space.
-        corpus_table = corpus_table.map(
-            lambda row: {"text": f"{row['title']} {row['text']}".strip() if row["title"] else row["text"]}
-        )
-    corpus, corpus_notes = _content(corpus_table, "_id", ("image", "video", "audio", "text"), "corpus", source, media)
+    corpus, corpus_notes = _content(join_title_and_text(corpus_table), "_id", ("image", "video", "audio", "text"), "corpus", source, media)
     queries, query_notes = _content(queries_table, "_id", ("image", "video", "audio", "text"), "queries", source, media)
     return RetrievalTask(queries, corpus, qrels, source, warnings=query_notes + corpus_notes)
-
-
-def _pdf_corpus_folder(folder: Path) -> Path | None:
-    """Where the PDFs of a BEIR folder without ``corpus.jsonl`` are: ``corpus/``, else the folder itself."""
-    if (folder / "corpus").is_dir() and pdf_files(folder / "corpus"):
-        return folder / "corpus"
-    return folder if any(path.suffix.lower() == ".pdf" for path in folder.iterdir() if path.is_file()) else None
 
 
 def _pdf_task(folder: Path, pdf_folder: Path, split: str, media: MediaOptions) -> RetrievalTask:
@@ -262,7 +266,7 @@ def _pdf_task(folder: Path, pdf_folder: Path, split: str, media: MediaOptions) -
 def _schema_task(reference: str, folder: Path | None, split: str, config: str | None, media: MediaOptions) -> RetrievalTask:
     def part(name: str):
         if folder is not None:
-            return load_table(str(_find_part(folder, name)), split=split)
+            return load_table(str(find_part(folder, name)), split=split)
         return load_table(reference, config=name, split=split)
 
     corpus, corpus_notes = _content(part("corpus"), "corpus-id", ("image", "video", "audio", "text"), "corpus", reference, media)
@@ -280,17 +284,6 @@ def _is_hub_schema_dataset(reference: str) -> bool:
         return {"corpus", "queries", "qrels"} <= set(get_dataset_config_names(reference))
     except Exception:  # offline, unknown id: not this format; load_table reports the real problem
         return False
-
-
-def is_retrieval_folder(reference: str) -> bool:
-    """Whether ``reference`` is a local folder laid out as a retrieval task, or meant to be one.
-
-    True when any part is there (``corpus``, ``queries`` or ``qrels`` as a data file or a sub-folder):
-    a BEIR folder, one whose corpus is PDFs, or mteb / ViDoRe parts. :func:`load_retrieval_task`
-    reads it, or names the part that is missing.
-    """
-    path = Path(reference).expanduser()
-    return path.is_dir() and any(_find_part(path, name) for name in ("corpus", "queries", "qrels"))
 
 
 def load_retrieval_task(
@@ -318,12 +311,12 @@ def load_retrieval_task(
     has_beir_queries = path.is_dir() and beir_parts[1].is_file() and list((path / "qrels").glob("*.tsv"))
     if has_beir_queries and beir_parts[0].is_file():
         task = _beir_task(path, split or "test", media)
-    elif has_beir_queries and (pdf_folder := _pdf_corpus_folder(path)) is not None:
+    elif has_beir_queries and (pdf_folder := pdf_corpus_folder(path)) is not None:
         task = _pdf_task(path, pdf_folder, split or "test", media)
-    elif path.is_dir() and all(_find_part(path, name) for name in ("corpus", "queries", "qrels")):
+    elif path.is_dir() and all(find_part(path, name) for name in ("corpus", "queries", "qrels")):
         task = _schema_task(reference, path, split or "test", None, media)
-    elif is_retrieval_folder(reference):
-        present = [name for name in ("corpus", "queries", "qrels") if _find_part(path, name)]
+    elif is_retrieval_folder(path):
+        present = [name for name in ("corpus", "queries", "qrels") if find_part(path, name)]
         missing = [name for name in ("corpus", "queries", "qrels") if name not in present]
         raise MmstError(
             f"retrieval folder {reference!r} has {' and '.join(present)} but no {' or '.join(missing)}; a retrieval "
