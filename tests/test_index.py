@@ -93,7 +93,7 @@ def test_text_index_finds_the_matching_document_and_writes_a_trec_run_and_rerank
     from sentence_transformers import CrossEncoder
     import torch
 
-    reranked = run_mmst("search", str(index), "how do I bake a dessert", "--reranker", str(tiny_reranker), "--rerank-top", "5",
+    reranked = run_mmst("search", str(index), "how do I bake a dessert", "--reranker", str(tiny_reranker), "--rerank-top-k", "5",
                         "-k", "5", "--json")  # fmt: skip
     assert reranked.returncode == 0, reranked.stderr
     hits = json.loads(reranked.stdout)["results"]
@@ -290,6 +290,28 @@ def test_bad_index_folders_and_queries_are_one_line_errors(tiny_models, photos, 
     with (index / "vectors.npy").open("ab") as handle:
         handle.write(b"\0")
     assert_one_line_error(run_mmst("search", str(index), "red"), 2, "vectors.npy has", "damaged")
+
+
+def test_search_refuses_another_model_of_the_same_width_and_a_rerank_cut_below_k(clip, tiny_models, tiny_reranker, photos, tmp_path):
+    import copy
+
+    import torch
+
+    index = tmp_path / "photos.index"
+    build(clip, tiny_models["clip"], [photos], index)
+    moved = tmp_path / "moved-clip"
+    shutil.copytree(tiny_models["clip"], moved)
+    assert run_mmst("search", str(index), "red", "--model", str(moved), "--json").returncode == 0  # the same model, moved
+    other = copy.deepcopy(clip)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator))
+    other.save(str(tmp_path / "other"))
+    assert_one_line_error(run_mmst("search", str(index), "red", "--model", str(tmp_path / "other")), 2,
+                          "embeds the index's document '000.png' differently", "pass the model it was built with")  # fmt: skip
+    cut = run_mmst("search", str(index), "red", "--reranker", str(tiny_reranker), "--rerank-top-k", "2", "-k", "3")
+    assert_one_line_error(cut, 2, "--rerank-top-k 2 is below -k 3")
 
 
 def test_cli_processes_exit_2_with_one_line(tmp_path):

@@ -27,7 +27,13 @@ from typing import Annotated
 
 import typer
 
-from mmst_cli.cli.options import AllowOutsideRootOption, ReportOption, ReportQueriesOption, TrustRemoteCodeOption
+from mmst_cli.cli.options import (
+    MODEL_PANEL,
+    AllowOutsideRootOption,
+    ReportOption,
+    ReportQueriesOption,
+    TrustRemoteCodeOption,
+)
 from mmst_cli.cli.output import console
 
 QUERIES = "Queries"
@@ -85,14 +91,14 @@ def search(
     queries_file: Annotated[str | None, typer.Option("--queries", help="A queries file: jsonl/csv/parquet (ids from _id, query-id, query_id, qid or id), id<TAB>text tsv, txt (one per line) or a BEIR folder.", rich_help_panel=QUERIES, show_default=False)] = None,
     allow_outside_root: AllowOutsideRootOption = False,
     k: Annotated[int, typer.Option("-k", "--top-k", help="Documents returned per query.", rich_help_panel=SEARCH)] = 10,
-    reranker: Annotated[str | None, typer.Option(help="A reranker (CrossEncoder) folder or Hub id that re-scores each query's top --rerank-top documents.", rich_help_panel=SEARCH, show_default=False)] = None,
-    rerank_top: Annotated[int, typer.Option(help="First-stage documents the reranker re-scores per query.", rich_help_panel=SEARCH)] = 50,
+    reranker: Annotated[str | None, typer.Option(help="A reranker (CrossEncoder) folder or Hub id that re-scores each query's top --rerank-top-k documents.", rich_help_panel=SEARCH, show_default=False)] = None,
+    rerank_top_k: Annotated[int | None, typer.Option(help="First-stage documents the reranker re-scores per query, at least -k (as in mmst evaluate). Default: 50, or -k when larger.", rich_help_panel=SEARCH, show_default=False)] = None,
     nprobe: Annotated[int | None, typer.Option(help="IVF indexes: lists visited per query (all of them: exact). Default: the index's.", rich_help_panel=SEARCH, show_default=False)] = None,
     ef_search: Annotated[int | None, typer.Option(help="HNSW indexes: candidates kept while searching. Default: the index's (64).", rich_help_panel=SEARCH, show_default=False)] = None,
     rescore: Annotated[int | None, typer.Option(help="Quantised indexes: fetch N x k candidates and re-score them with the float vectors; 1 for none. Default: 4 for binary, 1 otherwise.", rich_help_panel=SEARCH, show_default=False)] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="The index's model, if it has moved. Default: the model the index records.", rich_help_panel=SEARCH, show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option(help="Queries per forward pass.", rich_help_panel=SEARCH)] = 32,
-    device: Annotated[str | None, typer.Option(help="cuda:0, cpu, ... Default: chosen by Sentence Transformers.", rich_help_panel=SEARCH, show_default=False)] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="The index's model, if it has moved. Default: the model the index records.", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Queries per forward pass.", rich_help_panel=MODEL_PANEL)] = 32,
+    device: Annotated[str | None, typer.Option(help="cuda:0, cpu, ... Default: chosen by Sentence Transformers.", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
     trust_remote_code: TrustRemoteCodeOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON line per query on stdout instead of tables on stderr.", rich_help_panel=OUTPUT)] = False,
     trec: Annotated[str | None, typer.Option(help="Also write the results as a TREC run file.", rich_help_panel=OUTPUT, show_default=False)] = None,
@@ -122,7 +128,7 @@ def search(
 
     asked = read_queries(list(queries or []), list(media or []), queries_file, allow_outside_root=allow_outside_root)
     outcome = search_index(
-        opened, asked, k=k, model=model, reranker=reranker, rerank_top=rerank_top, nprobe=nprobe, ef_search=ef_search,
+        opened, asked, k=k, model=model, reranker=reranker, rerank_top_k=rerank_top_k, nprobe=nprobe, ef_search=ef_search,
         rescore=rescore, batch_size=batch_size, device=device, trust_remote_code=trust_remote_code, warm_up=timing,
     )  # fmt: skip
     if trec is not None:

@@ -29,6 +29,9 @@ from mmst_cli.core.index import layout, vector_index
 MAXSIM_CHUNK = 1024
 #: Query id columns of a queries table, tried in this order (BEIR's ``_id`` first).
 QUERY_ID_COLUMNS = ("_id", "query-id", "query_id", "qid", "id")
+#: How close a moved ``--model``'s vector of a stored document must be to the stored one (devices and
+#: batching move the last digits; another model lands far away).
+MOVED_MODEL_COSINE = 0.99
 #: First-stage candidates a reranker re-scores per query by default.
 DEFAULT_RERANK_TOP = 50
 
@@ -170,6 +173,37 @@ def load_index_model(index: layout.IndexFolder, model: str | None, *, device: st
     return load_model(source, trust_remote_code=trust_remote_code, device=device)
 
 
+def check_moved_model(index: layout.IndexFolder, model, documents: list[dict[str, Any]], batch_size: int) -> None:
+    """Refuse a ``--model`` that is not the index's: a model of the same width would otherwise search
+    vectors it did not make, and rank without a word. One stored document (a text, or a media file
+    still in place) is embedded again and compared with its vector; with none left, nothing is checked.
+    Multi-vector indexes are not checked."""
+    from mmst_cli.core.encode.encoding import encode_inputs
+
+    settings = index.settings
+    for row, record in enumerate(documents):
+        if record["text"] is not None:
+            value = record["text"]
+        elif record["ref"] and Path(record["ref"].partition("#page=")[0]).is_file():
+            inputs = read_inputs("-", stdin=io.StringIO(record["ref"] + "\n"), allow_outside_root=True)
+            inputs.bind(model)
+            value = inputs.chunk(0, 1)[0]
+        else:
+            continue
+        fresh = encode_inputs(model, [value], task="document", prompt=settings["prompt"], batch_size=batch_size,
+                              normalize=settings["normalize"], truncate_dim=settings["dim"])[0]  # fmt: skip
+        stored = np.asarray(index.vectors()[row], dtype=np.float32)
+        if fresh.shape != stored.shape:
+            return  # another width: the search names it
+        cosine = float(fresh @ stored / max(float(np.linalg.norm(fresh) * np.linalg.norm(stored)), 1e-12))
+        if cosine < MOVED_MODEL_COSINE:
+            raise MmstError(
+                f"--model embeds the index's document {str(record['id'])!r} differently from the model that built "
+                f"{str(index.path)!r} (cosine {cosine:.3f}); pass the model it was built with"
+            )
+        return
+
+
 def _token_chunks(index: layout.IndexFolder):
     """The index's documents' token vectors, :data:`MAXSIM_CHUNK` documents at a time."""
     import torch
@@ -243,7 +277,7 @@ def search_index(
     k: int = 10,
     model=None,
     reranker: str | None = None,
-    rerank_top: int = DEFAULT_RERANK_TOP,
+    rerank_top_k: int | None = None,
     nprobe: int | None = None,
     ef_search: int | None = None,
     rescore: int | None = None,
@@ -261,8 +295,9 @@ def search_index(
         model: A loaded model, a model folder or Hub id (the index's model, moved), or ``None``
             (default) for the model the index records.
         reranker: A reranker (CrossEncoder) folder or Hub id that re-scores each query's top
-            ``rerank_top`` documents; ``None`` (default) for none.
-        rerank_top: First-stage candidates the reranker re-scores; default 50 (at least ``k``).
+            ``rerank_top_k`` documents; ``None`` (default) for none.
+        rerank_top_k: First-stage candidates the reranker re-scores, at least ``k``; ``None``
+            (default) for :data:`DEFAULT_RERANK_TOP`, or ``k`` when larger.
         nprobe / ef_search / rescore: Search breadth of IVF / HNSW indexes and re-scoring of
             quantised ones (see :func:`mmst_cli.core.index.vector_index.search`); ``None`` for the index's defaults.
         batch_size: Queries per forward pass; default 32.
@@ -275,17 +310,25 @@ def search_index(
         ``encode``, ``search``, ``rerank`` seconds over all queries, and ``queries``).
 
     Raises:
-        MmstError: a query the model cannot take, a reranker that cannot read the documents.
+        MmstError: a query the model cannot take, a reranker that cannot read the documents, a
+            ``rerank_top_k`` below ``k``, a moved ``model`` that is not the index's.
     """
     if k <= 0:
         raise MmstError(f"-k must be a positive whole number, got {k}")
+    if reranker and rerank_top_k is not None and rerank_top_k < k:
+        # The reranker would order only the first rerank_top_k of the k results (evaluate's rule too).
+        raise MmstError(f"--rerank-top-k {rerank_top_k} is below -k {k}: the reranker re-scores the results it returns; "
+                        f"raise --rerank-top-k to at least {k} or lower -k")  # fmt: skip
     started = time.perf_counter()
-    if model is None or isinstance(model, str):
+    moved = isinstance(model, str)
+    if model is None or moved:
         model = load_index_model(index, model, device=device, trust_remote_code=trust_remote_code)
     documents = [dict(record, ref=index.media_reference(record["ref"])) for record in index.documents()]
+    if moved and index.kind == "dense":
+        check_moved_model(index, model, documents, batch_size)
     faiss_index = index.faiss_index() if index.kind == "dense" else None
     values = queries.values(model)
-    depth = max(k, rerank_top) if reranker else k
+    depth = max(k, rerank_top_k or DEFAULT_RERANK_TOP) if reranker else k
     if warm_up:
         _first_stage(index, faiss_index, model, values[:1], depth, batch_size=batch_size, nprobe=nprobe,
                      ef_search=ef_search, rescore=rescore)  # fmt: skip
