@@ -81,6 +81,25 @@ def test_text_negatives_exclude_every_positive_cache_and_both_trainers(tmp_path,
     assert reranked["train"]["steps"] == 1
 
 
+def test_without_model_the_embedded_default_mines_as_in_every_command(tmp_path, facts, minilm_path, monkeypatch):
+    from mmst_cli.core.models import loading
+    from mmst_cli.core.models.locate import DEFAULT_MODEL_NAME, locate_model
+
+    asked = []
+    real_load_model = loading.load_model
+
+    def load_model(source, **kwargs):  # the default Router's text route is this MiniLM; its build costs 8 s
+        asked.append(source.reference)
+        return real_load_model(locate_model(str(minilm_path)), **kwargs)
+
+    monkeypatch.setattr(loading, "load_model", load_model)
+    pairs, corpus = facts
+    summary = run_json("mine", "--data", str(pairs), "--corpus", str(corpus), "--num-negatives", "1",
+                       "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "mined.jsonl"))  # fmt: skip
+    assert asked == [DEFAULT_MODEL_NAME] and summary["model"] == DEFAULT_MODEL_NAME
+    assert summary["rows_written"] == len(FACTS)
+
+
 def test_a_device_list_encodes_both_sides_through_one_pool(tmp_path, facts, minilm_path, monkeypatch):
     # Spawning two real workers costs 7-20 s on 2 shared cores; the pool itself (processes, order kept) is
     # tested by `mmst encode`'s test. Here the pool's calls run in process, so the wiring is what is tested:

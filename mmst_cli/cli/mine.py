@@ -40,7 +40,6 @@ OUTPUT = "Output"
 
 
 def mine(
-    model: Annotated[str, typer.Option(help="Embedding model folder or Hub id that ranks the candidates.", rich_help_panel=MODEL, show_default=False)],
     data: Annotated[str, typer.Option(help="Pair table (anchor, positive: jsonl, csv, parquet, dataset folder or Hub id), or a BEIR / mteb folder with qrels.", rich_help_panel=DATA_PANEL, show_default=False)],
     output: Annotated[str, typer.Option("--output", "-o", help="The jsonl file of mined rows (written whole or not at all).", rich_help_panel=OUTPUT, show_default=False)],
     corpus: Annotated[str | None, typer.Option(help="More documents to mine from: a table, a .txt file (a line each) or a folder of images / audio. Default: the positives alone.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
@@ -48,6 +47,7 @@ def mine(
     corpus_column: Annotated[str | None, typer.Option(help="The --corpus table's column. Default: picked as `mmst encode` picks.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
     split: Annotated[str | None, typer.Option(help="Split of the data (BEIR qrels split, or dataset split). Default: train.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
     data_config: Annotated[str | None, typer.Option(help="Hub configuration of the data.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(help="Embedding model folder or Hub id that ranks the candidates. Default: the embedded MiniLM + EfficientNet-Lite0 Router.", rich_help_panel=MODEL, show_default=False)] = None,
     media_root: MediaRootOption = None,
     allow_outside_root: AllowOutsideRootOption = False,
     num_negatives: Annotated[int, typer.Option(help="Negatives per anchor.", rich_help_panel=MINING)] = 3,

@@ -77,7 +77,7 @@ class MineOptions:
     """Every option of ``mmst mine``; the mining ones mean what they mean in Sentence Transformers.
 
     Attributes:
-        model: Embedding model folder or Hub id.
+        model: Embedding model folder or Hub id; ``None`` for the embedded default, as in every command.
         data: Pair table (anchor, positive), or a BEIR / mteb folder (queries, corpus, qrels).
         output: The jsonl file written.
         corpus: Extra documents to mine from (table, folder of media, ``.txt``); default: the positives.
@@ -104,7 +104,7 @@ class MineOptions:
             ``None`` for ``<output stem>-media`` beside the output.
     """
 
-    model: str
+    model: str | None
     data: str
     output: str
     corpus: str | None = None
@@ -475,7 +475,7 @@ def run_mining(options: MineOptions, *, track: Tracker = _no_progress) -> dict[s
             "or write the output in the data's folder"
         )
     return {
-        "model": options.model,
+        "model": source.reference,
         "data": options.data,
         "corpus": options.corpus,
         "output": str(output),
