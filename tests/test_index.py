@@ -312,6 +312,8 @@ def test_search_refuses_another_model_of_the_same_width_and_a_rerank_cut_below_k
                           "embeds the index's document '000.png' differently", "pass the model it was built with")  # fmt: skip
     cut = run_mmst("search", str(index), "red", "--reranker", str(tiny_reranker), "--rerank-top-k", "2", "-k", "3")
     assert_one_line_error(cut, 2, "--rerank-top-k 2 is below -k 3")
+    not_a_reranker = run_mmst("search", str(index), "red", "--reranker", str(tiny_models["clip"]))
+    assert_one_line_error(not_a_reranker, 2, "is not a reranker (mmst detect says kind 'embedder')", "CrossEncoder")
 
 
 def test_cli_processes_exit_2_with_one_line(tmp_path):

@@ -287,7 +287,10 @@ def load_reranker_for(reference: str, sides: Mapping[str, Iterable[Any]], source
 
     located = locate_model(reference)
     if located.kind != "reranker":
-        raise MmstError(f"--reranker {reference!r} is a {located.kind}, not a reranker")
+        raise MmstError(
+            f"--reranker {reference!r} is not a reranker (mmst detect says kind {located.kind!r}); give a CrossEncoder "
+            "folder or Hub id, such as the model mmst train-rerank saves"
+        )
     reranker = load_model(located, trust_remote_code=trust_remote_code)
     for side, values in sides.items():
         unreadable = sorted(m for m in {modality_of(value) for value in values} if not reranker.supports(m))
