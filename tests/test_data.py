@@ -58,6 +58,25 @@ def test_unknown_extension_and_missing_file(tmp_path):
         load_pair_data(str(tmp_path / "missing" / "a.jsonl"))
 
 
+@pytest.mark.parametrize(
+    "args", [["train-embed", "--data", "{pairs}", "--eval-data", "{folder}"], ["train-rerank", "--data", "{folder}"]]
+)
+def test_a_retrieval_folder_given_as_training_rows_says_which_commands_read_it(tmp_path, args):
+    from tests.helpers import assert_one_line_error, run_mmst
+
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": "a cat"}\n')
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "cat"}\n')
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"query": "cat", "answer": "a cat"}\n')
+    filled = [arg.format(pairs=pairs, folder=folder) for arg in args]
+    result = run_mmst(*filled, "--output-dir", str(tmp_path / "run"))  # refused before any model loads
+    assert_one_line_error(result, 2, f"data '{folder}' is a retrieval folder", f"mmst mine --data {folder} -o pairs.jsonl")
+    assert not (tmp_path / "run").exists()
+
+
 def test_relative_paths_resolve_against_the_data_file_or_media_root(tmp_path):
     path = write_colour_pairs(tmp_path / "set", count=3)
     data = load_pair_data(str(path))

@@ -118,6 +118,14 @@ def load_table(reference: str, *, config: str | None = None, split: str | None =
                         raise MmstError(f"data folder {reference!r} has no split {split!r}; it has {sorted(table)}")
                     table = table[split]
             else:
+                from mmst_cli.core.data.retrieval_folders import is_retrieval_folder  # it reads this module's formats
+
+                if is_retrieval_folder(path):  # datasets would read its parts as one table of mixed rows
+                    raise MmstError(
+                        f"data {reference!r} is a retrieval folder (corpus, queries, qrels), not a table of rows; "
+                        f"mmst evaluate, mine, encode and index read it whole, and mmst mine --data {reference} "
+                        "-o pairs.jsonl turns it into training rows"
+                    )
                 table = datasets.load_dataset(str(path), split=split)
         elif (
             reference.startswith((".", "/", "~"))
