@@ -278,6 +278,12 @@ def test_bad_index_folders_and_queries_are_one_line_errors(tiny_models, photos, 
     (tmp_path / "empty.txt").write_text("")
     assert_one_line_error(run_mmst("search", str(index), "--queries", str(tmp_path / "empty.txt")), 2, "empty.txt' has nothing to embed")
     assert_one_line_error(run_mmst("search", str(index), "--queries", str(not_an_index)), 2, "folder without queries.jsonl")
+    (tmp_path / "two.jsonl").write_text('{"a": "red", "b": "blue"}\n')
+    assert_one_line_error(run_mmst("search", str(index), "--queries", str(tmp_path / "two.jsonl")), 2, "no 'query' column", "id<TAB>text")
+    shutil.copy(photos / "001.png", tmp_path / "001.png")
+    (tmp_path / "pairs.jsonl").write_text('{"image": "001.png", "query": "a red square"}\n')  # the query, not its image
+    searched = run_mmst("search", str(index), "--queries", str(tmp_path / "pairs.jsonl"), "-k", "1", "--json")
+    assert json.loads(searched.stdout)["query"] == "a red square", searched.stderr
     (tmp_path / "blank.jsonl").write_text('{"id": "q7", "text": " "}\n')
     assert_one_line_error(run_mmst("search", str(index), "--queries", str(tmp_path / "blank.jsonl")), 2, "query 'q7' is empty")
     assert_one_line_error(run_mmst("index", str(photos), "-o", ""), 2, "-o is empty")

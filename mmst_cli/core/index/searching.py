@@ -21,12 +21,14 @@ from typing import Any
 import numpy as np
 
 from mmst_cli.core.data.media import classify_string
-from mmst_cli.core.encode.inputs import EncodeInputs, read_inputs
+from mmst_cli.core.encode.inputs import EncodeInputs, pick_column, read_inputs
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.index import layout, vector_index
 
 #: Documents of a multi-vector index scored by MaxSim at a time (bounds the token vectors in memory).
 MAXSIM_CHUNK = 1024
+#: Query columns of a queries table, tried in this order before the column ``mmst encode`` would pick.
+QUERY_COLUMNS = ("query", "anchor")
 #: Query id columns of a queries table, tried in this order (BEIR's ``_id`` first).
 QUERY_ID_COLUMNS = ("_id", "query-id", "query_id", "qid", "id")
 #: How close a moved ``--model``'s vector of a stored document must be to the stored one (devices and
@@ -72,6 +74,7 @@ class Queries:
     ids: list[str]
     labels: list[str]
     parts: list[list[str] | EncodeInputs]
+    notes: list[str] = field(default_factory=list)
 
     def values(self, model) -> list[Any]:
         """The model inputs, in query order (audio decoded at the model's rate, pages as pages)."""
@@ -110,13 +113,24 @@ def _queries_file(reference: str, allow_outside_root: bool) -> EncodeInputs:
         inputs = read_inputs("-", stdin=stream, media_root=path.parent, allow_outside_root=allow_outside_root)
         inputs.ids = [row[0] if len(row) == 2 else str(number) for number, row in enumerate(rows)]
         return inputs
-    id_column = None
+    id_column = column = None
     if path.suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
         from mmst_cli.core.data.tables import load_table
 
         columns = load_table(str(path)).column_names
         id_column = next((name for name in QUERY_ID_COLUMNS if name in columns), None)
-    return read_inputs(str(path), id_column=id_column, allow_outside_root=allow_outside_root)
+        # mteb / ViDoRe queries and pair tables hold the query in "query" (mine's rows in "anchor"),
+        # beside documents or images; search has no --column, so a table it cannot read is named here.
+        column = next((name for name in QUERY_COLUMNS if name in columns), None)
+        if column is None:
+            try:
+                column = pick_column(columns, None, id_column, reference)
+            except MmstError:
+                raise MmstError(
+                    f"--queries {reference!r}: no 'query' column, and no single text column among {columns}; "
+                    "name the queries' column 'query', or give an id<TAB>text tsv"
+                ) from None
+    return read_inputs(str(path), column=column, id_column=id_column, allow_outside_root=allow_outside_root)
 
 
 def read_queries(texts: list[str], media: list[str], queries_file: str | None, *, allow_outside_root: bool = False) -> Queries:
@@ -126,7 +140,8 @@ def read_queries(texts: list[str], media: list[str], queries_file: str | None, *
         texts: Text queries (ids ``q1``, ``q2``, ...).
         media: Media files (``-i``): images, audio, PDF pages (``doc.pdf#page=2``); ids go on
             from the texts'.
-        queries_file: A queries file or BEIR folder (ids from its id column, else row numbers).
+        queries_file: A queries file or BEIR folder (ids from its id column, else row numbers; the
+            text or media of its ``query`` column, else of the column ``mmst encode`` would pick).
         allow_outside_root: A queries file may name media outside its folder.
 
     Raises:
@@ -157,7 +172,7 @@ def read_queries(texts: list[str], media: list[str], queries_file: str | None, *
         parts.append(inputs)
     if not ids:
         raise MmstError('give a query: mmst search INDEX "some words", -i FILE or --queries FILE')
-    return Queries(ids, labels, parts)
+    return Queries(ids, labels, parts, [note for part in parts if isinstance(part, EncodeInputs) for note in part.notes])
 
 
 def load_index_model(index: layout.IndexFolder, model: str | None, *, device: str | None = None, trust_remote_code: bool = False):
