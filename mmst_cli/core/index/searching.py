@@ -188,6 +188,24 @@ def load_index_model(index: layout.IndexFolder, model: str | None, *, device: st
     return load_model(source, trust_remote_code=trust_remote_code, device=device)
 
 
+def check_search_breadth(index: layout.IndexFolder, nprobe: int | None, ef_search: int | None, rescore: int | None) -> None:
+    """Refuse a breadth option the index does not use, which would otherwise be accepted and ignored."""
+    given = {flag: value for flag, value in (("--nprobe", nprobe), ("--ef-search", ef_search), ("--rescore", rescore)) if value is not None}
+    name, settings = str(index.path), index.settings
+    for flag, value in given.items():
+        if value < 1:
+            raise MmstError(f"{flag} must be a positive whole number, got {value}")
+    if given and index.kind == "multi_vector":
+        raise MmstError(f"index {name!r} is searched exactly by MaxSim (a multi-vector model); drop {', '.join(given)}")
+    if nprobe is not None and settings["index"] != "ivf":
+        raise MmstError(f"--nprobe sets how many IVF lists a query visits, but index {name!r} is {settings['index']}; drop it")
+    if ef_search is not None and settings["index"] != "hnsw":
+        raise MmstError(f"--ef-search sets an HNSW search's breadth, but index {name!r} is {settings['index']}; drop it")
+    if rescore is not None and settings["quantize"] == "none":
+        raise MmstError(f"--rescore re-scores a quantised index's candidates, but index {name!r} holds float vectors, "
+                        "scored exactly; drop it")  # fmt: skip
+
+
 def check_moved_model(index: layout.IndexFolder, model, documents: list[dict[str, Any]], batch_size: int) -> None:
     """Refuse a ``--model`` that is not the index's: a model of the same width would otherwise search
     vectors it did not make, and rank without a word. One stored document (a text, or a media file
@@ -326,10 +344,12 @@ def search_index(
 
     Raises:
         MmstError: a query the model cannot take, a reranker that cannot read the documents, a
-            ``rerank_top_k`` below ``k``, a moved ``model`` that is not the index's.
+            ``rerank_top_k`` below ``k``, a moved ``model`` that is not the index's, a breadth
+            option the index does not use (:func:`check_search_breadth`).
     """
     if k <= 0:
         raise MmstError(f"-k must be a positive whole number, got {k}")
+    check_search_breadth(index, nprobe, ef_search, rescore)
     if reranker and rerank_top_k is not None and rerank_top_k < k:
         # The reranker would order only the first rerank_top_k of the k results (evaluate's rule too).
         raise MmstError(f"--rerank-top-k {rerank_top_k} is below -k {k}: the reranker re-scores the results it returns; "
