@@ -252,6 +252,7 @@ def test_depth_sets_the_documents_kept_and_saved_per_query(tmp_path, tiny_models
     assert_one_line_error(run_mmst(*model, "--depth", "50"), 2, "--k 100 exceeds --depth 50", "raise --depth")
     reranking = ("--reranker", str(tmp_path / "absent"), "--rerank-top-k", "30")  # refused before it is looked for
     assert_one_line_error(run_mmst(*model, "--k", "10", "--depth", "20", *reranking), 2, "--rerank-top-k 30 exceeds --depth 20")
+    assert_one_line_error(run_mmst(*model, "--rerank-top-k", "5"), 2, "--rerank-top-k sets how many results --reranker")
 
 
 def test_prompts_reach_the_model_as_encode_query_applies_them(tmp_path, tiny_models):

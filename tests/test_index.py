@@ -318,6 +318,7 @@ def test_search_refuses_another_model_of_the_same_width_and_a_rerank_cut_below_k
                           "embeds the index's document '000.png' differently", "pass the model it was built with")  # fmt: skip
     cut = run_mmst("search", str(index), "red", "--reranker", str(tiny_reranker), "--rerank-top-k", "2", "-k", "3")
     assert_one_line_error(cut, 2, "--rerank-top-k 2 is below -k 3")
+    assert_one_line_error(run_mmst("search", str(index), "red", "--rerank-top-k", "20"), 2, "add --reranker or drop it")
     for flag, value, fragment in (("--nprobe", "4", "--nprobe sets how many IVF lists"), ("--ef-search", "8", "but index"),
                                   ("--rescore", "2", "holds float vectors"), ("--nprobe", "0", "positive whole number")):  # fmt: skip
         assert_one_line_error(run_mmst("search", str(index), "red", flag, value), 2, fragment)  # a flat float index

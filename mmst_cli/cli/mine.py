@@ -60,7 +60,7 @@ def mine(
     sampling: Annotated[str, typer.Option(help="top: the best remaining candidates; random: any of them (--seed).", rich_help_panel=MINING)] = "top",
     seed: Annotated[int, typer.Option(help="Seed of --sampling random.", rich_help_panel=MINING)] = 12,
     reranker: Annotated[str | None, typer.Option(help="Rescore the candidates with this reranker and drop those it scores as relevant.", rich_help_panel=FALSE_NEGATIVES, show_default=False)] = None,
-    reranker_threshold: Annotated[float, typer.Option(help="The reranker score (its own activation: a probability for one-label rerankers) from which a candidate counts as relevant.", rich_help_panel=FALSE_NEGATIVES)] = 0.5,
+    reranker_threshold: Annotated[float | None, typer.Option(help="The --reranker score (its own activation: a probability for one-label rerankers) from which a candidate counts as relevant. Default: 0.5.", rich_help_panel=FALSE_NEGATIVES, show_default=False)] = None,
     group_column: Annotated[str | None, typer.Option(help="A column (of the data, and of a --corpus table) naming each document's group, e.g. its source PDF: documents of a positive's group are never its negatives.", rich_help_panel=FALSE_NEGATIVES, show_default=False)] = None,
     output_format: Annotated[str, typer.Option("--format", help="triplet (anchor, positive, negative_1..n) for train-embed; labeled-pair (query, document, label) or labeled-list (query, documents, labels) for train-rerank.", rich_help_panel=OUTPUT)] = "triplet",
     scores: Annotated[bool, typer.Option("--scores", help="Write the embedding scores too (a scores list, or a score per labeled pair).", rich_help_panel=OUTPUT)] = False,

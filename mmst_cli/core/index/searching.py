@@ -350,6 +350,8 @@ def search_index(
     if k <= 0:
         raise MmstError(f"-k must be a positive whole number, got {k}")
     check_search_breadth(index, nprobe, ef_search, rescore)
+    if rerank_top_k is not None and not reranker:
+        raise MmstError("--rerank-top-k sets how many results --reranker re-scores; add --reranker or drop it")
     if reranker and rerank_top_k is not None and rerank_top_k < k:
         # The reranker would order only the first rerank_top_k of the k results (evaluate's rule too).
         raise MmstError(f"--rerank-top-k {rerank_top_k} is below -k {k}: the reranker re-scores the results it returns; "

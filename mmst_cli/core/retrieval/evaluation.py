@@ -35,6 +35,8 @@ DEFAULT_CUTOFFS = (1, 3, 5, 10, 100)
 
 #: Documents retrieved (and written by ``--save-run``) per query by default, as mteb keeps.
 DEFAULT_DEPTH = 1000
+#: First-stage results a ``--reranker`` re-scores per query by default.
+RERANK_TOP_K = 100
 
 
 def _no_progress(description: str, total: int) -> Callable[[int], None]:
@@ -323,7 +325,7 @@ class EvaluateOptions:
     skip_queries_without_relevant: bool = False
     dims: tuple[int, ...] = ()
     reranker: str | None = None
-    rerank_top_k: int = 100
+    rerank_top_k: int | None = None  # refused without a reranker
     depth: int = DEFAULT_DEPTH
     query_prompt: str | None = None
     document_prompt: str | None = None
@@ -343,6 +345,11 @@ class EvaluateOptions:
     #: Pool a multi-vector model's document tokens by this factor (``--token-pool-factor``).
     token_pool_factor: float | None = None
 
+    @property
+    def top_k_reranked(self) -> int:
+        """First-stage results the reranker re-scores: ``--rerank-top-k``, else :data:`RERANK_TOP_K`."""
+        return RERANK_TOP_K if self.rerank_top_k is None else self.rerank_top_k
+
     def validate(self) -> None:
         if not self.ks:
             raise MmstError("--k is empty; give at least one cut-off, e.g. --k 10")
@@ -350,10 +357,12 @@ class EvaluateOptions:
             raise MmstError(f"--k must be positive, got {list(self.ks)}")
         if any(dim <= 0 for dim in self.dims):
             raise MmstError(f"--dims must be positive, got {list(self.dims)}")
-        if self.batch_size <= 0 or self.rerank_top_k <= 0 or self.depth <= 0:
+        if self.rerank_top_k is not None and not self.reranker:
+            raise MmstError("--rerank-top-k sets how many results --reranker re-scores; add --reranker or drop it")
+        if self.batch_size <= 0 or self.top_k_reranked <= 0 or self.depth <= 0:
             raise MmstError("--batch-size, --rerank-top-k and --depth must be positive")
-        if self.reranker and self.rerank_top_k > self.depth:
-            raise MmstError(f"--rerank-top-k {self.rerank_top_k} exceeds --depth {self.depth}: the reranker reads the retrieved documents; raise --depth")
+        if self.reranker and self.top_k_reranked > self.depth:
+            raise MmstError(f"--rerank-top-k {self.top_k_reranked} exceeds --depth {self.depth}: the reranker reads the retrieved documents; raise --depth")
         if not self.run and max(self.ks) > self.depth:
             raise MmstError(
                 f"--k {max(self.ks)} exceeds --depth {self.depth}: metrics at k would see only {self.depth} "
@@ -523,7 +532,7 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -
         report["stages"] = [_stage_report(main)]
         if reranker is not None:
             main = rerank(
-                reranker, task, main.run, top_k=options.rerank_top_k, ks=options.ks,
+                reranker, task, main.run, top_k=options.top_k_reranked, ks=options.ks,
                 batch_size=options.batch_size,
                 skip_queries_without_relevant=options.skip_queries_without_relevant, track=track,
             )  # fmt: skip

@@ -54,6 +54,8 @@ FORMATS = ("triplet", "labeled-pair", "labeled-list")
 INDEXES = ("auto", "exact", "faiss")
 #: ``--sampling`` values, as Sentence Transformers names them.
 SAMPLINGS = ("top", "random")
+#: The reranker score from which a candidate counts as relevant (a probability for one-label rerankers).
+RERANKER_THRESHOLD = 0.5
 #: The rules a candidate passes, in order; the summary counts the candidates each one removed.
 RULES = (
     "relevant",  # a positive of the anchor (any of its rows) or a document judged relevant in its qrels
@@ -92,7 +94,8 @@ class MineOptions:
         absolute_margin / relative_margin / max_score / min_score: Score rules (default off).
         sampling: ``top`` (the best remaining) or ``random`` (among the remaining; ``seed``).
         reranker / reranker_threshold: Rescore candidates; drop those scoring at least the threshold
-            (the reranker's own activation: a probability for one-label rerankers; default 0.5).
+            (the reranker's own activation: a probability for one-label rerankers; ``None`` for
+            :data:`RERANKER_THRESHOLD`, and refused without a reranker).
         output_format: One of :data:`FORMATS` (default ``triplet``).
         scores: Write the embedding scores too.
         keep_incomplete: Keep anchors with fewer than ``num_negatives`` negatives (labelled formats).
@@ -125,7 +128,7 @@ class MineOptions:
     sampling: str = "top"
     seed: int = 12
     reranker: str | None = None
-    reranker_threshold: float = 0.5
+    reranker_threshold: float | None = None
     output_format: str = "triplet"
     scores: bool = False
     keep_incomplete: bool = False
@@ -152,6 +155,8 @@ class MineOptions:
             raise MmstError(f"--format must be one of {', '.join(FORMATS)}, got {self.output_format!r}")
         if self.keep_incomplete and self.output_format == "triplet":
             raise MmstError("--keep-incomplete needs --format labeled-pair or labeled-list: triplet rows need every negative")
+        if self.reranker_threshold is not None and not self.reranker:
+            raise MmstError("--reranker-threshold sets what --reranker counts as relevant; add --reranker or drop it")
         if self.columns is not None and len(self.columns) != 2:
             raise MmstError(f"--columns takes two columns, anchor,positive; got {','.join(self.columns)}")
         check_devices(self.device)
@@ -280,8 +285,9 @@ def choose_negatives(
                 survivors.append((document, score))
         if rerank is not None and survivors:
             verdicts = rerank(anchor, [document for document, _ in survivors])
-            removed["reranker"] += sum(v >= options.reranker_threshold for v in verdicts)
-            survivors = [item for item, v in zip(survivors, verdicts) if v < options.reranker_threshold]
+            threshold = RERANKER_THRESHOLD if options.reranker_threshold is None else options.reranker_threshold
+            removed["reranker"] += sum(v >= threshold for v in verdicts)
+            survivors = [item for item, v in zip(survivors, verdicts) if v < threshold]
         if options.sampling == "random":
             survivors = generator.sample(survivors, len(survivors))
         negatives: list[tuple[int, float]] = []
