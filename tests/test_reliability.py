@@ -54,6 +54,11 @@ def test_missing_data_and_unknown_names(tmp_path, tiny_models, text_pairs):
     assert_one_line_error(run_mmst("train-embed", "--batch-sampler", "random"), 2, "use one of no-duplicates")
     assert_one_line_error(run_mmst("train-embed", "--report-to", "wandb"), 2, "use one of none, tensorboard")
     assert_one_line_error(run_mmst("train-embed", "--freeze", "video"), 2, "not a tower")
+    # Router-shaping flags on a model that is not composed here were accepted and ignored.
+    for flags, start in ((["--dim", "64"], f"--model {str(tiny_models['bert'])!r}"), (["--image-size", "96", "--freeze", "image"], "the embedded default")):
+        model = ["--model", str(tiny_models["bert"]), "--data", str(text_pairs)] if start.startswith("--model") else []
+        shaped = run_mmst("train-embed", *model, *flags, "--output-dir", str(tmp_path / "shaped"))
+        assert_one_line_error(shaped, 2, f"{', '.join(flags[::2])} shape a Router", f"{start} keeps its own")
     assert_one_line_error(run_mmst("encode", str(text_pairs), "-o", str(tmp_path / "x.bin")), 2)
     assert_one_line_error(run_mmst("detect", "no-such-owner/no-such-model"), 2, "offline")
     columns = next(iter(json.loads(text_pairs.read_text().splitlines()[0])))

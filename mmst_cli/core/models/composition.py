@@ -318,8 +318,6 @@ def build_training_model(options) -> BuiltModel:
         )
     if options.pooling:
         _override_pooling(model, options.pooling)
-    if options.freeze:
-        raise MmstError("--freeze applies to composed models (--text-encoder/--image-encoder/--audio-encoder)")
     from sentence_transformers.base.modules import Router
 
     return BuiltModel(

@@ -110,6 +110,14 @@ class TrainEmbedOptions(TrainingOptions):
         if self.data is None and (self.model or self.text_encoder or self.image_encoder or self.audio_encoder):
             raise MmstError("--data is required when you choose a model (the emoji demo data goes with the default model)")
         self.loss.validate(gradient_checkpointing=self.gradient_checkpointing)
+        composed = self.text_encoder or self.image_encoder or self.audio_encoder
+        shaping = [flag for flag, value in (("--dim", self.dim), ("--image-size", self.image_size), ("--freeze", self.freeze)) if value]
+        if shaping and not composed and not wants_multi_vector(self):  # the model would be built without them
+            start = f"--model {self.model!r}" if self.model else "the embedded default"
+            raise MmstError(
+                f"{', '.join(shaping)} shape a Router composed with --text-encoder/--image-encoder/--audio-encoder "
+                f"(--dim also a --multi-vector model's token size); {start} keeps its own, so drop {', '.join(shaping)}"
+            )
         if wants_multi_vector(self):
             validate_multi_vector_options(self)
         elif self.query_length is not None or self.document_length is not None:
