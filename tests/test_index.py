@@ -113,10 +113,21 @@ def test_text_index_finds_the_matching_document_and_writes_a_trec_run_and_rerank
 
 
 def _retrieval_folder(folder, kind):
-    """A BEIR folder of titled texts, or of PDF pages (in corpus/), with one query per document."""
+    """A BEIR folder of titled texts, or of PDF pages (in corpus/), or an mteb folder of texts, with
+    one query per document."""
     keys = list(TEXTS)
     queries = [f"{TEXTS[key]} ({key})" for key in keys]
     folder.joinpath("qrels").mkdir(parents=True)
+    if kind == "mteb":  # corpus, queries and qrels tables with mteb's column names
+        folder.joinpath("qrels").rmdir()
+        doc_ids = [f"doc-{key}" for key in keys]
+        for part, rows in (
+            ("corpus", [{"corpus-id": doc_id, "text": TEXTS[key]} for doc_id, key in zip(doc_ids, keys)]),
+            ("queries", [{"query-id": f"q-{key}", "query": query} for key, query in zip(keys, queries)]),
+            ("qrels", [{"query-id": f"q-{key}", "corpus-id": doc_id, "score": 1} for key, doc_id in zip(keys, doc_ids)]),
+        ):
+            folder.joinpath(f"{part}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return doc_ids
     if kind == "beir-pdf":
         write_text_pdf(folder / "corpus" / "2024" / "report.pdf", [TEXTS[key] for key in keys])
         doc_ids = [f"2024/report.pdf#page={number}" for number in range(1, len(keys) + 1)]
@@ -134,7 +145,7 @@ def _retrieval_folder(folder, kind):
     return doc_ids
 
 
-@pytest.mark.parametrize(("kind", "model"), [("beir", "bert"), ("beir-pdf", "clip"), ("beir", "multi-vector")])
+@pytest.mark.parametrize(("kind", "model"), [("beir", "bert"), ("beir-pdf", "clip"), ("beir", "multi-vector"), ("mteb", "bert")])
 def test_a_retrieval_folder_indexed_and_searched_scores_as_evaluate_scores_it(kind, model, tiny_models, tiny_multi_vector, tmp_path):
     # index takes the folder's corpus with its own ids (and BEIR's title + text), search takes its
     # queries, and the TREC run scores against its qrels exactly as evaluate scores the model.

@@ -88,7 +88,7 @@ def search(
     index: Annotated[str, typer.Argument(help="An index folder written by mmst index.", show_default=False)],
     queries: Annotated[list[str] | None, typer.Argument(help="Text queries (ids q1, q2, ...).", show_default=False)] = None,
     media: Annotated[list[str] | None, typer.Option("--input", "-i", help="A media query: an image, audio file or PDF page (doc.pdf#page=2); repeat for several.", rich_help_panel=QUERIES, show_default=False)] = None,
-    queries_file: Annotated[str | None, typer.Option("--queries", help="A queries file: jsonl/csv/parquet (ids from _id, query-id, query_id, qid or id; the query column, else as mmst encode picks), id<TAB>text tsv, txt (one per line) or a BEIR folder.", rich_help_panel=QUERIES, show_default=False)] = None,
+    queries_file: Annotated[str | None, typer.Option("--queries", help="A queries file: jsonl/csv/parquet (ids from _id, query-id, query_id, qid or id; the query column, else as mmst encode picks), id<TAB>text tsv, txt (one per line) or a BEIR / mteb folder.", rich_help_panel=QUERIES, show_default=False)] = None,
     allow_outside_root: AllowOutsideRootOption = False,
     k: Annotated[int, typer.Option("-k", "--top-k", help="Documents returned per query.", rich_help_panel=SEARCH)] = 10,
     reranker: Annotated[str | None, typer.Option(help="A reranker (CrossEncoder) folder or Hub id that re-scores each query's top --rerank-top-k documents.", rich_help_panel=SEARCH, show_default=False)] = None,

@@ -1,4 +1,4 @@
-"""Where the parts of a retrieval folder are, and how its corpus reads.
+"""How the corpus of a retrieval folder reads (its parts are found by ``core/data/tables.py``).
 
 ``mmst evaluate`` reads a retrieval folder as a whole task (``core/retrieval/tasks.py``);
 ``mmst encode``, ``mmst index`` and ``mmst mine --corpus`` read only its corpus. Both take the
@@ -19,21 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmst_cli.core.data.documents import pdf_files
-from mmst_cli.core.data.tables import DATA_FILE_BUILDERS
+from mmst_cli.core.data.tables import find_part
 from mmst_cli.core.errors import MmstError
 
 #: The id column of a corpus table, by format: BEIR's ``_id``, mteb / ViDoRe's ``corpus-id``.
 CORPUS_ID_COLUMNS = ("_id", "corpus-id")
-
-PARTS = ("corpus", "queries", "qrels")
-
-
-def find_part(folder: Path, name: str) -> Path | None:
-    """``corpus``, ``queries`` or ``qrels`` as a file with a data extension or a sub-folder."""
-    for extension in DATA_FILE_BUILDERS:
-        if (folder / f"{name}{extension}").is_file():
-            return folder / f"{name}{extension}"
-    return folder / name if (folder / name).is_dir() else None
 
 
 def pdf_corpus_folder(folder: Path) -> Path | None:
@@ -43,16 +33,11 @@ def pdf_corpus_folder(folder: Path) -> Path | None:
     return folder if any(path.suffix.lower() == ".pdf" for path in folder.iterdir() if path.is_file()) else None
 
 
-def is_retrieval_folder(path: Path) -> bool:
-    """Whether ``path`` is a folder laid out as a retrieval task, or meant to be one (any part there)."""
-    return path.is_dir() and any(find_part(path, name) for name in PARTS)
-
-
 def corpus_input(folder: Path, reference: str) -> tuple[Path, bool]:
     """The corpus of a retrieval folder, as ``mmst encode`` and ``mmst index`` read it.
 
     Args:
-        folder: A folder :func:`is_retrieval_folder` accepts.
+        folder: A folder :func:`mmst_cli.core.data.tables.is_retrieval_folder` accepts.
         reference: The folder as the user named it, for messages.
 
     Returns:

@@ -81,6 +81,23 @@ class PairData:
         return [column for column, modality in self.column_modalities.items() if modality != "text"]
 
 
+#: The parts of a retrieval folder (:mod:`mmst_cli.core.data.retrieval_folders` reads its corpus).
+RETRIEVAL_PARTS = ("corpus", "queries", "qrels")
+
+
+def find_part(folder: Path, name: str) -> Path | None:
+    """``corpus``, ``queries`` or ``qrels`` as a file with a data extension or a sub-folder."""
+    for extension in DATA_FILE_BUILDERS:
+        if (folder / f"{name}{extension}").is_file():
+            return folder / f"{name}{extension}"
+    return folder / name if (folder / name).is_dir() else None
+
+
+def is_retrieval_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder laid out as a retrieval task, or meant to be one (any part there)."""
+    return path.is_dir() and any(find_part(path, name) for name in RETRIEVAL_PARTS)
+
+
 def load_table(reference: str, *, config: str | None = None, split: str | None = None):
     """Read one split of a dataset from a file, a folder or the Hub.
 
@@ -118,8 +135,6 @@ def load_table(reference: str, *, config: str | None = None, split: str | None =
                         raise MmstError(f"data folder {reference!r} has no split {split!r}; it has {sorted(table)}")
                     table = table[split]
             else:
-                from mmst_cli.core.data.retrieval_folders import is_retrieval_folder  # it reads this module's formats
-
                 if is_retrieval_folder(path):  # datasets would read its parts as one table of mixed rows
                     raise MmstError(
                         f"data {reference!r} is a retrieval folder (corpus, queries, qrels), not a table of rows; "

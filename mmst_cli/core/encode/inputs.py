@@ -25,7 +25,7 @@ from mmst_cli.core.data.media import (
 )
 from mmst_cli.core.data import retrieval_folders
 from mmst_cli.core.data.tables import (
-    DATA_FILE_BUILDERS, NON_CONTENT_COLUMNS, PROBLEMS_SHOWN, cut_long_texts, cut_note, utf8_lines,
+    DATA_FILE_BUILDERS, NON_CONTENT_COLUMNS, PROBLEMS_SHOWN, cut_long_texts, cut_note, is_retrieval_folder, utf8_lines,
 )
 from mmst_cli.core.errors import MmstError
 
@@ -570,7 +570,7 @@ def read_inputs(
             raise MmstError(f"input {reference!r}: {error}") from error
         return _reference_inputs(reference, ids, ids, labels, path.parent, confined(path.parent), pdf, skip_bad)
     pdf_corpus = False
-    if retrieval_folders.is_retrieval_folder(path):  # a BEIR / mteb folder: its corpus, as mmst evaluate reads it
+    if is_retrieval_folder(path):  # a BEIR / mteb folder: its corpus, as mmst evaluate reads it
         path, pdf_corpus = retrieval_folders.corpus_input(path, reference)
         reference = str(path)
     if path.is_dir() and (pdf_corpus or not _is_dataset_folder(path)):

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mmst_cli.core.data.media import classify_string
+from mmst_cli.core.data.tables import find_part
 from mmst_cli.core.encode.inputs import EncodeInputs, pick_column, read_inputs
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.index import layout, vector_index
@@ -95,12 +96,13 @@ def _queries_file(reference: str, allow_outside_root: bool) -> EncodeInputs:
     if not path.exists():
         raise MmstError(f"--queries {reference!r} does not exist; check the path")
     if path.is_dir():
-        if not (path / "queries.jsonl").is_file():
+        queries = find_part(path, "queries")
+        if queries is None or queries.is_dir():
             raise MmstError(
                 f"--queries {reference!r} is a folder without queries.jsonl; give a queries file "
-                "(.txt, .tsv, .jsonl, .csv, .parquet) or a BEIR folder that holds queries.jsonl"
+                "(.txt, .tsv, .jsonl, .csv, .parquet) or a BEIR / mteb folder that holds queries.jsonl (or .csv, .parquet)"
             )
-        path = path / "queries.jsonl"
+        path = queries
     if path.suffix.lower() == ".tsv":
         rows = []
         for number, line in enumerate(path.read_text(encoding="utf8").splitlines(), start=1):

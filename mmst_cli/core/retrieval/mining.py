@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from mmst_cli.core.data.retrieval_folders import is_retrieval_folder
+from mmst_cli.core.data.tables import is_retrieval_folder
 from mmst_cli.core.encode.job import PooledModel, check_devices, loading_device, split_devices
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.retrieval.mining_data import (

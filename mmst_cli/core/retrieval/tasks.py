@@ -27,10 +27,12 @@ from typing import Any
 
 from mmst_cli.core.data.documents import RenderSettings, page_of, pdf_files
 from mmst_cli.core.data.media import classify_string, expand_pdf
-from mmst_cli.core.data.retrieval_folders import find_part, is_retrieval_folder, join_title_and_text, pdf_corpus_folder
+from mmst_cli.core.data.retrieval_folders import join_title_and_text, pdf_corpus_folder
 from mmst_cli.core.data.tables import (
     PROBLEMS_SHOWN,
     PairData,
+    find_part,
+    is_retrieval_folder,
     load_pair_data,
     load_table,
     prepare_media,
