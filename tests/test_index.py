@@ -17,7 +17,7 @@ from mmst_cli.core.index import layout, vector_index
 from mmst_cli.core.index.build import IndexOptions, run_index, staging_folder
 from mmst_cli.core.index.searching import read_queries, search_index
 from tests.data_factory import write_colour_pairs
-from tests.helpers import assert_one_line_error, run_json, run_mmst, run_mmst_process
+from tests.helpers import assert_one_line_error, grouped_options, run_json, run_mmst, run_mmst_process
 from tests.pdf_factory import write_text_pdf
 
 TEXTS = {
@@ -46,7 +46,7 @@ def photos(tmp_path):
 def build(model, model_path, corpora, output, **options):
     notes: list[str] = []
     on_chunk = options.pop("on_chunk", None)
-    job = IndexOptions(corpora=[str(c) for c in corpora], output=str(output), model=str(model_path), **options)
+    job = IndexOptions(corpora=[str(c) for c in corpora], output=str(output), model=str(model_path), **grouped_options(options))
     return run_index(job, model=model, show_progress=False, on_chunk=on_chunk, log=notes.append), notes
 
 
