@@ -38,8 +38,10 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KIT = REPO_ROOT / ".gpu-kit"
-#: What the device's image lacks or holds too old, found by running the suite in a venv of the image's
-#: versions (torch 2.11, transformers 5.17, sentence-transformers 6.0.1, accelerate 1.15, hub 1.33).
+#: What the check needs that the device's image lacks or holds too old, found by running the check's
+#: parts (on the CPU) and the FSDP, DataLoader-worker and multi-vector tests in a venv of the image's
+#: versions (Python 3.12, torch 2.11, transformers 5.17, sentence-transformers 6.0.1, accelerate 1.15,
+#: huggingface_hub 1.33). FAISS, pypdfium2 and soundfile are imported only by paths the check skips.
 KIT_WHEELS = ("sentence-transformers", "datasets", "dill", "multiprocess")
 #: The device's Python and platform, for ``pip download``.
 DEVICE_PYTHON = "3.12"
