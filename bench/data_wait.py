@@ -158,7 +158,7 @@ def main() -> None:
         Row("training step (median)", step, step_0, "s", step / step_0, f"{workers} workers / 0"),
         Row("first batch (starts the workers)", first, first_0, "s", first / first_0, f"{workers} workers / 0"),
     ]  # fmt: skip
-    report("data wait, demo Router (CPU)", rows, (f"{workers} workers", "0 workers"), machine,
+    report("data wait, demo Router", rows, (f"{workers} workers", "0 workers"), machine,
            {"steps": args.steps, "batch_size": BATCH_SIZE, "workers": workers, "repeats": args.repeats,
             "threads": args.threads}, args.json_path)  # fmt: skip
 

@@ -157,8 +157,9 @@ def mmst_encode(model, source: Path, output: Path):
     from rich.console import Console
 
     from mmst_cli.core.encode.job import EncodeOptions, run_encode
+    from mmst_cli.core.encode.settings import EmbeddingSettings
 
-    options = EncodeOptions(inputs=str(source), output=str(output), batch_size=BATCH_SIZE)
+    options = EncodeOptions(inputs=str(source), output=str(output), embedding=EmbeddingSettings(batch_size=BATCH_SIZE))
     run_encode(options, model=model, console=Console(file=io.StringIO()), log=lambda line: None)
     return np.load(output)
 

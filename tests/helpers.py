@@ -108,3 +108,16 @@ def assert_one_line_error(result, exit_code: int, *fragments: str) -> None:
     for fragment in fragments:
         assert fragment in error_lines[0], error_lines[0]
     assert result.stdout == "", result.stdout
+
+
+def grouped_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Keyword options of ``EncodeOptions`` / ``IndexOptions`` given flat (``chunk_size=2, column="text"``),
+    as those take them: the reading ones gathered into ``reading``, the embedding ones into ``embedding``."""
+    from mmst_cli.core.encode.settings import CorpusReading, EmbeddingSettings
+
+    grouped = CorpusReading.field_names() | EmbeddingSettings.field_names()
+    return {
+        **{name: value for name, value in options.items() if name not in grouped},
+        "reading": CorpusReading.from_values(options),
+        "embedding": EmbeddingSettings.from_values(options),
+    }

@@ -27,7 +27,7 @@ from mmst_cli.core.data.documents import (
 )
 from mmst_cli.core.encode.job import EncodeOptions, run_encode
 from mmst_cli.core.errors import MmstError
-from tests.helpers import assert_one_line_error, run_json, run_mmst
+from tests.helpers import assert_one_line_error, grouped_options, run_json, run_mmst
 from tests.pdf_factory import (
     write_empty_pdf,
     write_encrypted_pdf,
@@ -63,7 +63,7 @@ def _write_jsonl(path, rows):
 
 def encode(model, model_path, inputs, output, **options):
     notes: list[str] = []
-    job = EncodeOptions(inputs=str(inputs), output=str(output), model=str(model_path), **options)
+    job = EncodeOptions(inputs=str(inputs), output=str(output), model=str(model_path), **grouped_options(options))
     return run_encode(job, model=model, show_progress=False, log=notes.append), notes
 
 

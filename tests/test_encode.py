@@ -6,6 +6,7 @@ a subprocess where the process boundary matters (stdout purity, exit status, one
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -22,7 +23,7 @@ from mmst_cli.core.encode.parts import parts_folder
 from mmst_cli.core.encode.inputs import pick_column
 from mmst_cli.core.errors import MmstError
 from tests.data_factory import write_colour_pairs, write_frame_clips, write_tone_pairs
-from tests.helpers import MMST, assert_one_line_error, run_json, run_mmst, run_mmst_process
+from tests.helpers import MMST, assert_one_line_error, grouped_options, run_json, run_mmst, run_mmst_process
 
 TEXTS = [f"a photo of thing number {index}, {'very ' * (index % 4)}colourful" for index in range(7)]
 
@@ -46,7 +47,7 @@ def encode(model, model_path, inputs, output, **options):
     stdin = options.pop("stdin", None)
     stdout = options.pop("stdout", None)
     on_chunk = options.pop("on_chunk", None)
-    job = EncodeOptions(inputs=str(inputs), output=str(output), model=str(model_path), **options)
+    job = EncodeOptions(inputs=str(inputs), output=str(output), model=str(model_path), **grouped_options(options))
     result = run_encode(
         job, model=model, show_progress=False, stdin=stdin, stdout=stdout, on_chunk=on_chunk, log=notes.append
     )
@@ -464,3 +465,25 @@ def test_cli_usage_errors_and_help_import_no_ml_library(tmp_path):
     code = PROBE.format(args=["encode", "--help"], heavy=HEAVY_MODULES)
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert probe.stdout.strip().endswith("LOADED:"), probe.stdout
+
+
+def test_encode_and_index_fill_every_reading_and_embedding_option_from_a_flag_of_its_name_and_check_them_alike(tmp_path):
+    """The two option groups take a command's parameters by name: a field that no flag of encode or
+    index names, or whose flag's default differs, would silently take another value there."""
+    import inspect
+
+    from mmst_cli.cli.encode import encode as encode_command
+    from mmst_cli.cli.index import index as index_command
+    from mmst_cli.core.encode.settings import CorpusReading, EmbeddingSettings
+
+    for group in (CorpusReading, EmbeddingSettings):
+        for command in (encode_command, index_command):
+            parameters = inspect.signature(command).parameters
+            for field in dataclasses.fields(group):
+                assert field.name in parameters, (command.__name__, field.name)
+                assert parameters[field.name].default == field.default, (command.__name__, field.name)
+    for command, output in (("encode", "out.npy"), ("index", "out.index")):  # before any input is read
+        result = run_mmst(command, "missing.jsonl", "-o", str(tmp_path / output), "--chunk-size", "0")
+        assert_one_line_error(result, 2, "--chunk-size must be a positive whole number, got 0")
+        result = run_mmst(command, "missing.jsonl", "-o", str(tmp_path / output), "--media-root", str(tmp_path / "nowhere"))
+        assert_one_line_error(result, 2, "--media-root", "is not a folder")

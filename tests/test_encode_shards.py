@@ -20,7 +20,7 @@ from mmst_cli.core.encode.parts import parts_folder
 from mmst_cli.core.encode.shards import detect_launch, manifest_path, rank_folder, shard_bounds
 from mmst_cli.core.errors import MmstError
 from tests.data_factory import write_colour_pairs
-from tests.helpers import assert_one_line_error, run_json, run_mmst
+from tests.helpers import assert_one_line_error, grouped_options, run_json, run_mmst
 
 TEXTS = [f"a photo of thing number {index}, {'very ' * (index % 3)}colourful" for index in range(9)]
 
@@ -35,7 +35,7 @@ def clip(tiny_models):
 def encode(clip, tiny_models, inputs, output, *, notes=None, **options):
     """Run the job in this process with the loaded tiny CLIP; return its result."""
     on_chunk = options.pop("on_chunk", None)
-    job = EncodeOptions(inputs=str(inputs), output=str(output), model=str(tiny_models["clip"]), **options)
+    job = EncodeOptions(inputs=str(inputs), output=str(output), model=str(tiny_models["clip"]), **grouped_options(options))
     log = notes.append if notes is not None else (lambda line: None)
     return run_encode(job, model=clip, show_progress=False, on_chunk=on_chunk, log=log)
 

@@ -17,7 +17,7 @@ from mmst_cli.core.index import layout, vector_index
 from mmst_cli.core.index.build import IndexOptions, run_index, staging_folder
 from mmst_cli.core.index.searching import read_queries, search_index
 from tests.data_factory import write_colour_pairs
-from tests.helpers import assert_one_line_error, run_json, run_mmst, run_mmst_process
+from tests.helpers import assert_one_line_error, grouped_options, run_json, run_mmst, run_mmst_process
 from tests.pdf_factory import write_text_pdf
 
 TEXTS = {
@@ -46,7 +46,7 @@ def photos(tmp_path):
 def build(model, model_path, corpora, output, **options):
     notes: list[str] = []
     on_chunk = options.pop("on_chunk", None)
-    job = IndexOptions(corpora=[str(c) for c in corpora], output=str(output), model=str(model_path), **options)
+    job = IndexOptions(corpora=[str(c) for c in corpora], output=str(output), model=str(model_path), **grouped_options(options))
     return run_index(job, model=model, show_progress=False, on_chunk=on_chunk, log=notes.append), notes
 
 
@@ -275,6 +275,28 @@ def test_multi_vector_index_is_searched_by_exact_maxsim(tiny_multi_vector, tmp_p
     np.testing.assert_allclose([[hit.score for hit in result.hits] for result in outcome.results], scores, rtol=1e-5)
     with pytest.raises(MmstError, match="exactly by MaxSim"):
         build(model, tiny_multi_vector, [corpus], tmp_path / "x.index", index="hnsw")
+
+
+def test_a_multi_vector_index_whose_tokens_or_offsets_changed_in_place_is_refused_naming_the_file(tiny_multi_vector, tmp_path):
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("\n".join(TEXTS.values()) + "\n")
+    index = tmp_path / "tokens.index"
+    run_json("index", "--model", str(tiny_multi_vector), str(corpus), "-o", str(index))
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps({"id": "new", "text": "A new document about the weather."}) + "\n")
+    offsets_bytes = (index / "offsets.npy").stat().st_size
+    # The header (numpy no longer reads the file), and the last offset (it reads, but points past the tokens).
+    for name, at in (("tokens.npy", 0), ("offsets.npy", 0), ("offsets.npy", offsets_bytes - 8)):
+        damaged = tmp_path / f"damaged-{name[:-4]}-{at}.index"
+        shutil.copytree(index, damaged)
+        with (damaged / name).open("r+b") as handle:
+            handle.seek(at)
+            handle.write(b"X" * 8)
+        assert (damaged / name).stat().st_size == (index / name).stat().st_size
+        assert_one_line_error(run_mmst("search", str(damaged), "cake"), 2, f"': {name} does not read", "rebuild it")
+        add = run_mmst("index", str(more), "--id-column", "id", "--add", "-o", str(damaged))
+        assert_one_line_error(add, 2, f"': {name} does not read", "rebuild it")
+        assert json.loads((damaged / "manifest.json").read_text())["count"] == len(TEXTS)  # left as it was
 
 
 def test_bad_index_folders_and_queries_are_one_line_errors(tiny_models, photos, tmp_path):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mmst_cli.core.errors import MmstError
+from mmst_cli.core.encode.settings import CorpusReading, EmbeddingSettings
 from mmst_cli.core.index.build import IndexOptions, run_index, staging_folder
 from tests.helpers import assert_one_line_error, run_json, run_mmst, run_torchrun
 
@@ -67,7 +68,7 @@ def test_a_killed_rank_reruns_alone_and_resume_builds_the_index(tiny_models, tmp
     for name in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):  # ranks run by hand: no group
         monkeypatch.delenv(name, raising=False)
 
-    def build(rank=None, on_chunk=None, **options):
+    def build(rank=None, on_chunk=None, prompt=None, **options):
         """Run the build in process as rank ``rank`` of 2 run by hand, or as one process (``None``)."""
         if rank is None:
             monkeypatch.delenv("RANK", raising=False)
@@ -76,8 +77,9 @@ def test_a_killed_rank_reruns_alone_and_resume_builds_the_index(tiny_models, tmp
             monkeypatch.setenv("RANK", str(rank))
             monkeypatch.setenv("WORLD_SIZE", "2")
         notes = []
-        job = IndexOptions(corpora=[str(corpus)], output=str(index), model=str(tiny_models["bert"]), id_column="doc_id",
-                           chunk_size=2, **options)  # fmt: skip
+        job = IndexOptions(corpora=[str(corpus)], output=str(index), model=str(tiny_models["bert"]),
+                           reading=CorpusReading(id_column="doc_id"), embedding=EmbeddingSettings(prompt=prompt, chunk_size=2),
+                           **options)  # fmt: skip
         return run_index(job, model=model, show_progress=False, on_chunk=on_chunk, log=notes.append), notes
 
     def kill(chunk):

@@ -218,6 +218,7 @@ def test_encode_writes_ragged_token_vectors_resumably_in_every_layout(tmp_path, 
     from safetensors.numpy import load_file
 
     from mmst_cli.core.encode.job import EncodeOptions, run_encode
+    from mmst_cli.core.encode.settings import EmbeddingSettings
     from mmst_cli.core.encode.parts import parts_folder
 
     texts = [f"{topic} are discussed here, {'at length ' * index}" for index, topic in enumerate(TOPICS[:5])]
@@ -234,7 +235,8 @@ def test_encode_writes_ragged_token_vectors_resumably_in_every_layout(tmp_path, 
         raise Interrupt
 
     output = tmp_path / "tokens.safetensors"
-    job = dict(inputs=str(source), output=str(output), model=str(tiny_multi_vector), task="document", chunk_size=2)
+    job = dict(inputs=str(source), output=str(output), model=str(tiny_multi_vector), task="document",
+               embedding=EmbeddingSettings(chunk_size=2))  # fmt: skip
     with pytest.raises(Interrupt):
         run_encode(EncodeOptions(**job), model=model, show_progress=False, on_chunk=stop_after_first, log=print)
     assert sorted(p.name for p in parts_folder(output).iterdir()) == ["manifest.json", "part-000000.npz"]
@@ -276,6 +278,7 @@ def test_encode_on_two_devices_writes_the_same_token_vectors_as_one_bit_for_bit(
     from sentence_transformers import MultiVectorEncoder
 
     from mmst_cli.core.encode.job import EncodeOptions, run_encode
+    from mmst_cli.core.encode.settings import EmbeddingSettings
 
     source = tmp_path / "texts.txt"
     source.write_text("".join(f"{topic} {'and more ' * (index % 4)}here\n" for index, topic in enumerate(TOPICS)))
@@ -284,7 +287,7 @@ def test_encode_on_two_devices_writes_the_same_token_vectors_as_one_bit_for_bit(
     for devices in ("cpu", "cpu,cpu"):
         output = tmp_path / f"{devices.replace(',', '-')}.npz"
         job = EncodeOptions(inputs=str(source), output=str(output), model=str(tiny_multi_vector), task="document",
-                            device=devices, batch_size=3, chunk_size=6)  # fmt: skip
+                            embedding=EmbeddingSettings(device=devices, batch_size=3, chunk_size=6))  # fmt: skip
         run_encode(job, model=model, show_progress=False, log=print)
         with np.load(output, allow_pickle=False) as npz:
             stored[devices] = {name: npz[name] for name in ("embeddings", "offsets", "ids")}

@@ -42,6 +42,7 @@ from mmst_cli.cli.options import (
     AllowOutsideRootOption,
     ChunkSizeOption,
     DecodeWorkersOption,
+    EncodeBatchSizeOption,
     EncodeDeviceOption,
     EncodePromptOption,
     InputColumnOption,
@@ -60,6 +61,7 @@ from mmst_cli.cli.options import (
 )
 from mmst_cli.cli.output import console, emit
 from mmst_cli.core.data.documents import DEFAULT_PDF_DPI
+from mmst_cli.core.encode.settings import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, CorpusReading, EmbeddingSettings
 from mmst_cli.core.errors import MmstError
 
 MODEL = "Model"
@@ -67,6 +69,7 @@ OUTPUT = "Output"
 
 
 def encode(
+    ctx: typer.Context,
     inputs: Annotated[str | None, typer.Argument(help="jsonl/csv/parquet/txt file, PDF file (report.pdf, report.pdf#page=2-5), folder of images, audio or PDFs, save_to_disk folder, BEIR / mteb folder (its corpus), Hub dataset id, or - for stdin (one text or media path per line). Not needed with --merge.", show_default=False)] = None,
     column: InputColumnOption = None,
     id_column: InputIdColumnOption = None,
@@ -81,7 +84,7 @@ def encode(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model folder or Hub id. Default: the embedded MiniLM + EfficientNet-Lite0 Router.", rich_help_panel=MODEL, show_default=False)] = None,
     task: Annotated[str | None, typer.Option(help="query or document: use the model's encode_query / encode_document (their prompts and routes). Default: plain encode.", rich_help_panel=MODEL, show_default=False)] = None,
     prompt: EncodePromptOption = None,
-    batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.", rich_help_panel=MODEL)] = 32,
+    batch_size: EncodeBatchSizeOption = DEFAULT_BATCH_SIZE,
     device: EncodeDeviceOption = None,
     trust_remote_code: TrustRemoteCodeOption = False,
     token_pool_factor: TokenPoolFactorOption = None,
@@ -91,7 +94,7 @@ def encode(
     dim: MatryoshkaDimOption = None,
     normalize: Annotated[bool, typer.Option(help="L2-normalise the vectors (after --dim).", rich_help_panel=OUTPUT)] = False,
     precision: Annotated[str, typer.Option(help="float32, float16 (cast), int8 (per-dimension ranges over this run) or ubinary (1 bit per dimension, packed into bytes).", rich_help_panel=OUTPUT)] = "float32",
-    chunk_size: ChunkSizeOption = 4096,
+    chunk_size: ChunkSizeOption = DEFAULT_CHUNK_SIZE,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run: finished chunks (kept in .<output>.parts/) are not recomputed. Under torchrun / accelerate launch, finished shards are always reused.", rich_help_panel=OUTPUT)] = False,
     merge: Annotated[bool, typer.Option("--merge", help="Write -o from the finished shards of a run under torchrun / accelerate launch (after a rank was run again alone); takes no INPUTS and loads no model; the run's own settings apply.", rich_help_panel=OUTPUT)] = False,
     json_output: JsonOption = False,
@@ -114,34 +117,12 @@ def encode(
     if inputs is None:
         raise MmstError("Missing argument 'INPUTS': name a file, folder, dataset or - for stdin; only --merge takes none (see 'mmst encode --help')")
 
+    # The reading and embedding flags are index's too: each group takes them by name (core/encode/settings.py).
     options = EncodeOptions(
-        inputs=inputs,
-        output=output,
-        model=model,
-        column=column,
-        id_column=id_column,
-        split=split,
-        data_config=data_config,
-        media_root=media_root,
-        allow_outside_root=allow_outside_root,
-        task=task,
-        prompt=prompt,
-        batch_size=batch_size,
-        chunk_size=chunk_size,
-        dim=dim,
-        normalize=normalize,
-        precision=precision,
-        format=output_format,
-        resume=resume,
-        device=device,
-        trust_remote_code=trust_remote_code,
-        decode_workers=decode_workers,
-        pdf_dpi=pdf_dpi,
-        pdf_password=pdf_password,
-        pdf_text=pdf_text,
-        skip_bad=skip_bad,
-        token_pool_factor=token_pool_factor,
-    )
+        inputs=inputs, output=output, model=model, reading=CorpusReading.from_values(ctx.params),
+        embedding=EmbeddingSettings.from_values(ctx.params), task=task, normalize=normalize, precision=precision,
+        format=output_format, resume=resume,
+    )  # fmt: skip
     options.validate()
     try:
         result = run_encode(

@@ -34,6 +34,7 @@ from mmst_cli.cli.options import (
     AllowOutsideRootOption,
     ChunkSizeOption,
     DecodeWorkersOption,
+    EncodeBatchSizeOption,
     EncodeDeviceOption,
     EncodePromptOption,
     InputColumnOption,
@@ -52,12 +53,14 @@ from mmst_cli.cli.options import (
 )
 from mmst_cli.cli.output import console, emit
 from mmst_cli.core.data.documents import DEFAULT_PDF_DPI
+from mmst_cli.core.encode.settings import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, CorpusReading, EmbeddingSettings
 
 MODEL = "Model"
 INDEX = "Index"
 
 
 def index(
+    ctx: typer.Context,
     corpora: Annotated[list[str], typer.Argument(help="One or more corpora, each in any form mmst encode reads: a folder of images, audio or PDFs, a jsonl/csv/parquet/txt file, a PDF, a save_to_disk folder, a Hub dataset, or a BEIR / mteb folder (its corpus, ids as in its qrels).", show_default=False)],
     output: Annotated[str, typer.Option("--output", "-o", help="The index folder to write (with --add: to grow).", rich_help_panel=INDEX, show_default=False)] = ...,
     add: Annotated[bool, typer.Option(help="Add the corpora's documents that the index does not hold yet (by media file, or corpus and id), embedding only those.", rich_help_panel=INDEX)] = False,
@@ -78,25 +81,23 @@ def index(
     pdf_text: PdfTextOption = False,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model folder or Hub id. Default: with --add the index's model, else the embedded MiniLM + EfficientNet-Lite0 Router.", rich_help_panel=MODEL, show_default=False)] = None,
     prompt: EncodePromptOption = None,
-    batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.", rich_help_panel=MODEL)] = 32,
+    batch_size: EncodeBatchSizeOption = DEFAULT_BATCH_SIZE,
     device: EncodeDeviceOption = None,
     trust_remote_code: TrustRemoteCodeOption = False,
     token_pool_factor: TokenPoolFactorOption = None,
     decode_workers: DecodeWorkersOption = None,
     dim: MatryoshkaDimOption = None,
-    chunk_size: ChunkSizeOption = 4096,
+    chunk_size: ChunkSizeOption = DEFAULT_CHUNK_SIZE,
     json_output: JsonOption = False,
 ) -> None:
     """Embed corpora (images, audio, PDF pages, texts) into a search index folder for mmst search."""
     from mmst_cli.core.index.build import IndexOptions, run_index, summary_line
 
+    # The reading and embedding flags are encode's too: each group takes them by name (core/encode/settings.py).
     options = IndexOptions(
-        corpora=list(corpora), output=output, model=model, add=add, resume=resume, index=index_type, quantize=quantize,
-        lists=lists, hnsw_m=hnsw_m, column=column, id_column=id_column, split=split, data_config=data_config,
-        media_root=media_root, allow_outside_root=allow_outside_root, skip_bad=skip_bad, prompt=prompt, dim=dim,
-        batch_size=batch_size, chunk_size=chunk_size, device=device, decode_workers=decode_workers,
-        trust_remote_code=trust_remote_code, pdf_dpi=pdf_dpi, pdf_password=pdf_password, pdf_text=pdf_text,
-        token_pool_factor=token_pool_factor,
+        corpora=list(corpora), output=output, model=model, reading=CorpusReading.from_values(ctx.params),
+        embedding=EmbeddingSettings.from_values(ctx.params), add=add, resume=resume, index=index_type,
+        quantize=quantize, lists=lists, hnsw_m=hnsw_m,
     )  # fmt: skip
     summary = run_index(options, console=console, log=lambda line: console.print(line, markup=False, highlight=False))
     if summary is None:  # a rank of a launch that leaves the index to rank 0

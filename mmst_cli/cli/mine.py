@@ -30,7 +30,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from mmst_cli.cli.options import DATA_PANEL, AllowOutsideRootOption, JsonOption, MediaRootOption, TrustRemoteCodeOption
+from mmst_cli.cli.options import (
+    DATA_PANEL,
+    AllowOutsideRootOption,
+    EncodeBatchSizeOption,
+    JsonOption,
+    MediaRootOption,
+    TrustRemoteCodeOption,
+)
 from mmst_cli.cli.output import console, emit
 
 MODEL = "Model"
@@ -68,7 +75,7 @@ def mine(
     media_out: Annotated[str | None, typer.Option(help="Folder for images / audio embedded in the data or corpus (HF Image / Audio cells, bytes): each written once, named by its content hash, and referenced from the rows. Default: <output stem>-media beside the output.", rich_help_panel=OUTPUT, show_default=False)] = None,
     cache_dir: Annotated[str | None, typer.Option(help="Where corpus embeddings are cached, keyed by model and corpus content. Default: $MMST_CACHE/mine or ~/.cache/mmst/mine.", rich_help_panel=OUTPUT, show_default=False)] = None,
     index: Annotated[str, typer.Option(help="exact: blocked exact search; faiss: an approximate FAISS index; auto: FAISS from 200,000 documents on.", rich_help_panel=MINING)] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.", rich_help_panel=MODEL)] = 32,
+    batch_size: EncodeBatchSizeOption = 32,
     device: Annotated[str | None, typer.Option(help="cuda:0, cpu, ...; several, comma-separated (cuda:0,cuda:1), start one encoding process each, as in `mmst encode`. Default: chosen by Sentence Transformers.", rich_help_panel=MODEL, show_default=False)] = None,
     trust_remote_code: TrustRemoteCodeOption = False,
     json_output: JsonOption = False,

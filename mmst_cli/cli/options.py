@@ -145,7 +145,8 @@ PdfTextOption = Annotated[
 ]
 
 
-# What encode and index read: every input form of mmst encode (tables, folders, PDFs, datasets).
+# What encode and index read: every input form of mmst encode (tables, folders, PDFs, datasets);
+# core/encode/settings.CorpusReading, with --allow-outside-root, --skip-bad and the --pdf-* flags above.
 INPUT_PANEL = "Input"
 InputColumnOption = Annotated[
     str | None,
@@ -166,7 +167,8 @@ InputMediaRootOption = Annotated[
     str | None,
     typer.Option(help="Folder that relative media paths resolve against. Default: the input file's folder (stdin, Hub: the current folder).", rich_help_panel=INPUT_PANEL, show_default=False),
 ]
-# How encode and index embed.
+# How encode and index embed (core/encode/settings.EmbeddingSettings); the batch size also in evaluate and mine.
+EncodeBatchSizeOption = Annotated[int, typer.Option(help="Inputs per forward pass.", rich_help_panel=MODEL_PANEL)]
 EncodePromptOption = Annotated[
     str | None,
     typer.Option(help="Text prepended to every text input (overrides the task's prompt).", rich_help_panel=MODEL_PANEL, show_default=False),

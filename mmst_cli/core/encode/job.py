@@ -9,7 +9,7 @@ The job runs in five steps; this module runs them, the ``encode`` wing's other m
 2. the model is located and loaded (:mod:`mmst_cli.core.models.loading`), and the inputs are bound to it
    (:meth:`~mmst_cli.core.encode.inputs.EncodeInputs.bind`: media columns of a dataset are checked by
    :func:`~mmst_cli.core.data.tables.prepare_media`, and every modality must be one the model takes);
-3. rows are encoded in chunks of :attr:`EncodeOptions.chunk_size` rows, in input order, by
+3. rows are encoded in chunks of :attr:`EmbeddingSettings.chunk_size <mmst_cli.core.encode.settings.EmbeddingSettings.chunk_size>` rows, in input order, by
    :func:`~mmst_cli.core.encode.encoding.encode_inputs` (which groups each chunk by modality and puts the
    rows back in order), on one device or on a pool of processes (``--device cuda:0,cuda:1``);
 4. each finished chunk is saved (:mod:`mmst_cli.core.encode.parts`) as a float32 ``.npy`` part in ``.<output name>.parts/`` next to the
@@ -31,14 +31,14 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-from mmst_cli.core.data.documents import DEFAULT_PDF_DPI, RenderSettings
-from mmst_cli.core.encode.inputs import EncodeInputs, PdfOptions, read_inputs
+from mmst_cli.core.encode.inputs import EncodeInputs
 from mmst_cli.core.encode.parts import MANIFEST_VERSION, Parts
+from mmst_cli.core.encode.settings import CorpusReading, EmbeddingSettings
 from mmst_cli.core.encode.writers import (
     JsonlWriter,
     Writer,
@@ -57,9 +57,6 @@ PRECISIONS = ("float32", "float16", "int8", "ubinary")
 #: ``--task`` values: ``encode_query`` / ``encode_document`` instead of ``encode``.
 TASKS = ("query", "document")
 
-#: Rows encoded (and saved as one resumable part) at a time.
-DEFAULT_CHUNK_SIZE = 4096
-
 
 # --------------------------------------------------------------------------------------------
 # Options
@@ -76,68 +73,29 @@ class EncodeOptions:
             dataset id. Required.
         output: The output file, or ``-`` to stream jsonl to stdout. Required.
         model: Model folder or Hub id; ``None`` (the default) for the embedded default model.
-        column: The table column to embed; ``None`` picks one (see :func:`pick_column`).
-        id_column: The table column whose values become the ids; ``None`` (the default) uses the
-            0-based row number. Folders always use relative paths, line inputs the 0-based position.
-        split: Dataset split to read; ``None`` for ``train``.
-        data_config: Hub dataset configuration; ``None`` for the default one.
-        media_root: Folder relative media paths resolve against; ``None`` for the input file's
-            folder (the current directory for stdin and Hub datasets).
-        allow_outside_root: Accept media paths that resolve outside their folder (a table's, a text
-            file's, a folder input's, the current one for stdin, or ``media_root``), symlinks out of
-            a folder included; ``False`` (the default) refuses them.
+        reading: How the inputs are read (column, ids, split, media root, PDF pages); the defaults
+            of :class:`~mmst_cli.core.encode.settings.CorpusReading` when not given.
+        embedding: How they are embedded (prompt, dim, batches, chunks, devices); the defaults of
+            :class:`~mmst_cli.core.encode.settings.EmbeddingSettings` when not given.
         task: ``query`` or ``document`` to use ``encode_query`` / ``encode_document``; ``None`` (the
             default) for plain ``encode``.
-        prompt: Text prepended to every text input (overrides the task's prompt); ``None`` for none.
-        batch_size: Inputs per forward pass; default 32.
-        chunk_size: Rows encoded and saved as one resumable part at a time; default 4096.
-        dim: Keep the first ``dim`` dimensions (Matryoshka truncation); ``None`` keeps all.
         normalize: L2-normalise the vectors (after truncation); default off.
         precision: ``float32`` (default), ``float16``, ``int8`` or ``ubinary``.
         format: ``npy``, ``parquet``, ``jsonl``, ``safetensors`` or (multi-vector models) ``npz``;
             ``None`` takes the output's extension (``-o -`` is always jsonl).
         resume: Continue an interrupted run from its parts folder; default off (start over).
-        device: ``None`` lets Sentence Transformers choose; one device (``cuda:0``, ``cpu``) runs
-            in this process; several, comma-separated (``cuda:0,cuda:1`` or ``cpu,cpu``), start one
-            encoding process per entry.
-        trust_remote_code: Run custom modelling code from the model's repository; default off.
-        decode_workers: Threads decoding image files ahead of the model; ``None`` (default) for one
-            per core, at most 4; 0 leaves decoding to the model. Unused with several devices (each
-            encoding process decodes its own inputs).
-        pdf_dpi: Resolution PDF pages render at; default 144.
-        pdf_password: Password of encrypted PDF files; ``None`` (default) for none.
-        pdf_text: Embed PDF pages' text layers instead of their images; default off.
-        skip_bad: Leave unusable rows (missing files, bad pages) out and count them; default off (fail).
-        token_pool_factor: Multi-vector models: keep about 1 / factor of each document's token
-            vectors (``HierarchicalTokenPooling``); ``None`` (default) for the model's own pooling.
     """
 
     inputs: str
     output: str
     model: str | None = None
-    column: str | None = None
-    id_column: str | None = None
-    split: str | None = None
-    data_config: str | None = None
-    media_root: str | None = None
-    allow_outside_root: bool = False
+    reading: CorpusReading = field(default_factory=CorpusReading)
+    embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     task: str | None = None
-    prompt: str | None = None
-    batch_size: int = 32
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    dim: int | None = None
     normalize: bool = False
     precision: str = "float32"
     format: str | None = None
     resume: bool = False
-    device: str | None = None
-    trust_remote_code: bool = False
-    decode_workers: int | None = None
-    pdf_dpi: float = DEFAULT_PDF_DPI
-    pdf_password: str | None = None
-    pdf_text: bool = False
-    skip_bad: bool = False
-    token_pool_factor: float | None = None
 
     @property
     def to_stdout(self) -> bool:
@@ -152,11 +110,6 @@ class EncodeOptions:
         if self.format:
             return self.format
         return Path(self.output).suffix.lower().lstrip(".")
-
-    @property
-    def devices(self) -> list[str]:
-        """``--device`` split on commas; empty when not given."""
-        return split_devices(self.device)
 
     def validate(self) -> None:
         """Check the options on their own, before any file or model is read.
@@ -184,32 +137,13 @@ class EncodeOptions:
             raise MmstError(f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.task is not None and self.task not in TASKS:
             raise MmstError(f"--task {self.task!r} is not one of {', '.join(TASKS)}")
-        for flag, value in (("--batch-size", self.batch_size), ("--chunk-size", self.chunk_size), ("--dim", self.dim)):
-            if value is not None and value <= 0:
-                raise MmstError(f"{flag} must be a positive whole number, got {value}")
-        if self.decode_workers is not None and self.decode_workers < 0:
-            raise MmstError(f"--decode-workers must be 0 or more, got {self.decode_workers}")
-        check_devices(self.device)
-        if self.token_pool_factor is not None and self.token_pool_factor < 1:
-            raise MmstError(f"--token-pool-factor must be at least 1 (1 keeps every token, 2 about half), got {self.token_pool_factor}")
-        if self.media_root is not None and not Path(self.media_root).expanduser().is_dir():
-            raise MmstError(f"--media-root {self.media_root!r} is not a folder")
+        self.embedding.validate()
+        self.reading.validate()
 
 
 # --------------------------------------------------------------------------------------------
 # The job
 # --------------------------------------------------------------------------------------------
-
-
-def split_devices(device: str | None) -> list[str]:
-    """``--device`` (``cuda:0``, or several: ``cuda:0,cuda:1``, ``cpu,cpu``) split on commas; empty when ``None``."""
-    return [item.strip() for item in device.split(",")] if device else []
-
-
-def check_devices(device: str | None) -> None:
-    """Refuse a ``--device`` list with an empty entry (``cuda:0,``), before any model loads."""
-    if device is not None and (not device.strip() or not all(split_devices(device))):
-        raise MmstError(f"--device {device!r} has an empty entry; write e.g. cuda:0,cuda:1 or cpu,cpu")
 
 
 def loading_device(devices: list[str]) -> str | None:
@@ -343,6 +277,7 @@ def run_encode(
     started = time.perf_counter()
     log = log or (lambda line: sys.stderr.write(line + "\n"))
     options.validate()
+    embedding = options.embedding
     # torchrun / accelerate launch: this process encodes one shard of the inputs (core/encode/shards.py).
     launch = detect_launch()
     if launch is not None:
@@ -350,18 +285,7 @@ def run_encode(
         log = launch.logger(log)
         show_progress = show_progress and launch.rank == 0
     source = locate_model(options.model)
-    inputs = inputs or read_inputs(
-        options.inputs,
-        column=options.column,
-        id_column=options.id_column,
-        split=options.split,
-        data_config=options.data_config,
-        media_root=options.media_root,
-        stdin=stdin,
-        allow_outside_root=options.allow_outside_root,
-        pdf=PdfOptions(RenderSettings(dpi=options.pdf_dpi, password=options.pdf_password), text=options.pdf_text),
-        skip_bad=options.skip_bad,
-    )
+    inputs = inputs or options.reading.read(options.inputs, stdin=stdin)
     for note in inputs.notes:
         log(note)
     output = None if options.to_stdout else Path(options.output).expanduser()
@@ -373,26 +297,26 @@ def run_encode(
         if launch is None:
             refuse_unfinished_shards(output)
 
-    devices = [launch.device(options.devices)] if launch is not None else options.devices
+    devices = [launch.device(embedding.devices)] if launch is not None else embedding.devices
     if model is None:
-        model = load_model(source, trust_remote_code=options.trust_remote_code, device=loading_device(devices))
+        model = load_model(source, trust_remote_code=embedding.trust_remote_code, device=loading_device(devices))
     elif len(devices) == 1:
         model.to(devices[0])
     inputs.bind(model)
     multi_vector = is_multi_vector(model)
     if multi_vector:
         check_token_output(options)
-    elif options.token_pool_factor is not None:
+    elif embedding.token_pool_factor is not None:
         raise MmstError(f"--token-pool-factor pools token vectors, but {source.reference!r} gives one vector per input; drop it")
     elif options.output_format == "npz":
         raise MmstError(f"-o {options.output!r}: npz holds multi-vector output here; {source.reference!r} gives one vector per input: write npy, safetensors, parquet or jsonl")
     model_dim = model.get_embedding_dimension()
-    if options.dim is not None and model_dim and options.dim > model_dim:
-        raise MmstError(f"--dim {options.dim} is larger than the model's embedding dimension {model_dim}")
-    dim = options.dim or model_dim
+    if embedding.dim is not None and model_dim and embedding.dim > model_dim:
+        raise MmstError(f"--dim {embedding.dim} is larger than the model's embedding dimension {model_dim}")
+    dim = embedding.dim or model_dim
 
-    sharded = ShardedRun(output, launch, inputs.count, options.chunk_size) if launch is not None else None
-    bounds = sharded.bounds if sharded is not None else chunk_bounds(0, inputs.count, options.chunk_size)
+    sharded = ShardedRun(output, launch, inputs.count, embedding.chunk_size) if launch is not None else None
+    bounds = sharded.bounds if sharded is not None else chunk_bounds(0, inputs.count, embedding.chunk_size)
     manifest = {
         "version": MANIFEST_VERSION,
         "inputs": options.inputs,
@@ -400,22 +324,22 @@ def run_encode(
         "fingerprint": inputs.fingerprint,
         "model": _model_identity(source),
         "task": options.task,
-        "prompt": options.prompt,
-        "dim": options.dim,
+        "prompt": embedding.prompt,
+        "dim": embedding.dim,
         "normalize": options.normalize,
-        "chunk_size": options.chunk_size,
-        "token_pool_factor": options.token_pool_factor,
+        "chunk_size": embedding.chunk_size,
+        "token_pool_factor": embedding.token_pool_factor,
     }
     metadata = {
         "model": source.reference,
         "inputs": options.inputs,
         "task": options.task,
-        "prompt": options.prompt,
+        "prompt": embedding.prompt,
         "normalize": options.normalize,
         "precision": options.precision,
     }
     if inputs.pdf_pages:
-        metadata["pdf"] = {"dpi": options.pdf_dpi, "text": options.pdf_text, "pages": inputs.pdf_pages}
+        metadata["pdf"] = {"dpi": options.reading.pdf_dpi, "text": options.reading.pdf_text, "pages": inputs.pdf_pages}
     parts = None
     done: dict[int, int] = {}
     if sharded is not None:
@@ -447,7 +371,7 @@ def run_encode(
                 encoder = PooledModel(model, pool)
             # One call per chunk and modality in a pool (it splits the work itself); smaller calls
             # here, so the bar moves.
-            inner = options.chunk_size if pool is not None else min(options.chunk_size, max(256, 8 * options.batch_size))
+            inner = embedding.chunk_size if pool is not None else min(embedding.chunk_size, max(256, 8 * embedding.batch_size))
             with progress_bars(console, enabled=show_progress) as track:
                 advance = track("encoding", sum(stop - start for start, stop in bounds))
                 advance(sum(bounds[index][1] - bounds[index][0] for index in done))
@@ -456,22 +380,22 @@ def run_encode(
                         continue
                     if multi_vector:
                         vectors = encode_token_block(
-                            model, inputs.chunk(start, stop), task=options.task, prompt=options.prompt,
-                            batch_size=options.batch_size, normalize=options.normalize, truncate_dim=options.dim,
-                            pooling=token_pooling(options.token_pool_factor), on_progress=advance, pool=pool,
+                            model, inputs.chunk(start, stop), task=options.task, prompt=embedding.prompt,
+                            batch_size=embedding.batch_size, normalize=options.normalize, truncate_dim=embedding.dim,
+                            pooling=token_pooling(embedding.token_pool_factor), on_progress=advance, pool=pool,
                         )  # fmt: skip
                     else:
                         vectors = encode_inputs(
                             encoder,
                             inputs.chunk(start, stop),
                             task=options.task,
-                            prompt=options.prompt,
-                            batch_size=options.batch_size,
+                            prompt=embedding.prompt,
+                            batch_size=embedding.batch_size,
                             chunk_size=inner,
                             normalize=options.normalize,
-                            truncate_dim=options.dim,
+                            truncate_dim=embedding.dim,
                             on_progress=advance,
-                            decode_workers=0 if pool is not None else options.decode_workers,
+                            decode_workers=0 if pool is not None else embedding.decode_workers,
                         )
                     dim = vector_matrix(vectors).shape[1]
                     unit_length = unit_length and is_unit_length(vector_matrix(vectors))
@@ -572,7 +496,6 @@ __all__ = [
     "PRECISIONS",
     "Parts",
     "convert_precision",
-    "read_inputs",
     "run_encode",
     "summary_line",
 ]

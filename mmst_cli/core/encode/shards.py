@@ -93,9 +93,9 @@ class Launch:
             raise MmstError("INPUTS -: under torchrun / accelerate launch every rank reads the inputs itself; save them to a .txt file and name it")
         if options.to_stdout:
             raise MmstError("-o -: under torchrun / accelerate launch every rank writes its own shard; name an output file")
-        if len(options.devices) > 1:
+        if len(options.embedding.devices) > 1:
             raise MmstError(
-                f"--device {options.device}: under torchrun / accelerate launch each rank encodes on one device "
+                f"--device {options.embedding.device}: under torchrun / accelerate launch each rank encodes on one device "
                 "(default cuda:LOCAL_RANK); start more ranks (--nproc_per_node) instead of naming several"
             )
 

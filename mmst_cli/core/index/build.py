@@ -32,14 +32,14 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mmst_cli.core.data.documents import DEFAULT_PDF_DPI, RenderSettings
-from mmst_cli.core.encode.inputs import EncodeInputs, PdfOptions, read_inputs
+from mmst_cli.core.encode.inputs import EncodeInputs
+from mmst_cli.core.encode.settings import CorpusReading, EmbeddingSettings
 from mmst_cli.core.errors import EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.index import layout, vector_index
 from mmst_cli.core.outputs import atomic_path, ensure_writable_folder
@@ -61,6 +61,12 @@ class IndexOptions:
         output: The index folder to write (or, with ``add``, to grow). Required.
         model: Model folder or Hub id; ``None`` for the index's own model with ``add``, else the
             embedded default model.
+        reading: How each corpus is read, as for ``mmst encode``
+            (:class:`~mmst_cli.core.encode.settings.CorpusReading`; its defaults when not given).
+        embedding: How the documents are embedded, as for ``mmst encode``
+            (:class:`~mmst_cli.core.encode.settings.EmbeddingSettings`; its defaults when not
+            given). Its ``prompt`` replaces the model's document prompt (``None``: the model's);
+            with ``add``, a ``prompt``, ``dim`` or ``token_pool_factor`` of ``None`` keeps the index's.
         add: Add the corpora's new documents to the existing index ``output``; default off.
         resume: Continue an interrupted build from its staging folder; default off (start over).
         index: ``auto`` (default: flat below 200k documents, IVF from there), ``flat``, ``ivf`` or
@@ -68,44 +74,19 @@ class IndexOptions:
         quantize: ``none`` (default), ``int8`` or ``binary``; ``None`` with ``add`` keeps the index's.
         lists: IVF lists; ``None`` for ``sqrt(documents)``.
         hnsw_m: HNSW neighbours per node; ``None`` for 32.
-        column, id_column, split, data_config, media_root, allow_outside_root, skip_bad: As for
-            ``mmst encode``: how each corpus is read.
-        prompt: Text prepended to every text document instead of the model's document prompt;
-            ``None`` for the model's (with ``add``: the index's).
-        dim: Keep the first ``dim`` dimensions (Matryoshka); ``None`` keeps all (with ``add``: the index's).
-        batch_size, chunk_size, device, decode_workers, trust_remote_code: As for ``mmst encode``.
-        pdf_dpi, pdf_password, pdf_text: How PDF pages are taken, as for ``mmst encode``.
-        token_pool_factor: Multi-vector models: pool document tokens (see ``mmst encode``); with
-            ``add``, ``None`` keeps the index's.
     """
 
     corpora: list[str]
     output: str
     model: str | None = None
+    reading: CorpusReading = field(default_factory=CorpusReading)
+    embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     add: bool = False
     resume: bool = False
     index: str | None = None
     quantize: str | None = None
     lists: int | None = None
     hnsw_m: int | None = None
-    column: str | None = None
-    id_column: str | None = None
-    split: str | None = None
-    data_config: str | None = None
-    media_root: str | None = None
-    allow_outside_root: bool = False
-    skip_bad: bool = False
-    prompt: str | None = None
-    dim: int | None = None
-    batch_size: int = 32
-    chunk_size: int = 4096
-    device: str | None = None
-    decode_workers: int | None = None
-    trust_remote_code: bool = False
-    pdf_dpi: float = DEFAULT_PDF_DPI
-    pdf_password: str | None = None
-    pdf_text: bool = False
-    token_pool_factor: float | None = None
 
     def validate(self) -> None:
         """Check the options on their own, before any file or model is read (exit 2 naming the flag)."""
@@ -115,9 +96,11 @@ class IndexOptions:
             raise MmstError(f"--index {self.index!r} is not one of {', '.join(vector_index.INDEX_TYPES)}")
         if self.quantize is not None and self.quantize not in vector_index.QUANTIZATIONS:
             raise MmstError(f"--quantize {self.quantize!r} is not one of {', '.join(vector_index.QUANTIZATIONS)}")
-        for flag, value in (("--lists", self.lists), ("--hnsw-m", self.hnsw_m), ("--dim", self.dim)):
+        for flag, value in (("--lists", self.lists), ("--hnsw-m", self.hnsw_m)):
             if value is not None and value <= 0:
                 raise MmstError(f"{flag} must be a positive whole number, got {value}")
+        self.embedding.validate()
+        self.reading.validate()
         if not self.output.strip():  # Path("") is the current folder, which always exists
             raise MmstError("-o is empty; name the index folder to write, such as -o docs.index")
         output = Path(self.output).expanduser()
@@ -169,12 +152,7 @@ def _read_corpora(options: IndexOptions, known: set[str], ids: set, log) -> tupl
     """
     corpora, already = [], 0
     for position, reference in enumerate(options.corpora):
-        inputs = read_inputs(
-            reference, column=options.column, id_column=options.id_column, split=options.split,
-            data_config=options.data_config, media_root=options.media_root, allow_outside_root=options.allow_outside_root,
-            pdf=PdfOptions(RenderSettings(dpi=options.pdf_dpi, password=options.pdf_password), text=options.pdf_text),
-            skip_bad=options.skip_bad,
-        )  # fmt: skip
+        inputs = options.reading.read(reference)
         for note in inputs.notes:
             log(note)
         inputs.notes = []  # said once here; the encode job would repeat them
@@ -246,15 +224,16 @@ def _settings(options: IndexOptions, source, previous: dict[str, Any] | None) ->
         MmstError: with ``--add``, for a model or setting other than the index's, naming it.
     """
     # Options left unset (None) take the index's value with --add; the PDF settings always have one.
+    embedding = options.embedding
     asked = {"index": options.index, "quantize": options.quantize, "lists": options.lists, "hnsw_m": options.hnsw_m,
-             "prompt": options.prompt, "dim": options.dim, "token_pool_factor": options.token_pool_factor}  # fmt: skip
+             "prompt": embedding.prompt, "dim": embedding.dim, "token_pool_factor": embedding.token_pool_factor}  # fmt: skip
     if previous is not None:
         settings = dict(previous)
         settings.update({key: value for key, value in asked.items() if value is not None})
     else:
         settings = dict(asked, index=options.index or "auto", quantize=options.quantize or "none",
                         hnsw_m=options.hnsw_m or vector_index.DEFAULT_HNSW_M, model=source.reference)  # fmt: skip
-    settings.update(model_identity=model_identity(source), pdf_dpi=options.pdf_dpi, pdf_text=options.pdf_text)
+    settings.update(model_identity=model_identity(source), pdf_dpi=options.reading.pdf_dpi, pdf_text=options.reading.pdf_text)
     for key in ADD_MUST_MATCH if previous is not None else ():
         if settings.get(key) != previous.get(key):
             flag = "--model" if key == "model_identity" else "--" + key.replace("_", "-")
@@ -332,12 +311,12 @@ def _encode_corpus(corpus: Corpus, stage: Path, options: IndexOptions, model, se
     else:
         if launch is not None:
             _write_note(shards_note, expected)
+        # With --add, the prompt, dim and pooling the index was built with (see _settings), not only what was asked.
+        embedding = replace(options.embedding, prompt=settings["prompt"], dim=settings["dim"],
+                            token_pool_factor=settings["token_pool_factor"])  # fmt: skip
         job = EncodeOptions(
-            inputs=corpus.reference, output=str(output), model=settings["model_identity"], task="document",
-            prompt=settings["prompt"], batch_size=options.batch_size, chunk_size=options.chunk_size, dim=settings["dim"],
-            normalize=settings["normalize"], resume=options.resume, device=options.device,
-            trust_remote_code=options.trust_remote_code, decode_workers=options.decode_workers, pdf_dpi=options.pdf_dpi,
-            pdf_password=options.pdf_password, pdf_text=options.pdf_text, token_pool_factor=settings["token_pool_factor"],
+            inputs=corpus.reference, output=str(output), model=settings["model_identity"], reading=options.reading,
+            embedding=embedding, task="document", normalize=settings["normalize"], resume=options.resume,
         )  # fmt: skip
         result = run_encode(job, model=model, inputs=corpus.inputs, console=console, show_progress=show_progress,
                             on_chunk=on_chunk, log=log, merge_step=step)  # fmt: skip
@@ -436,7 +415,6 @@ def run_index(
         MmstError: for bad options, corpora, an ``--add`` mismatch (exit 2); exit 130 on Ctrl-C,
             keeping the staging folder for ``--resume``.
     """
-    from mmst_cli.core.encode.job import split_devices
     from mmst_cli.core.encode.multi_vector import is_multi_vector
     from mmst_cli.core.encode.shards import detect_launch, launched_by_agent, rank_group
     from mmst_cli.core.models.loading import load_model
@@ -469,8 +447,8 @@ def run_index(
                            0, 0, started)  # fmt: skip
         return {**summary, "world_size": manifest.get("world_size", 1)}
     if model is None:  # a rank loads straight onto its own device, not all onto the first GPU
-        device = launch.device(split_devices(options.device)) if launch is not None else None
-        model = load_model(source, trust_remote_code=options.trust_remote_code, device=device)
+        device = launch.device(options.embedding.devices) if launch is not None else None
+        model = load_model(source, trust_remote_code=options.embedding.trust_remote_code, device=device)
     multi_vector = is_multi_vector(model)
     if previous is None:
         _model_settings(settings, model, multi_vector)

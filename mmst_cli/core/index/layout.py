@@ -147,13 +147,25 @@ class IndexFolder:
             raise self.damaged(VECTORS, error) from None
 
     def token_vectors(self):
-        """``(tokens, offsets)`` as read-only memory maps (multi-vector indexes)."""
+        """``(tokens, offsets)`` of a multi-vector index: the token matrix as a read-only memory map,
+        and the row offsets, checked against it (one per document plus one, rising from 0 to the
+        token count), so that bytes changed in place inside ``offsets.npy`` are a damaged index, not
+        a failure deep inside MaxSim or an ``--add`` that writes them on."""
         import numpy as np
 
-        try:
-            return np.load(self.path / TOKENS, mmap_mode="r"), np.load(self.path / OFFSETS)
-        except ValueError as error:
-            raise self.damaged(f"{TOKENS} or {OFFSETS}", error) from None
+        loaded = {}
+        for name, mmap_mode in ((TOKENS, "r"), (OFFSETS, None)):  # offsets: one small int per document
+            try:
+                loaded[name] = np.load(self.path / name, mmap_mode=mmap_mode)
+            except ValueError as error:  # a header edited in place, or pickled data numpy refuses
+                raise self.damaged(name, error) from None
+        tokens, offsets = loaded[TOKENS], loaded[OFFSETS]
+        if tokens.ndim != 2 or tokens.shape[1] != self.manifest["dim"]:
+            raise self.damaged(TOKENS, f"shape {tokens.shape}, the manifest says {self.manifest['dim']} columns")
+        rising = offsets.ndim == 1 and offsets.dtype.kind in "iu" and bool(np.all(np.diff(offsets) >= 0))
+        if not rising or len(offsets) != self.count + 1 or offsets[0] != 0 or offsets[-1] != len(tokens):
+            raise self.damaged(OFFSETS, f"not {self.count + 1} rising row offsets from 0 to the {len(tokens)} token rows")
+        return tokens, offsets
 
     def faiss_index(self):
         """``index.faiss`` as FAISS reads it (dense indexes)."""

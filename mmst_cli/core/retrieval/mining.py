@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from mmst_cli.core.data.tables import is_retrieval_folder
-from mmst_cli.core.encode.job import PooledModel, check_devices, loading_device, split_devices
+from mmst_cli.core.encode.job import PooledModel, loading_device
+from mmst_cli.core.encode.settings import check_devices, split_devices
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.retrieval.mining_data import (
     MiningSet,

@@ -273,7 +273,23 @@ def run_in_owned_folder(options: TrainingOptions, train: Callable[..., Any], *, 
     if options.dry_run:
         return train(options, options.resolved_output_dir(), progress_console, log)
     with owned_run_folder(options, main_process=is_main_process()) as output_dir:
-        return train(options, output_dir, progress_console, log)
+        result = train(options, output_dir, progress_console, log)
+    leave_process_group()
+    return result
+
+
+def leave_process_group() -> None:
+    """Destroy the launch's process group (if the trainer made one) once this process's run succeeded.
+
+    Left to the interpreter's exit, gloo's worker threads can outlive it and kill a finished process
+    with SIGABRT ("terminate called without an active exception", pytorch/pytorch#190489), which
+    torchrun reports as a failed launch. Not after a failure: the other processes may still be in a
+    collective, and destroying the group then can hang them.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def ensure_disk_space(folder: Path, model, flag: str = "--output-dir") -> None:
