@@ -171,7 +171,9 @@ def test_a_run_that_shares_no_ids_with_the_qrels_is_scored_with_a_warning(tmp_pa
     qrels.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
     run = tmp_path / "run.trec"
     run.write_text("q1 Q0 1 1 0.9 mmst\n")  # row numbers where the qrels name documents
-    result = run_json("evaluate", "--run", str(run), "--qrels", str(qrels))
+    printed = run_mmst("evaluate", "--run", str(run), "--qrels", str(qrels), "--json")
+    assert printed.stdout.count("\n") == 1  # one JSON line, as every --json prints
+    result = json.loads(printed.stdout)
     assert result["main_score"] == 0.0 and "no document of the run is judged in the qrels (run: '1'" in result["warnings"][0]
     run.write_text("1 Q0 d1 1 0.9 mmst\n")
     assert "no query of the run is in the qrels" in run_json("evaluate", "--run", str(run), "--qrels", str(qrels))["warnings"][0]

@@ -18,11 +18,12 @@ def emit(data: dict[str, Any], *, as_json: bool, render: Callable[[Console, dict
 
     Args:
         data: JSON-ready result of the command.
-        as_json: Print ``data`` as one JSON object on stdout instead of the human view.
+        as_json: Print ``data`` as one JSON object on one line of stdout instead of the human view,
+            so that ``--json`` output is JSON lines: runs append to a ``.jsonl`` log as they are.
         render: Draws the human view of ``data`` on the given (stderr) console.
     """
     if as_json:
-        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
         sys.stdout.flush()
     else:
         render(console, data)
