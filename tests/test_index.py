@@ -322,6 +322,9 @@ def test_bad_index_folders_and_queries_are_one_line_errors(tiny_models, photos, 
     (tmp_path / "blank.jsonl").write_text('{"id": "q7", "text": " "}\n')
     assert_one_line_error(run_mmst("search", str(index), "--queries", str(tmp_path / "blank.jsonl")), 2, "query 'q7' is empty")
     assert_one_line_error(run_mmst("index", str(photos), "-o", ""), 2, "-o is empty")
+    assert_one_line_error(run_mmst("index", str(photos), "-o", str(tmp_path / "x"), "--lists", "4"), 2, "add --index ivf")
+    assert_one_line_error(run_mmst("index", str(photos), "-o", str(tmp_path / "x"), "--index", "ivf", "--hnsw-m", "8"), 2,
+                          "--hnsw-m shapes an hnsw index")  # fmt: skip
     for name in ("documents.jsonl", "vectors.npy", "index.faiss"):  # bytes changed in place: sizes still match
         damaged = tmp_path / f"damaged-{name}.index"
         shutil.copytree(index, damaged)

@@ -96,9 +96,11 @@ class IndexOptions:
             raise MmstError(f"--index {self.index!r} is not one of {', '.join(vector_index.INDEX_TYPES)}")
         if self.quantize is not None and self.quantize not in vector_index.QUANTIZATIONS:
             raise MmstError(f"--quantize {self.quantize!r} is not one of {', '.join(vector_index.QUANTIZATIONS)}")
-        for flag, value in (("--lists", self.lists), ("--hnsw-m", self.hnsw_m)):
+        for flag, value, kind in (("--lists", self.lists, "ivf"), ("--hnsw-m", self.hnsw_m, "hnsw")):
             if value is not None and value <= 0:
                 raise MmstError(f"{flag} must be a positive whole number, got {value}")
+            if value is not None and not self.add and self.index != kind:  # with --add, the index's type decides
+                raise MmstError(f"{flag} shapes an {kind} index; add --index {kind}, or drop {flag}")
         self.embedding.validate()
         self.reading.validate()
         if not self.output.strip():  # Path("") is the current folder, which always exists
