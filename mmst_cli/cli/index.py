@@ -5,8 +5,13 @@ Examples:
     # A folder of images (recursive) with a CLIP-style model: exact search below 200k documents
     $ mmst index --model ./my-clip ./photos -o photos.index
 
-    # Several corpora at once: a table of texts and every page of a folder of PDFs
-    $ mmst index --model ./my-retriever docs.jsonl ./reports --id-column doc_id -o docs.index
+    # A table of texts (ids from its doc_id column), then every page of a folder of PDFs as images
+    # (--id-column applies to every corpus of a run, and a folder refuses it: two runs)
+    $ mmst index --model ./my-clip docs.jsonl --id-column doc_id -o docs.index
+    $ mmst index ./reports --add -o docs.index
+
+    # A BEIR / mteb folder: its corpus, with the ids its qrels use (then mmst search --queries it)
+    $ mmst index --model ./embedder ./scifact -o scifact.index
 
     # Approximate search for a large corpus: HNSW, or IVF with 4096 lists, over int8 codes
     $ mmst index --model ./embedder corpus.parquet --index hnsw -o big.index

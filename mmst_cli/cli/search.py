@@ -13,6 +13,10 @@ Examples:
     $ mmst search docs.index --queries queries.jsonl -k 100 --trec run.trec
     $ mmst evaluate --run run.trec --qrels qrels.tsv
 
+    # A BEIR folder indexed whole (mmst index ./scifact): its queries, scored against its qrels
+    $ mmst search scifact.index --queries ./scifact -k 100 --trec run.trec
+    $ mmst evaluate --run run.trec --qrels ./scifact
+
     # An HTML page of the first 20 queries' hits as thumbnails (opens offline, no script)
     $ mmst search photos.index --queries queries.jsonl --report results.html --report-queries 20
 
