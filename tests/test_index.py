@@ -364,6 +364,28 @@ def test_search_refuses_another_model_of_the_same_width_and_a_rerank_cut_below_k
     assert_one_line_error(not_a_reranker, 2, "is not a reranker (mmst detect says kind 'embedder')", "CrossEncoder")
 
 
+def test_the_moved_model_check_reads_no_document_media_outside_the_index_folder(clip, tiny_models, photos, tmp_path):
+    import tempfile
+    from pathlib import Path
+
+    from PIL import Image
+
+    from mmst_cli.core.index.searching import check_moved_model
+
+    build(clip, tiny_models["clip"], [photos], tmp_path / "photos.index")
+    index = layout.open_index(str(tmp_path / "photos.index"))
+    documents = [dict(record, ref=index.media_reference(record["ref"])) for record in index.documents()]
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    # A documents.jsonl edited to name another image: inside the index's folder it is read, and differs...
+    noise.save(tmp_path / "inside.png")
+    with pytest.raises(MmstError, match="embeds the index's document '000.png' differently"):
+        check_moved_model(index, clip, [dict(documents[0], ref=str(tmp_path / "inside.png")), *documents[1:]], 8)
+    # ...outside it, it is never read: the next document is checked instead, and matches.
+    with tempfile.TemporaryDirectory() as elsewhere:
+        noise.save(Path(elsewhere) / "outside.png")
+        check_moved_model(index, clip, [dict(documents[0], ref=str(Path(elsewhere) / "outside.png")), *documents[1:]], 8)
+
+
 def test_cli_processes_exit_2_with_one_line(tmp_path):
     index = run_mmst_process("index", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "x.index"))
     assert_one_line_error(index, 2, "missing.jsonl")

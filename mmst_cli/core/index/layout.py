@@ -137,6 +137,19 @@ class IndexFolder:
         any other reference (a corpus file, already absolute) unchanged."""
         return str(self.path.resolve() / ref) if is_stored_media(ref) else ref
 
+    def media_folder(self, extra: Iterable[Path] = ()) -> Path:
+        """The folder this index's media may be read from: the deepest one holding the index (its
+        ``media/``), every corpus it records (a file's folder) and the ``extra`` folders, so that a
+        ``documents.jsonl`` edited to name other files cannot make mmst read them."""
+        import os
+
+        folders = [self.path.resolve(), *extra]
+        for corpus in self.manifest.get("corpora", []):
+            location = Path(corpus)
+            if location.is_absolute():  # a Hub dataset's name holds no local media
+                folders.append(location if location.is_dir() or not location.suffix else location.parent)
+        return Path(os.path.commonpath(folders))
+
     def vectors(self):
         """``vectors.npy`` as a read-only memory map (dense indexes)."""
         import numpy as np

@@ -211,16 +211,20 @@ def check_search_breadth(index: layout.IndexFolder, nprobe: int | None, ef_searc
 def check_moved_model(index: layout.IndexFolder, model, documents: list[dict[str, Any]], batch_size: int) -> None:
     """Refuse a ``--model`` that is not the index's: a model of the same width would otherwise search
     vectors it did not make, and rank without a word. One stored document (a text, or a media file
-    still in place) is embedded again and compared with its vector; with none left, nothing is checked.
-    Multi-vector indexes are not checked."""
+    still in place inside :meth:`~mmst_cli.core.index.layout.IndexFolder.media_folder`) is embedded
+    again and compared with its vector; with none left, nothing is checked. Multi-vector indexes are
+    not checked."""
+    from mmst_cli.core.data.media import confinement_problem
     from mmst_cli.core.encode.encoding import encode_inputs
 
     settings = index.settings
+    media_folder = index.media_folder()
     for row, record in enumerate(documents):
+        file = Path(record["ref"].partition("#page=")[0]) if record["ref"] else None
         if record["text"] is not None:
             value = record["text"]
-        elif record["ref"] and Path(record["ref"].partition("#page=")[0]).is_file():
-            inputs = read_inputs("-", stdin=io.StringIO(record["ref"] + "\n"), allow_outside_root=True)
+        elif file is not None and file.is_file() and confinement_problem(file, media_folder) is None:
+            inputs = read_inputs("-", stdin=io.StringIO(record["ref"] + "\n"), media_root=media_folder)
             inputs.bind(model)
             value = inputs.chunk(0, 1)[0]
         else:

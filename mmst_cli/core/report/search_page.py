@@ -13,7 +13,6 @@ lifts this), so a ``documents.jsonl`` edited to name other files cannot put them
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from mmst_cli.core.data.media import string_modality
@@ -59,13 +58,7 @@ def write_search_page(
 
 
 def media_folder(index: IndexFolder, query_labels: list[str]) -> Path:
-    """The deepest folder holding the index, every corpus it records (a file's folder) and every media query."""
-    folders = [index.path.resolve()]
-    for corpus in index.manifest.get("corpora", []):
-        location = Path(corpus)
-        if location.is_absolute():  # a Hub dataset's name holds no local media
-            folders.append(location if location.is_dir() or not location.suffix else location.parent)
-    for label in query_labels:
-        if string_modality(label)[1] in ("file", "pdf"):
-            folders.append(Path(label.rpartition("#page=")[0] or label).expanduser().resolve().parent)
-    return Path(os.path.commonpath(folders))
+    """The deepest folder holding the index, every corpus it records and every media query."""
+    queries = [Path(label.rpartition("#page=")[0] or label).expanduser().resolve().parent
+               for label in query_labels if string_modality(label)[1] in ("file", "pdf")]  # fmt: skip
+    return index.media_folder(queries)
