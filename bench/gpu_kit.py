@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import io
 import json
 import lzma
 import re

@@ -20,7 +20,7 @@ from mmst_cli.core.encode.parts import parts_folder
 from mmst_cli.core.encode.shards import detect_launch, manifest_path, rank_folder, shard_bounds
 from mmst_cli.core.errors import MmstError
 from tests.data_factory import write_colour_pairs
-from tests.helpers import assert_one_line_error, grouped_options, run_json, run_mmst
+from tests.helpers import assert_one_line_error, grouped_options, run_mmst
 
 TEXTS = [f"a photo of thing number {index}, {'very ' * (index % 3)}colourful" for index in range(9)]
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from mmst_cli.core.data.media import OUTSIDE_ROOT_PROBLEM
 from tests.helpers import assert_one_line_error, run_json, run_mmst
-from tests.report_pages import HOSTILE, colour_of, data_uri_image, read_page, write_colour_pages
+from tests.report_pages import colour_of, data_uri_image, read_page, write_colour_pages
 
 
 def test_evaluate_report_shows_worst_queries_first_with_their_pages_and_marks(tmp_path, tiny_models):

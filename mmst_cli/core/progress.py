@@ -69,15 +69,25 @@ class RichProgressCallback(TrainerCallback):
             self.progress = None
 
 
+#: How core functions report progress: ``track(description, total)`` adds a bar and returns
+#: ``advance(n)`` (:func:`progress_bars` yields one).
+Tracker = Callable[[str, int], Callable[[int], None]]
+
+
+def no_progress(description: str, total: int) -> Callable[[int], None]:
+    """The :data:`Tracker` that shows nothing: the default of functions that take ``track``."""
+    return lambda n: None
+
+
 @contextmanager
-def progress_bars(console: Console | None = None, enabled: bool = True) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+def progress_bars(console: Console | None = None, enabled: bool = True) -> Iterator[Tracker]:
     """Rich bars for multi-stage work (encoding, search) on stderr.
 
     Yields ``track(description, total)``, which adds a bar and returns ``advance(n)``. With
     ``enabled=False`` nothing is drawn (other processes of a distributed launch, tests).
     """
     if not enabled:
-        yield lambda description, total: (lambda n: None)
+        yield no_progress
         return
     progress = Progress(
         TextColumn("[bold]{task.description}"),

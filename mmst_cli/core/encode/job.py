@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from mmst_cli.core.encode.inputs import EncodeInputs
 from mmst_cli.core.encode.parts import MANIFEST_VERSION, Parts
@@ -47,6 +47,9 @@ from mmst_cli.core.encode.writers import (
 )
 from mmst_cli.core.errors import EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.outputs import ensure_writable_file
+
+if TYPE_CHECKING:
+    from mmst_cli.core.encode.shards import MergeStep
 
 #: Output formats, chosen by ``--format`` or by the output's extension (``npz``: multi-vector models only).
 FORMATS = ("npy", "parquet", "jsonl", "safetensors", "npz")

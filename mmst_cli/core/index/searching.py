@@ -295,7 +295,7 @@ def _readable(value: Any, settings: dict[str, Any]) -> Any:
 
 def _rerank(reranker, values, candidates: list[list[tuple[int, float]]], documents, settings, batch_size: int):
     """Re-score each query's candidates (row, score) with the reranker; best first."""
-    from mmst_cli.core.retrieval.evaluation import predict_pairs
+    from mmst_cli.core.retrieval.reranking import predict_pairs
 
     pairs = []
     for value, rows in zip(values, candidates):
@@ -383,7 +383,7 @@ def search_index(
               for row_list, score_list in zip(rows, scores)]  # fmt: skip
     rerank_seconds = 0.0
     if reranker:
-        from mmst_cli.core.retrieval.evaluation import load_reranker_for
+        from mmst_cli.core.retrieval.reranking import load_reranker_for
 
         samples = {record["modality"]: record["text"] if record["text"] is not None else record["ref"] for record in documents}
         loaded_reranker = load_reranker_for(reranker, {"queries": values, "documents": samples.values()}, str(index.path),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,15 +20,15 @@ from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
 from mmst_cli.core.data.documents import PdfPage, RenderSettings
 from mmst_cli.core.data.media import page_image_file
-from mmst_cli.core.encode.encoding import encode_inputs, modality_of
+from mmst_cli.core.encode.encoding import encode_inputs
 from mmst_cli.core.errors import MmstError
+from mmst_cli.core.progress import Tracker, no_progress
 from mmst_cli.core.retrieval.metrics import METRIC_NAMES, Run, compute_metrics
+from mmst_cli.core.retrieval.reranking import load_reranker_for, predict_pairs
 from mmst_cli.core.encode.multi_vector import is_multi_vector, token_pooling
 from mmst_cli.core.retrieval.maxsim import TokenCounts, maxsim_search
 from mmst_cli.core.retrieval.search import model_similarity, search
 from mmst_cli.core.retrieval.tasks import MAIN_METRIC, RetrievalTask
-
-Tracker = Callable[[str, int], Callable[[int], None]]
 
 #: Cut-offs ``mmst evaluate`` reports by default: those mteb's retrieval results are read at.
 DEFAULT_CUTOFFS = (1, 3, 5, 10, 100)
@@ -37,10 +37,6 @@ DEFAULT_CUTOFFS = (1, 3, 5, 10, 100)
 DEFAULT_DEPTH = 1000
 #: First-stage results a ``--reranker`` re-scores per query by default.
 RERANK_TOP_K = 100
-
-
-def _no_progress(description: str, total: int) -> Callable[[int], None]:
-    return lambda n: None
 
 
 @dataclass
@@ -62,7 +58,7 @@ def embed_task(
     batch_size: int = 32,
     query_prompt: str | None = None,
     document_prompt: str | None = None,
-    track: Tracker = _no_progress,
+    track: Tracker = no_progress,
 ):
     """Encode queries (as queries) and corpus (as documents); returns both id lists and arrays.
 
@@ -122,7 +118,7 @@ class SearchRun(Mapping[str, dict[str, float]]):
 
 
 def retrieve(
-    query_ids, query_vectors, corpus_ids, corpus_vectors, *, k: int, similarity: str, track: Tracker = _no_progress
+    query_ids, query_vectors, corpus_ids, corpus_vectors, *, k: int, similarity: str, track: Tracker = no_progress
 ) -> SearchRun:
     """Top-``k`` documents per query (all of them in a smaller corpus), as a run."""
     scores, indices = search(
@@ -152,7 +148,7 @@ def evaluate_embedder(
     skip_queries_without_relevant: bool = False,
     query_prompt: str | None = None,
     document_prompt: str | None = None,
-    track: Tracker = _no_progress,
+    track: Tracker = no_progress,
 ) -> list[StageResult]:
     """Retrieval results at full dimension, or at each of ``dims`` (a Matryoshka sweep).
 
@@ -200,7 +196,7 @@ def evaluate_multi_vector(
     query_prompt: str | None = None,
     document_prompt: str | None = None,
     token_pool_factor: float | None = None,
-    track: Tracker = _no_progress,
+    track: Tracker = no_progress,
 ) -> tuple[list[StageResult], TokenCounts]:
     """Retrieval results of a multi-vector model by exact MaxSim (:mod:`~mmst_cli.core.retrieval.maxsim`).
 
@@ -234,7 +230,7 @@ def rerank(
     ks: tuple[int, ...],
     batch_size: int = 32,
     skip_queries_without_relevant: bool = False,
-    track: Tracker = _no_progress,
+    track: Tracker = no_progress,
 ) -> StageResult:
     """Re-score each query's top ``top_k`` first-stage documents with a reranker (CrossEncoder)."""
     pairs, keys = [], []
@@ -253,55 +249,6 @@ def rerank(
     return score_run(
         f"rerank top {top_k}", run, task, ks, skip_queries_without_relevant=skip_queries_without_relevant
     )
-
-
-def predict_pairs(reranker, pairs: list[tuple[Any, Any]], *, batch_size: int = 32, track: Tracker = _no_progress) -> list[float]:
-    """A reranker's raw score of each ``(query, document)`` pair, 1024 pairs per call."""
-    import torch
-
-    advance = track("reranking", len(pairs))
-    scores: list[float] = []
-    for start in range(0, len(pairs), 1024):
-        chunk = pairs[start : start + 1024]
-        # Raw scores: a sigmoid saturates to exactly 1.0 in float32 for confident pairs and makes ties.
-        predicted = reranker.predict(
-            chunk, batch_size=batch_size, activation_fn=torch.nn.Identity(), convert_to_numpy=True,
-            show_progress_bar=False,
-        )  # fmt: skip
-        scores.extend(np.asarray(predicted, dtype=np.float32).reshape(len(chunk), -1)[:, 0].tolist())
-        advance(len(chunk))
-    return scores
-
-
-def load_reranker_for(reference: str, sides: Mapping[str, Iterable[Any]], source: str, *, trust_remote_code: bool = False):
-    """Load ``--reranker`` and make sure it reads every modality of the inputs it will score.
-
-    A text-only reranker handed image documents would score their file paths as text.
-
-    Args:
-        reference: The reranker's folder or Hub id.
-        sides: Side name (``queries``, ``documents``, ...) -> the inputs of that side.
-        source: The data's name, for the message.
-        trust_remote_code: Passed to the loader. Default ``False``.
-    """
-    from mmst_cli.core.models.loading import load_model
-    from mmst_cli.core.models.locate import locate_model
-
-    located = locate_model(reference)
-    if located.kind != "reranker":
-        raise MmstError(
-            f"--reranker {reference!r} is not a reranker (mmst detect says kind {located.kind!r}); give a CrossEncoder "
-            "folder or Hub id, such as the model mmst train-rerank saves"
-        )
-    reranker = load_model(located, trust_remote_code=trust_remote_code)
-    for side, values in sides.items():
-        unreadable = sorted(m for m in {modality_of(value) for value in values} if not reranker.supports(m))
-        if unreadable:
-            raise MmstError(
-                f"--reranker {reference!r} cannot read {' or '.join(unreadable)} inputs, but the {side} of "
-                f"{source!r} hold them; choose a reranker that takes them (`mmst detect MODEL` shows what a model takes)"
-            )
-    return reranker
 
 
 @dataclass
@@ -443,7 +390,7 @@ def check_thresholds(metrics: dict[str, float], thresholds: dict[str, float]) ->
     }
 
 
-def run_evaluation(options: EvaluateOptions, *, track: Tracker = _no_progress) -> tuple[dict[str, Any], StageResult, RetrievalTask]:
+def run_evaluation(options: EvaluateOptions, *, track: Tracker = no_progress) -> tuple[dict[str, Any], StageResult, RetrievalTask]:
     """The whole ``mmst evaluate`` job. Returns the JSON report, the main stage and the task (for result files).
 
     The main stage is the reranked ranking with ``--reranker``, else retrieval at the full (or the

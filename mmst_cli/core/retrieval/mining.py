@@ -38,6 +38,7 @@ from mmst_cli.core.data.tables import is_retrieval_folder
 from mmst_cli.core.encode.job import PooledModel, loading_device
 from mmst_cli.core.encode.settings import check_devices, split_devices
 from mmst_cli.core.errors import MmstError
+from mmst_cli.core.progress import Tracker, no_progress
 from mmst_cli.core.retrieval.mining_data import (
     MiningSet,
     add_corpus,
@@ -46,8 +47,6 @@ from mmst_cli.core.retrieval.mining_data import (
     pair_set,
     task_set,
 )
-
-Tracker = Callable[[str, int], Callable[[int], None]]
 
 #: ``--format`` values: rows for train-embed, and pointwise / listwise rows for train-rerank.
 FORMATS = ("triplet", "labeled-pair", "labeled-list")
@@ -69,10 +68,6 @@ RULES = (
     "reranker",  # --reranker scored it as relevant
     "same_content_as_negative",  # a copy of a negative already chosen for the anchor
 )
-
-
-def _no_progress(description: str, total: int) -> Callable[[int], None]:
-    return lambda n: None
 
 
 @dataclass
@@ -383,7 +378,7 @@ def _output_rows(mining: MiningSet, chosen, positive_scores: dict[tuple[int, int
     return rows, short_rows
 
 
-def run_mining(options: MineOptions, *, track: Tracker = _no_progress) -> dict[str, Any]:
+def run_mining(options: MineOptions, *, track: Tracker = no_progress) -> dict[str, Any]:
     """The whole ``mmst mine`` job: read, encode (or reuse the cached corpus), search, filter, write.
 
     Returns:
@@ -394,7 +389,7 @@ def run_mining(options: MineOptions, *, track: Tracker = _no_progress) -> dict[s
     from mmst_cli.core.models.loading import load_model
     from mmst_cli.core.models.locate import locate_model
     from mmst_cli.core.outputs import atomic_path, ensure_writable_file
-    from mmst_cli.core.retrieval.evaluation import load_reranker_for
+    from mmst_cli.core.retrieval.reranking import load_reranker_for
     from mmst_cli.core.retrieval.search import FAISS_MIN_DOCUMENTS, faiss_search, model_similarity, pair_scores, search
 
     options.validate()
