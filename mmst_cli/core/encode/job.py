@@ -4,10 +4,10 @@ The job runs in five steps; this module runs them, the ``encode`` wing's other m
 
 1. :func:`~mmst_cli.core.encode.inputs.read_inputs` turns the input reference (a jsonl / csv / parquet / txt file, a PDF file, a folder of
    images, audio or PDFs, ``-`` for stdin, a ``save_to_disk`` folder or a Hub dataset) into an
-   :class:`~mmst_cli.core.encode.inputs.EncodeInputs`: ids plus one input per row, every media reference checked before any
+   :class:`~mmst_cli.core.encode.checked_inputs.EncodeInputs`: ids plus one input per row, every media reference checked before any
    model work (a missing file is an error naming its row, never text);
 2. the model is located and loaded (:mod:`mmst_cli.core.models.loading`), and the inputs are bound to it
-   (:meth:`~mmst_cli.core.encode.inputs.EncodeInputs.bind`: media columns of a dataset are checked by
+   (:meth:`~mmst_cli.core.encode.checked_inputs.EncodeInputs.bind`: media columns of a dataset are checked by
    :func:`~mmst_cli.core.data.tables.prepare_media`, and every modality must be one the model takes);
 3. rows are encoded in chunks of :attr:`EmbeddingSettings.chunk_size <mmst_cli.core.encode.settings.EmbeddingSettings.chunk_size>` rows, in input order, by
    :func:`~mmst_cli.core.encode.encoding.encode_inputs` (which groups each chunk by modality and puts the
@@ -36,7 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from mmst_cli.core.encode.inputs import EncodeInputs
+from mmst_cli.core.encode.checked_inputs import EncodeInputs
 from mmst_cli.core.encode.parts import MANIFEST_VERSION, Parts
 from mmst_cli.core.encode.settings import CorpusReading, EmbeddingSettings
 from mmst_cli.core.encode.writers import (

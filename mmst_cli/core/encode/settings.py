@@ -21,7 +21,7 @@ from mmst_cli.core.data.documents import DEFAULT_PDF_DPI, RenderSettings
 from mmst_cli.core.errors import MmstError
 
 if TYPE_CHECKING:
-    from mmst_cli.core.encode.inputs import EncodeInputs
+    from mmst_cli.core.encode.checked_inputs import EncodeInputs
 
 #: Inputs per forward pass.
 DEFAULT_BATCH_SIZE = 32

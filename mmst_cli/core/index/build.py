@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from mmst_cli.core.encode.inputs import EncodeInputs
+from mmst_cli.core.encode.checked_inputs import EncodeInputs
 from mmst_cli.core.encode.settings import CorpusReading, EmbeddingSettings
 from mmst_cli.core.errors import EXIT_INTERRUPTED, MmstError
 from mmst_cli.core.index import layout, vector_index
@@ -187,7 +187,7 @@ def _store_embedded_media(corpus: Corpus, media: Path) -> None:
     corpus's records at them, so search can show them.
     Video frame lists, raw bytes columns and cells that name a file instead of holding its bytes
     keep ``ref`` ``null``."""
-    from mmst_cli.core.encode.inputs import FeatureInputs
+    from mmst_cli.core.encode.checked_inputs import FeatureInputs
     from mmst_cli.core.retrieval.mining_media import write_embedded_media
 
     if not isinstance(corpus.inputs, FeatureInputs) or corpus.records[0]["modality"] not in ("image", "audio"):

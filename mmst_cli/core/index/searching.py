@@ -22,7 +22,8 @@ import numpy as np
 
 from mmst_cli.core.data.media import classify_string
 from mmst_cli.core.data.tables import find_part
-from mmst_cli.core.encode.inputs import EncodeInputs, pick_column, read_inputs
+from mmst_cli.core.encode.checked_inputs import EncodeInputs
+from mmst_cli.core.encode.inputs import pick_column, read_inputs
 from mmst_cli.core.errors import MmstError
 from mmst_cli.core.index import layout, vector_index
 

@@ -123,7 +123,7 @@ def media_folder(options: Any) -> Path:
 
 def _reference_values(inputs: Any, options: Any) -> list[Any]:
     """The values of read inputs as references: a column of embedded media is written out as files first."""
-    from mmst_cli.core.encode.inputs import ReferenceInputs
+    from mmst_cli.core.encode.checked_inputs import ReferenceInputs
     from mmst_cli.core.retrieval.mining_media import write_embedded_media
 
     if isinstance(inputs, ReferenceInputs):

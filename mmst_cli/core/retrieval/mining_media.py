@@ -49,7 +49,7 @@ def write_embedded_media(inputs: Any, folder: Path, *, readable: bool = True, by
     """Write each media item of a dataset column once into ``folder``; return the checked file paths.
 
     Args:
-        inputs: :class:`~mmst_cli.core.encode.inputs.FeatureInputs` of an Image, Audio or binary column.
+        inputs: :class:`~mmst_cli.core.encode.checked_inputs.FeatureInputs` of an Image, Audio or binary column.
         folder: Where the files go (created when missing); each is named ``<sha1 of its bytes><ext>``,
             written to a temporary name and renamed, and left alone when it is already there. The
             names are hashes, so nothing is written outside ``folder``.
