@@ -253,6 +253,9 @@ def test_depth_sets_the_documents_kept_and_saved_per_query(tmp_path, tiny_models
     reranking = ("--reranker", str(tmp_path / "absent"), "--rerank-top-k", "30")  # refused before it is looked for
     assert_one_line_error(run_mmst(*model, "--k", "10", "--depth", "20", *reranking), 2, "--rerank-top-k 30 exceeds --depth 20")
     assert_one_line_error(run_mmst(*model, "--rerank-top-k", "5"), 2, "--rerank-top-k sets how many results --reranker")
+    # A run is scored as it was retrieved: a --depth beside it would be ignored, so it is refused.
+    scored = ("evaluate", "--run", str(run_file), "--qrels", str(beir))
+    assert_one_line_error(run_mmst(*scored, "--depth", "3"), 2, "--depth sets how many documents --model's search", "drop --depth")
 
 
 def test_prompts_reach_the_model_as_encode_query_applies_them(tmp_path, tiny_models):

@@ -304,6 +304,7 @@ def test_bad_input_gets_one_line_and_nothing_written(tmp_path, facts, tiny_model
     assert_one_line_error(run_mmst_process(*base, "--format", "tsv"), 2, "--format must be one of triplet")
     assert_one_line_error(run_mmst(*base, "--keep-incomplete"), 2, "--keep-incomplete needs --format labeled")
     assert_one_line_error(run_mmst(*base, "--reranker-threshold", "0.9"), 2, "--reranker-threshold", "add --reranker")
+    assert_one_line_error(run_mmst(*base, "--seed", "7"), 2, "--seed seeds --sampling random", "drop --seed")
     assert_one_line_error(run_mmst(*base, "--group-column", "source"), 2, "--group-column 'source'", "columns are")
     assert_one_line_error(run_mmst(*base, "--device", "cpu,"), 2, "--device 'cpu,' has an empty entry")
     assert_one_line_error(run_mmst(*base, "--range-max", "5", "--max-score", "-5"), 2, "no anchor", "got 3 negatives")

@@ -75,7 +75,7 @@ def evaluate(
     model: Annotated[str | None, typer.Option(help="Embedding model folder or Hub id, or a train-embed run folder: its model, on the run's evaluation data unless --data is given. Default: the embedded default model.", rich_help_panel=MODEL, show_default=False)] = None,
     reranker: Annotated[str | None, typer.Option(help="Rerank each query's first-stage results with this reranker; both stages are reported.", rich_help_panel=MODEL, show_default=False)] = None,
     rerank_top_k: Annotated[int | None, typer.Option(help="How many first-stage results the reranker re-scores (at most --depth). Default: 100.", rich_help_panel=MODEL, show_default=False)] = None,
-    depth: Annotated[int, typer.Option(help="Documents retrieved per query, scored and written by --save-run (at least the largest --k).", rich_help_panel=MODEL)] = 1000,
+    depth: Annotated[int | None, typer.Option(help="Documents --model's search retrieves per query, scored and written by --save-run (at least the largest --k). Default: 1000.", rich_help_panel=MODEL, show_default=False)] = None,
     query_prompt: Annotated[str | None, typer.Option(help="Text put before every query, instead of the model's query prompt (\"\" for none).", rich_help_panel=MODEL, show_default=False)] = None,
     document_prompt: Annotated[str | None, typer.Option(help="Text put before every document, instead of the model's document prompt.", rich_help_panel=MODEL, show_default=False)] = None,
     query_prompt_name: Annotated[str | None, typer.Option(help="Use the model's prompt of this name for queries (see `mmst detect MODEL`).", rich_help_panel=MODEL, show_default=False)] = None,

@@ -65,7 +65,7 @@ def mine(
     max_score: Annotated[float | None, typer.Option(help="Drop candidates scoring above this.", rich_help_panel=MINING, show_default=False)] = None,
     min_score: Annotated[float | None, typer.Option(help="Drop candidates scoring below this.", rich_help_panel=MINING, show_default=False)] = None,
     sampling: Annotated[str, typer.Option(help="top: the best remaining candidates; random: any of them (--seed).", rich_help_panel=MINING)] = "top",
-    seed: Annotated[int, typer.Option(help="Seed of --sampling random.", rich_help_panel=MINING)] = 12,
+    seed: Annotated[int | None, typer.Option(help="Seed of --sampling random. Default: 12.", rich_help_panel=MINING, show_default=False)] = None,
     reranker: Annotated[str | None, typer.Option(help="Rescore the candidates with this reranker and drop those it scores as relevant.", rich_help_panel=FALSE_NEGATIVES, show_default=False)] = None,
     reranker_threshold: Annotated[float | None, typer.Option(help="The --reranker score (its own activation: a probability for one-label rerankers) from which a candidate counts as relevant. Default: 0.5.", rich_help_panel=FALSE_NEGATIVES, show_default=False)] = None,
     group_column: Annotated[str | None, typer.Option(help="A column (of the data, and of a --corpus table) naming each document's group, e.g. its source PDF: documents of a positive's group are never its negatives.", rich_help_panel=FALSE_NEGATIVES, show_default=False)] = None,

@@ -273,7 +273,7 @@ class EvaluateOptions:
     dims: tuple[int, ...] = ()
     reranker: str | None = None
     rerank_top_k: int | None = None  # refused without a reranker
-    depth: int = DEFAULT_DEPTH
+    depth: int | None = None  # DEFAULT_DEPTH; refused with a run, which is scored as retrieved
     query_prompt: str | None = None
     document_prompt: str | None = None
     query_prompt_name: str | None = None
@@ -293,6 +293,11 @@ class EvaluateOptions:
     token_pool_factor: float | None = None
 
     @property
+    def search_depth(self) -> int:
+        """Documents the model's search retrieves per query: ``--depth``, else :data:`DEFAULT_DEPTH`."""
+        return DEFAULT_DEPTH if self.depth is None else self.depth
+
+    @property
     def top_k_reranked(self) -> int:
         """First-stage results the reranker re-scores: ``--rerank-top-k``, else :data:`RERANK_TOP_K`."""
         return RERANK_TOP_K if self.rerank_top_k is None else self.rerank_top_k
@@ -306,13 +311,17 @@ class EvaluateOptions:
             raise MmstError(f"--dims must be positive, got {list(self.dims)}")
         if self.rerank_top_k is not None and not self.reranker:
             raise MmstError("--rerank-top-k sets how many results --reranker re-scores; add --reranker or drop it")
-        if self.batch_size <= 0 or self.top_k_reranked <= 0 or self.depth <= 0:
+        if self.run and self.depth is not None:
+            raise MmstError("--depth sets how many documents --model's search retrieves; a --run is scored as it was "
+                            "retrieved; drop --depth")  # fmt: skip
+        depth = self.search_depth
+        if self.batch_size <= 0 or self.top_k_reranked <= 0 or depth <= 0:
             raise MmstError("--batch-size, --rerank-top-k and --depth must be positive")
-        if self.reranker and self.top_k_reranked > self.depth:
-            raise MmstError(f"--rerank-top-k {self.top_k_reranked} exceeds --depth {self.depth}: the reranker reads the retrieved documents; raise --depth")
-        if not self.run and max(self.ks) > self.depth:
+        if self.reranker and self.top_k_reranked > depth:
+            raise MmstError(f"--rerank-top-k {self.top_k_reranked} exceeds --depth {depth}: the reranker reads the retrieved documents; raise --depth")
+        if not self.run and max(self.ks) > depth:
             raise MmstError(
-                f"--k {max(self.ks)} exceeds --depth {self.depth}: metrics at k would see only {self.depth} "
+                f"--k {max(self.ks)} exceeds --depth {depth}: metrics at k would see only {depth} "
                 "retrieved documents; raise --depth or lower --k"
             )
         for side in ("query", "document"):
@@ -458,7 +467,7 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = no_progress) ->
         )
         if multi_vector:
             stages, tokens = evaluate_multi_vector(
-                model, task, ks=options.ks, dims=options.dims, batch_size=options.batch_size, search_depth=options.depth,
+                model, task, ks=options.ks, dims=options.dims, batch_size=options.batch_size, search_depth=options.search_depth,
                 skip_queries_without_relevant=options.skip_queries_without_relevant, query_prompt=query_prompt,
                 document_prompt=document_prompt, token_pool_factor=options.token_pool_factor, track=track,
             )  # fmt: skip
@@ -466,7 +475,7 @@ def run_evaluation(options: EvaluateOptions, *, track: Tracker = no_progress) ->
         else:
             stages = evaluate_embedder(
                 model, task, ks=options.ks, dims=options.dims, batch_size=options.batch_size,
-                search_depth=options.depth,
+                search_depth=options.search_depth,
                 skip_queries_without_relevant=options.skip_queries_without_relevant,
                 query_prompt=query_prompt, document_prompt=document_prompt, track=track,
             )  # fmt: skip

@@ -54,6 +54,8 @@ FORMATS = ("triplet", "labeled-pair", "labeled-list")
 INDEXES = ("auto", "exact", "faiss")
 #: ``--sampling`` values, as Sentence Transformers names them.
 SAMPLINGS = ("top", "random")
+#: The seed of ``--sampling random`` when ``--seed`` is not given.
+DEFAULT_SEED = 12
 #: The reranker score from which a candidate counts as relevant (a probability for one-label rerankers).
 RERANKER_THRESHOLD = 0.5
 #: The rules a candidate passes, in order; the summary counts the candidates each one removed.
@@ -122,7 +124,7 @@ class MineOptions:
     max_score: float | None = None
     min_score: float | None = None
     sampling: str = "top"
-    seed: int = 12
+    seed: int | None = None
     reranker: str | None = None
     reranker_threshold: float | None = None
     output_format: str = "triplet"
@@ -145,6 +147,8 @@ class MineOptions:
             raise MmstError(f"--range-max ({self.range_max}) must be above --range-min ({self.range_min})")
         if self.sampling not in SAMPLINGS:
             raise MmstError(f"--sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
+        if self.seed is not None and self.sampling != "random":
+            raise MmstError("--seed seeds --sampling random, and --sampling is top; add --sampling random or drop --seed")
         if self.index not in INDEXES:
             raise MmstError(f"--index must be one of {', '.join(INDEXES)}, got {self.index!r}")
         if self.output_format not in FORMATS:
@@ -261,7 +265,7 @@ def choose_negatives(
     """
     removed = dict.fromkeys(RULES, 0)
     chosen: dict[int, list[tuple[int, float]]] = {}
-    generator = random.Random(options.seed)
+    generator = random.Random(DEFAULT_SEED if options.seed is None else options.seed)
     for anchor in range(len(mining.anchors)):
         positives = mining.relevant.get(anchor, set())
         positive_hashes = {hashes[p] for p in positives}
