@@ -10,6 +10,14 @@ import pytest
 # Nothing in the suite may reach the Hugging Face Hub, in this process or in the CLI subprocesses.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+# One intra-op thread per process (set before torch is imported; subprocesses inherit it). The tiny
+# models' operations are too small for a second thread to help: on near-idle cores six train-embed
+# loss tests take the same time either way (13.5 s), but on a shared machine every OpenMP region
+# waits for a core another process holds (all 24 of them: 32 s with one thread, 370 s with two at a
+# load of 3). The embedded demo, with real models, keeps the default (see `embedded_demo`).
+CHOSEN_THREADS = "OMP_NUM_THREADS" in os.environ
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
@@ -38,6 +46,26 @@ def tiny_multi_vector(tiny_models, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-multi-vector")
     MultiVectorEncoder(str(tiny_models["bert"])).save(str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def embedded_demo(tmp_path_factory) -> dict:
+    """The README's demo, `mmst train-embed` with no options, trained once for the session (its full
+    three epochs: about a minute): ``{"run": the run folder, "summary": its --json summary}``. The demo
+    test checks what it promises; evaluate checks it scores the default model and the trained one alike."""
+    import torch
+
+    from tests.helpers import run_json
+
+    run = tmp_path_factory.mktemp("embedded-demo") / "demo"
+    # Every core, as a user's run takes them (unless OMP_NUM_THREADS was chosen for the test run):
+    # MiniLM and EfficientNet on 64-row batches do use a second thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads if CHOSEN_THREADS else len(os.sched_getaffinity(0)))
+    try:
+        return {"run": run, "summary": run_json("train-embed", "--output-dir", str(run))}
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

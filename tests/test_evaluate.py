@@ -191,11 +191,15 @@ def test_block_search_equals_brute_force():
     assert run.get("absent") is None
 
 
-def test_evaluate_matches_train_embed_on_the_embedded_default(tmp_path):
-    # Same model, same data: evaluate and train-embed's "before" must report the same number.
+def test_evaluate_matches_train_embed_on_the_embedded_default(embedded_demo):
+    # Same model, same data: evaluate and the demo's "before" must report the same number, and
+    # evaluate on the demo's run folder (its saved model, on its evaluation pairs) its "after".
+    summary = embedded_demo["summary"]
     report = run_json("evaluate")
-    summary = run_json("train-embed", "--max-steps", "1", "--output-dir", str(tmp_path / "run"))
     assert report["metrics"]["ndcg@10"] == summary["base"]["ndcg@10"]
+    trained = run_json("evaluate", "--model", str(embedded_demo["run"]))
+    assert trained["queries"] == report["queries"] == summary["eval_rows"]
+    assert trained["metrics"]["ndcg@10"] == summary["final"]["ndcg@10"]
 
 
 def write_run_and_qrels(folder: Path) -> tuple[Path, Path]:

@@ -254,22 +254,22 @@ def test_two_process_ddp_run_completes(tmp_path, colour_pairs, tiny_models, mode
     assert (tmp_path / "ddp" / "model" / "modules.json").is_file()
 
 
-def test_embedded_demo_raises_ndcg(tmp_path):
-    summary = run_json("train-embed", "--output-dir", str(tmp_path / "demo"))
+def test_embedded_demo_raises_ndcg(embedded_demo):
+    summary, demo = embedded_demo["summary"], embedded_demo["run"]
     assert summary["train_rows"] == 1061 and summary["eval_rows"] == 300
     # Seeded: 0.022 -> 0.351 on the development machine; the README promises at least +0.30.
     assert summary["final"]["ndcg@10"] >= summary["base"]["ndcg@10"] + 0.30, summary
     # The model card says how to load the folder (it carries the timm module's code), what it was
     # trained on and with, and the main metric before (step 0) and after training.
-    card = (tmp_path / "demo" / "model" / "README.md").read_text(encoding="utf8")
+    card = (demo / "model" / "README.md").read_text(encoding="utf8")
     assert "sentence_transformers_model_id" not in card
     assert f'SentenceTransformer("{summary["model_dir"]}", trust_remote_code=True)' in card
     assert "model.encode_query(queries)" in card and "model.encode_document(documents)" in card
     assert f"trained on the {summary['data']} dataset" in card and "MultipleNegativesRankingLoss" in card
     for when in ("base", "final"):
         assert f"| {round(summary[when]['ndcg@10'], 4)} " in card, when
-    shutil.rmtree(tmp_path / "demo" / "checkpoints", ignore_errors=True)
-    detect = run_json("detect", str(tmp_path / "demo" / "model"))
+    shutil.rmtree(demo / "checkpoints", ignore_errors=True)
+    detect = run_json("detect", str(demo / "model"))
     assert detect["routes"].keys() == {"text", "image"}
     assert detect["embedding_dimension"] == 384
 
